@@ -1,0 +1,297 @@
+"""Configuration: the TOML file and PIPESTATE_<SECTION>__<KEY> env, merged and validated once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .windows import UTC, Step, day_bounds, format_step, parse_granularity, zone
+
+__all__ = ["Config", "load_config", "parse_duration", "DEFAULT_CONFIG_PATH", "ENV_PREFIX"]
+
+DEFAULT_CONFIG_PATH = Path("pipestate.toml")
+ENV_PREFIX = "PIPESTATE_"
+_DURATION = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def parse_duration(text: str | int) -> timedelta:
+    """`"<N>s"`, `"<N>m"` or `"<N>h"` (zero allowed); ValueError otherwise."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"must be '<N>s', '<N>m' or '<N>h', got {text!r}")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PipelineConfig(_Section):
+    name: str
+    timezone: str = "UTC"
+    granularity: str = "1h"
+    start: str
+    end: str | None = None
+    lag: str = "0s"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"must be letters, digits, '_' and '-' only, got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    @field_validator("granularity")
+    @classmethod
+    def _granularity(cls, value: str) -> str:
+        parse_granularity(value)
+        return value.strip()
+
+    @field_validator("lag")
+    @classmethod
+    def _lag(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _toml_dates(cls, value: Any) -> Any:
+        # TOML has native dates and datetimes: accept them as their text.
+        if isinstance(value, datetime | date):
+            return value.isoformat()
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> PipelineConfig:
+        tz = zone(self.timezone)
+        start = _local_instant(self.start, tz, "start")
+        if self.end is not None and _local_instant(self.end, tz, "end") <= start:
+            raise ValueError("end must be after start")
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return zone(self.timezone)
+
+    @property
+    def step(self) -> Step:
+        return parse_granularity(self.granularity)
+
+    @property
+    def start_utc(self) -> datetime:
+        return _local_instant(self.start, self.tz, "start")
+
+    @property
+    def end_utc(self) -> datetime | None:
+        return None if self.end is None else _local_instant(self.end, self.tz, "end")
+
+    @property
+    def lag_delta(self) -> timedelta:
+        return parse_duration(self.lag)
+
+
+class StateConfig(_Section):
+    url: str = "sqlite:///pipestate.db"
+    table: str = "pipeline_state"
+    schema_: str = Field(default="", alias="schema")
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+            raise ValueError(f"must be a plain SQL identifier, got {value!r}")
+        return value
+
+
+class IdsConfig(_Section):
+    """Which function computes each id of a new window: a built-in name or `module:function`."""
+
+    batch_id: str = "deterministic"
+    source_id: str = "deterministic"
+    stage_id: str = "deterministic"
+    target_id: str = "deterministic"
+
+    @field_validator("*")
+    @classmethod
+    def _function(cls, value: str) -> str:
+        return _check_function(value, "ids")
+
+
+class CategoriesConfig(_Section):
+    """Which function computes each category of a new window."""
+
+    source_category: str = "none"
+    stage_category: str = "none"
+    target_category: str = "none"
+
+    @field_validator("*")
+    @classmethod
+    def _function(cls, value: str) -> str:
+        return _check_function(value, "categories")
+
+
+class ConcurrencyConfig(_Section):
+    lease: str = "10m"
+    max_in_flight: int = Field(default=0, ge=0)
+    max_retries: int = Field(default=3, ge=0)
+    retry_backoff: str = "1m"
+    claim_order: Literal["oldest_first", "newest_first"] = "oldest_first"
+    lock_timeout: str = "60s"
+
+    @field_validator("lease", "retry_backoff", "lock_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("lease")
+    @classmethod
+    def _positive_lease(cls, value: str) -> str:
+        if parse_duration(value) <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+
+def _check_function(value: str, section: str) -> str:
+    from .plugins import BUILTINS  # the registry imports config-free helpers only
+
+    if value in BUILTINS[section] or _FUNCTION_PATH.match(value):
+        return value
+    names = ", ".join(sorted(BUILTINS[section]))
+    raise ValueError(f"must be one of {names} or 'module:function', got {value!r}")
+
+
+class Config(_Section):
+    """The whole validated configuration. Build it with `load_config` or directly."""
+
+    pipeline: PipelineConfig
+    state: StateConfig = StateConfig()
+    ids: IdsConfig = IdsConfig()
+    categories: CategoriesConfig = CategoriesConfig()
+    concurrency: ConcurrencyConfig = ConcurrencyConfig()
+    source: dict[str, Any] = Field(default_factory=dict)
+    stage: dict[str, Any] = Field(default_factory=dict)
+    target: dict[str, Any] = Field(default_factory=dict)
+    origin: str = Field(default="<memory>", exclude=True)
+
+    def config_hash(self) -> str:
+        """A short hash of what decides the windows: stored on every new row."""
+        decisive = {
+            "pipeline": self.pipeline.model_dump(),
+            "ids": self.ids.model_dump(),
+            "categories": self.categories.model_dump(),
+        }
+        text = json.dumps(decisive, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def step_label(self) -> str:
+        return format_step(self.pipeline.step)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "<memory>") -> Config:
+        """Validate a merged mapping; ConfigError naming the first offending key."""
+        try:
+            return cls.model_validate({**data, "origin": origin})
+        except ValidationError as err:
+            raise ConfigError(_describe(err, origin)) from err
+
+
+def _local_instant(text: str, tz: ZoneInfo, key: str) -> datetime:
+    """A config `start`/`end`: a local date (its first instant), a local datetime,
+    or a datetime with an explicit offset. A wall time a DST change skips is refused."""
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            return day_bounds(date.fromisoformat(text), tz)[0]
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as err:
+        raise ValueError(f"{key} must be YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], got {text!r}") from err
+    if value.tzinfo is not None:
+        return value.astimezone(UTC)
+    if value.time() == time() and day_bounds(value.date(), tz)[0] != value.replace(tzinfo=tz).astimezone(UTC):
+        return day_bounds(value.date(), tz)[0]
+    instant = value.replace(tzinfo=tz).astimezone(UTC)
+    if instant.astimezone(tz).replace(tzinfo=None) != value:
+        raise ValueError(f"{key} {text} does not exist in {tz.key} (skipped by a DST change)")
+    return instant
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    if len(location) >= 2:
+        key = f"[{location[0]}] {'.'.join(location[1:])}"
+    elif location:
+        key = f"[{location[0]}]" if first["type"] != "extra_forbidden" else f"[{location[0]}]"
+    else:
+        key = "(top level)"
+    if location and location[0] not in Config.model_fields and first["type"] == "extra_forbidden":
+        key = f"[{location[0]}]"
+        message = "unknown section"
+    return f"{origin}: {key}: {message}"
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    names = []
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].partition("__")
+        if not section or not key:
+            raise ConfigError(f"env {name}: expected PIPESTATE_<SECTION>__<KEY>")
+        overrides.setdefault(section.lower(), {})[key.lower()] = value
+        names.append(name)
+    return overrides, names
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read the TOML file (`path`, else $PIPESTATE_CONFIG, else ./pipestate.toml),
+    apply PIPESTATE_<SECTION>__<KEY> overrides and validate the result."""
+    environ = dict(os.environ if environ is None else environ)
+    chosen = Path(path or environ.get("PIPESTATE_CONFIG") or DEFAULT_CONFIG_PATH)
+    overrides, names = _env_overrides(environ)
+    data: dict[str, Any] = {}
+    if chosen.exists():
+        try:
+            data = tomllib.loads(chosen.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{chosen}: not valid TOML: {err}") from err
+        except OSError as err:
+            raise ConfigError(f"{chosen}: cannot read: {err.strerror}") from err
+    elif not overrides:
+        raise ConfigError(f"{chosen}: config file not found (run 'pipestate init' to write one)")
+    for section, values in overrides.items():
+        current = data.get(section, {})
+        if not isinstance(current, dict):
+            raise ConfigError(f"{chosen}: [{section}] must be a table")
+        data[section] = {**current, **values}
+    origin = str(chosen) if chosen.exists() else "environment"
+    if names and chosen.exists():
+        origin = f"{chosen} (+ env {', '.join(sorted(names))})"
+    return Config.from_dict(data, origin=origin)

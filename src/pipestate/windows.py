@@ -1,0 +1,194 @@
+"""Pure time arithmetic: local days, day grids and DST; no database.
+
+Every instant here is an aware `datetime` in UTC and every window the half-open
+interval `[start, end)`. A local day D runs from the first instant whose wall
+clock shows D to the first instant of D+1, so it is 23, 24 or 25 hours long (or
+another length in zones whose midnight a DST change skips or repeats).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+__all__ = [
+    "DAY",
+    "UTC",
+    "DayStep",
+    "Step",
+    "day_bounds",
+    "day_cells",
+    "format_step",
+    "grid_cells",
+    "local_date_of",
+    "parse_granularity",
+    "require_utc",
+    "split_at_midnights",
+    "step_minutes",
+    "zone",
+]
+
+_ONE_SECOND = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class DayStep:
+    """The step of a `1d` grid: one window per local day, whatever its length."""
+
+    def __repr__(self) -> str:
+        return "DAY"
+
+
+DAY = DayStep()
+Step = timedelta | DayStep
+
+_GRANULARITY = re.compile(r"^\s*(\d+)\s*([mhd])\s*$")
+
+
+def parse_granularity(text: str) -> Step:
+    """`"<N>m"`/`"<N>h"` (1 minute to 24 hours) or `"1d"`; ValueError otherwise."""
+    match = _GRANULARITY.match(text)
+    if not match:
+        raise ValueError(f"must be '<N>m', '<N>h' or '1d', got {text!r}")
+    number, unit = int(match.group(1)), match.group(2)
+    if unit == "d":
+        if number != 1:
+            raise ValueError(f"only '1d' is allowed as a day granularity, got {text!r}")
+        return DAY
+    step = timedelta(minutes=number) if unit == "m" else timedelta(hours=number)
+    if not timedelta(minutes=1) <= step <= timedelta(hours=24):
+        raise ValueError(f"must be between 1 minute and 24 hours, got {text!r}")
+    return step
+
+
+def format_step(step: Step) -> str:
+    """The label of a step: `1d`, `15m`, `2h`, `90s`."""
+    if isinstance(step, DayStep):
+        return "1d"
+    seconds = int(step.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def step_minutes(start: datetime, end: datetime) -> int:
+    """A window's length in whole minutes (rounded down), as stored in the table."""
+    return int((end - start).total_seconds() // 60)
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone `name`; ValueError naming it when unknown."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise ValueError(f"unknown IANA time zone {name!r}") from err
+
+
+def require_utc(value: datetime, what: str = "instant") -> datetime:
+    """`value` converted to UTC; naive datetimes are refused, not guessed."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got naive {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def _wall(instant: datetime, tz: ZoneInfo) -> datetime:
+    return instant.astimezone(tz).replace(tzinfo=None)
+
+
+@lru_cache(maxsize=65536)
+def _day_start(day: date, tz: ZoneInfo) -> datetime:
+    midnight = datetime.combine(day, time())
+    first = midnight.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    second = midnight.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    low, high = min(first, second), max(first, second)
+    if _wall(low, tz) == midnight:
+        return low  # midnight exists; with a repeat, its first occurrence
+    # Midnight was skipped by a DST change: the day starts at the transition,
+    # the first instant whose wall clock reads `day` or later.
+    while high - low > _ONE_SECOND:
+        middle = low + (high - low) / 2
+        middle = middle.replace(microsecond=0)
+        if _wall(middle, tz) >= midnight:
+            high = middle
+        else:
+            low = middle
+    return high if _wall(low, tz) < midnight else low
+
+
+def day_bounds(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The UTC instants `[first instant of day, first instant of day+1)`."""
+    return _day_start(day, tz), _day_start(day + timedelta(days=1), tz)
+
+
+def local_date_of(instant: datetime, tz: ZoneInfo) -> date:
+    """The local day an instant falls in (by the day bounds, not just the wall clock).
+
+    They differ only where a DST change repeats midnight: the repeated hour
+    belongs to the later day, since that day has already begun.
+    """
+    day = instant.astimezone(tz).date()
+    while instant >= _day_start(day + timedelta(days=1), tz):
+        day += timedelta(days=1)
+    while instant < _day_start(day, tz):
+        day -= timedelta(days=1)
+    return day
+
+
+def split_at_midnights(
+    start: datetime, end: datetime, tz: ZoneInfo
+) -> Iterator[tuple[date, datetime, datetime, datetime, datetime]]:
+    """Cut `[start, end)` at local midnights.
+
+    Yields `(day, piece_start, piece_end, day_start, day_end)` for each piece.
+    """
+    if end <= start:
+        return
+    day = local_date_of(start, tz)
+    cursor = start
+    while cursor < end:
+        day_start, day_end = day_bounds(day, tz)
+        piece_end = min(end, day_end)
+        yield day, cursor, piece_end, day_start, day_end
+        cursor = piece_end
+        day += timedelta(days=1)
+
+
+def day_cells(
+    day_start: datetime, day_end: datetime, step: Step, start: datetime, end: datetime
+) -> Iterator[tuple[int, datetime, datetime]]:
+    """Cells of the day's grid cut to `[start, end)` (which lies inside the day).
+
+    The grid is `day_start + k*step` in absolute time, its last cell cut at the
+    day's end. Yields `(k, cell_start, cell_end)`, `k` counting from 0.
+    """
+    if isinstance(step, DayStep) or step >= day_end - day_start:
+        if start < end:
+            yield 0, start, end
+        return
+    k = (start - day_start) // step
+    cell_start = day_start + k * step
+    while cell_start < end:
+        cell_end = min(cell_start + step, day_end)
+        piece_start, piece_end = max(cell_start, start), min(cell_end, end)
+        if piece_start < piece_end:
+            yield k, piece_start, piece_end
+        k += 1
+        cell_start = cell_end
+
+
+def grid_cells(
+    start: datetime, end: datetime, tz: ZoneInfo, step: Step
+) -> Iterator[tuple[date, int, datetime, datetime]]:
+    """The grid windows that tile `[start, end)`, never crossing a local midnight.
+
+    Yields `(local_day, k, window_start, window_end)`.
+    """
+    for day, piece_start, piece_end, day_start, day_end in split_at_midnights(start, end, tz):
+        for k, cell_start, cell_end in day_cells(day_start, day_end, step, piece_start, piece_end):
+            yield day, k, cell_start, cell_end
