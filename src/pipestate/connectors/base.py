@@ -1,0 +1,352 @@
+"""The connector Protocols (source, stage, target), their data, and the registry that builds them.
+
+A run moves one batch (a window `[start, end)`) in three steps: `Source.extract` yields its
+records, `Stage.write` puts them in one staged file, `Target.load` replaces the batch's rows in
+the target with the staged ones. Connectors are chosen by `type` in `[source]`, `[stage]` and
+`[target]`: a built-in name, `"module:Class"`, or an entry point in group `pipestate.connectors`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, tzinfo
+from decimal import Decimal
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import ConfigError, PipestateError
+from ..plugins import default_batch_id
+from ..windows import UTC, local_date_of, zone
+
+__all__ = [
+    "BatchContext",
+    "ConnectorError",
+    "TransientConnectorError",
+    "Options",
+    "Source",
+    "Stage",
+    "StagedData",
+    "Target",
+    "LoadResult",
+    "build_source",
+    "build_stage",
+    "build_target",
+    "require",
+    "validate_options",
+    "parse_instant",
+    "json_default",
+    "ENTRY_POINT_GROUP",
+]
+
+ENTRY_POINT_GROUP = "pipestate.connectors"
+Kind = Literal["source", "stage", "target"]
+
+
+class ConnectorError(PipestateError):
+    """An outside system failed or returned something unusable during a step."""
+
+    exit_code = 3
+
+
+class TransientConnectorError(ConnectorError):
+    """A failure that the same step may get past when retried (network, 5xx, throttling)."""
+
+    retryable = True
+
+
+@dataclass(frozen=True, slots=True)
+class BatchContext:
+    """What a connector knows about the batch it works on; the window is `[start, end)` in UTC."""
+
+    batch_id: str
+    pipeline: str
+    start: datetime
+    end: datetime
+    local_date: date
+    timezone: str
+    source_id: str | None = None
+    stage_id: str | None = None
+    target_id: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise ValueError(f"BatchContext.{name} must be timezone-aware, got {value!r}")
+            object.__setattr__(self, name, value.astimezone(UTC))
+        if self.end <= self.start:
+            raise ValueError("BatchContext.end must be after start")
+
+    @classmethod
+    def for_window(
+        cls, pipeline: str, start: datetime, end: datetime, timezone: str = "UTC", **ids: str | None
+    ) -> BatchContext:
+        """A context for `[start, end)` with the local date and default batch id filled in."""
+        batch_id = ids.pop("batch_id", None) or default_batch_id(
+            pipeline, start.astimezone(UTC), end.astimezone(UTC)
+        )
+        local = local_date_of(start.astimezone(UTC), zone(timezone))
+        return cls(batch_id, pipeline, start, end, local, timezone, **ids)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return zone(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class StagedData:
+    """One batch's staged file: where it is and what is in it."""
+
+    location: str  # URI of the file, e.g. s3://bucket/orders/2026/01/01/<batch_id>.ndjson.gz
+    record_count: int
+    bytes: int
+    file_format: str  # "ndjson.gz" or "parquet"
+    file_count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """What a load left in the target for the batch."""
+
+    record_count: int  # rows of this batch in the target after the load
+    rows_deleted: int  # rows of an earlier load of the same batch that were replaced
+    location: str  # where the rows are, e.g. duckdb:///target.duckdb#events (no password)
+    load_id: str
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Where records come from."""
+
+    def extract(self, batch: BatchContext) -> Iterator[dict[str, Any]]:
+        """Every record whose time field is in `[batch.start, batch.end)`, each exactly once."""
+        ...
+
+    def describe(self, batch: BatchContext) -> tuple[str, str]:
+        """`(location, query text)` for the state table's source_location / source_query."""
+        ...
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """Where extracted records wait between the source and the target."""
+
+    def write(self, batch: BatchContext, records: Iterable[dict[str, Any]]) -> StagedData:
+        """Stage the records atomically: a half-written file is never found by `find`."""
+        ...
+
+    def find(self, batch: BatchContext) -> StagedData | None:
+        """The batch's completely staged file, if an earlier attempt left one; else None."""
+        ...
+
+    def read(self, staged: StagedData) -> Iterator[dict[str, Any]]:
+        """The staged records, in the order they were written."""
+        ...
+
+
+@runtime_checkable
+class Target(Protocol):
+    """Where records end up; loads are exactly once per batch."""
+
+    def load(self, batch: BatchContext, staged: StagedData, stage: Stage) -> LoadResult:
+        """Replace the batch's rows with the staged ones (never duplicate them), atomically."""
+        ...
+
+    def count(self, batch: BatchContext) -> int:
+        """How many rows of this batch the target holds now."""
+        ...
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Options(BaseModel):
+    """Base of each connector's settings: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}
+    bounds["less_than_equal"] = "<="
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"must be {bounds[kind]} {limit}"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}, got {error.get('input')!r}"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def validate_options(model: type[M], section: str, values: Mapping[str, Any]) -> M:
+    """`values` validated by `model`; ConfigError `[section] key: problem` on the first problem."""
+    try:
+        return model.model_validate(dict(values))
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "type"
+        raise ConfigError(f"[{section}] {key}: {_message(first)}") from err
+
+
+def require(module: str, extra: str, section: str) -> ModuleType:
+    """Import an optional client library, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(
+            f"[{section}] type needs the {module.split('.')[0]} package: "
+            f'pip install "pipestate[{extra}]"'
+        ) from err
+
+
+# Built-ins are named by import path so that no optional client is imported before it is used.
+BUILTINS: dict[str, dict[str, str]] = {
+    "source": {
+        "files": "pipestate.connectors.files:FilesSource",
+        "elasticsearch": "pipestate.connectors.elastic:ElasticsearchSource",
+    },
+    "stage": {
+        "fsspec": "pipestate.connectors.fsspec_stage:FsspecStage",
+        "local": "pipestate.connectors.fsspec_stage:FsspecStage",
+        "s3": "pipestate.connectors.fsspec_stage:FsspecStage",
+    },
+    "target": {
+        "sql": "pipestate.connectors.sql:SqlTarget",
+        "snowflake": "pipestate.connectors.snowflake_target:SnowflakeTarget",
+    },
+}
+
+_DEFAULT_TYPE: dict[str, str] = {"stage": "local", "target": "sql"}
+
+
+def _resolve(kind: Kind, name: str) -> type:
+    if name in BUILTINS[kind]:
+        module_name, _, attribute = BUILTINS[kind][name].partition(":")
+        return getattr(importlib.import_module(module_name), attribute)  # type: ignore[no-any-return]
+    if ":" in name:
+        module_name, _, attribute = name.partition(":")
+        try:
+            found = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"[{kind}] type: cannot import {name!r}: {err}") from err
+        if not isinstance(found, type):
+            raise ConfigError(f"[{kind}] type: {name!r} is not a class")
+        return found
+    for point in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        try:
+            return point.load()  # type: ignore[no-any-return]
+        except Exception as err:  # a broken plugin must not look like a typo
+            raise ConfigError(f"[{kind}] type: entry point {name!r} failed to load: {err}") from err
+    known = ", ".join(sorted(BUILTINS[kind]))
+    raise ConfigError(
+        f"[{kind}] type: unknown {kind} type {name!r} (built-ins: {known}; "
+        f"or 'module:Class', or an entry point in group {ENTRY_POINT_GROUP!r})"
+    )
+
+
+def _build(kind: Kind, cfg: Mapping[str, Any]) -> Any:
+    values = dict(cfg)
+    name = values.pop("type", None) or _DEFAULT_TYPE.get(kind)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"[{kind}] type: required key is missing")
+    cls = _resolve(kind, name)
+    model = getattr(cls, "Options", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        # Built-ins that serve several type names learn which one was used.
+        if "type" in model.model_fields:
+            values["type"] = name
+        instance = cls(validate_options(model, kind, values))
+    else:
+        try:
+            instance = cls(**values)
+        except TypeError as err:
+            raise ConfigError(f"[{kind}] {err}") from err
+    protocol = {"source": Source, "stage": Stage, "target": Target}[kind]
+    if not isinstance(instance, protocol):
+        raise ConfigError(f"[{kind}] type: {name!r} does not implement the {kind} protocol")
+    return instance
+
+
+def build_source(cfg: Mapping[str, Any]) -> Source:
+    """The source that `[source]` describes; ConfigError naming the offending key."""
+    return _build("source", cfg)  # type: ignore[no-any-return]
+
+
+def build_stage(cfg: Mapping[str, Any]) -> Stage:
+    """The stage that `[stage]` describes (default: a local directory)."""
+    return _build("stage", cfg)  # type: ignore[no-any-return]
+
+
+def build_target(cfg: Mapping[str, Any]) -> Target:
+    """The target that `[target]` describes (default: SQL on DuckDB)."""
+    return _build("target", cfg)  # type: ignore[no-any-return]
+
+
+_EPOCH_DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def parse_instant(
+    value: Any,
+    naive_tz: tzinfo = UTC,
+    epoch_unit: str = "auto",
+) -> datetime:
+    """A record's time value as an aware UTC datetime.
+
+    Accepts datetimes, ISO 8601 text (`Z` or an offset; naive text is read in `naive_tz`), and
+    epoch numbers (or digit strings) in `epoch_unit`; `"auto"` takes |n| >= 1e11 as
+    milliseconds (1e11 seconds is the year 5138), else seconds. ValueError when unreadable.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        moment = _from_epoch(value, epoch_unit)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").replace(".", "", 1).isdigit():
+            return _from_epoch(Decimal(text), epoch_unit)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    else:
+        raise ValueError(f"not a timestamp: {value!r}")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=naive_tz)
+    return moment.astimezone(UTC)
+
+
+def _from_epoch(number: int | float | Decimal, unit: str) -> datetime:
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError(f"not a timestamp: {number!r}")
+    exact = Decimal(str(number)) if isinstance(number, float) else Decimal(number)
+    if unit == "auto":
+        unit = "ms" if abs(exact) >= 100_000_000_000 else "s"
+    micros = int(exact * 1_000_000 / _EPOCH_DIVISOR[unit])
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+
+
+def json_default(value: Any) -> Any:
+    """`json.dumps(default=...)` for what files and databases hand us besides JSON types."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(record: Mapping[str, Any]) -> str:
+    """A record as compact JSON text, the same way every connector writes it."""
+    return json.dumps(record, default=json_default, separators=(",", ":"), ensure_ascii=False)
