@@ -196,8 +196,10 @@ def validate_options(model: type[M], section: str, values: Mapping[str, Any]) ->
         return model.model_validate(dict(values))
     except ValidationError as err:
         first = err.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "type"
-        raise ConfigError(f"[{section}] {key}: {_message(first)}") from err
+        key, message = ".".join(str(part) for part in first["loc"]), _message(first)
+        if not key:  # a check across keys says which key it blames: "url: must ..."
+            key, _, message = message.partition(": ") if ": " in message else ("", "", message)
+        raise ConfigError(f"[{section}] {key + ': ' if key else ''}{message}") from err
 
 
 def require(module: str, extra: str, section: str) -> ModuleType:

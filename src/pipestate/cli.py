@@ -1,0 +1,205 @@
+"""The `pipestate` command: parse, call the library, print. One line per user error."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import DEFAULT_CONFIG_PATH
+from .errors import ConfigError, PipestateError
+from .examples import EXAMPLE_CONFIG
+
+_CONFIG_HELP = "Config file (default: $PIPESTATE_CONFIG, else ./pipestate.toml)."
+
+
+def _remember_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    # --config may come before or after the subcommand: keep whichever was given.
+    if value is not None:
+        ctx.ensure_object(dict)["config"] = value
+        root = ctx.find_root()
+        root.ensure_object(dict)["config"] = value
+    return value
+
+
+def config_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config",
+        "config_path",
+        metavar="PATH",
+        callback=_remember_config,
+        expose_value=False,
+        is_eager=True,
+        help=_CONFIG_HELP,
+    )(function)
+
+
+def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(
+        function
+    )
+
+
+def _config_path() -> str | None:
+    ctx = click.get_current_context()
+    return ctx.find_root().ensure_object(dict).get("config")
+
+
+def _manager() -> Any:
+    from .manager import PipelineStateManager
+
+    return PipelineStateManager(_config_path())
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@config_option
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="pipestate")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """pipestate keeps the state table of a time-windowed batch pipeline.
+
+    Run `pipestate populate` first in every run: it repairs the table (overlaps
+    superseded, gaps filled) and adds the windows that are now due. Then
+    workers claim windows, and heartbeat, complete or fail them.
+
+    Exit codes: 0 ok, 1 validate found problems, 2 bad configuration or usage,
+    3 database or internal error, 4 the caller does not hold the batch's lease.
+    """
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+@cli.command()
+@config_option
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(force: bool) -> None:
+    """Write a commented example config (works as is, on SQLite)."""
+    path = Path(_config_path() or DEFAULT_CONFIG_PATH)
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists (use --force to overwrite)")
+    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    click.echo(f"wrote {path}; next: pipestate populate --dry-run")
+
+
+@cli.command("init-db")
+@config_option
+def init_db() -> None:
+    """Create the state table, its _events and _meta tables (idempotent)."""
+    manager = _manager()
+    actions = manager.init_db()
+    table = manager.store.tables.state.name
+    click.echo(f"{table}: " + ("; ".join(actions) if actions else "already up to date"))
+
+
+@cli.command()
+@config_option
+@click.option("--dry-run", is_flag=True, help="Compute and report the plan; write nothing.")
+@json_option
+def populate(dry_run: bool, as_json: bool) -> None:
+    """Repair and extend the windows so they tile [start, end) (run this first).
+
+    \b
+    1. analyse the active windows (durations overall and per local day)
+    2. find gaps (missing_day, start_of_day, end_of_day, between_windows)
+    3. resolve overlaps: COMPLETED first, then a live IN_PROGRESS lease, then
+       the most recently updated; losers become SUPERSEDED, with the reason
+    4. fill every uncovered stretch with PENDING windows on the day's grid
+    All in one transaction under a per-pipeline lock; safe to run concurrently.
+    """
+    report = _manager().populate_pipeline_batches(dry_run=dry_run)
+    if as_json:
+        report.write_json(sys.stdout)
+    else:
+        click.echo(report.render("populate"))
+
+
+@cli.command()
+@config_option
+@json_option
+def validate(as_json: bool) -> None:
+    """Report gaps, overlaps and invalid rows; write nothing. Exit 1 if any."""
+    report = _manager().validate()
+    if as_json:
+        data = report.header()
+        data.pop("fills", None)
+        data["ok"] = not (report.plan.gaps or report.plan.resolutions or report.plan.invalid)
+        _print_json(data)
+    else:
+        click.echo(report.render("validate"))
+    if report.plan.gaps or report.plan.resolutions or report.plan.invalid:
+        sys.exit(1)
+
+
+@cli.command()
+@config_option
+@json_option
+def status(as_json: bool) -> None:
+    """Counts by status, coverage of the range, oldest pending, failures."""
+    data = _manager().status()
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(f"pipeline {data['pipeline']}  (now {data['now']})")
+    click.echo(f"  range      {data['range']['start']} .. {data['range']['end']}")
+    coverage = data["coverage"]
+    click.echo(
+        f"  coverage   {coverage['percent']}% ({coverage['covered_minutes']} of {coverage['range_minutes']} min)"
+    )
+    click.echo(f"  windows    {data['first_window_start']} .. {data['last_window_end']}")
+    click.echo("  counts     " + ", ".join(f"{k} {v}" for k, v in data["counts"].items()))
+    pending = data["oldest_pending"]
+    if pending:
+        click.echo(f"  oldest pending  {pending['batch_id']} (window start {pending['start']})")
+    if data["failures"]:
+        click.echo(f"  failures   {len(data['failures'])}")
+        for failure in data["failures"][:10]:
+            click.echo(
+                f"    {failure['batch_id']} retries {failure['retry_count']}: {failure['last_error']}"
+            )
+    for key in ("in_flight", "expired_leases", "failed_permanently"):
+        if key in data and data[key]:
+            click.echo(f"  {key.replace('_', ' '):<10} {len(data[key])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit codes per the contract, one line per user error."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="pipestate", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code or 0)
+    except click.exceptions.Abort:
+        click.echo("pipestate: aborted", err=True)
+        return 130
+    except click.UsageError as err:
+        click.echo(f"pipestate: error: {err.format_message()}", err=True)
+        return 2
+    except PipestateError as err:
+        if debug:
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        click.echo(f"pipestate: error: {message}", err=True)
+        return err.exit_code
+    except SystemExit as done:
+        return int(done.code or 0) if not isinstance(done.code, str) else 1
+    except Exception as err:  # noqa: BLE001 - a bug: say so in one line unless --debug
+        if debug:
+            raise
+        click.echo(
+            f"pipestate: internal error: {type(err).__name__}: {err} (rerun with --debug)", err=True
+        )
+        return 3
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

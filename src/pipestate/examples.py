@@ -1,0 +1,32 @@
+"""The example configuration `pipestate init` writes."""
+
+EXAMPLE_CONFIG = """\
+# pipestate configuration. Every key can be overridden from the environment as
+# PIPESTATE_<SECTION>__<KEY>, e.g. PIPESTATE_STATE__URL=postgresql+psycopg://...
+
+[pipeline]
+name = "orders"                 # letters, digits, '_' and '-'
+timezone = "UTC"                # IANA name; defines the local day (e.g. "America/New_York")
+granularity = "1h"              # "<N>m" or "<N>h" (1 minute .. 24 hours), or "1d" (one window per local day)
+start = "2026-01-01"            # first local day (or local datetime) to cover
+# end = "2026-02-01"            # exclusive; default: now minus lag
+lag = "15m"                     # a window is only created once now >= its end + lag
+
+[state]
+url = "sqlite:///pipestate.db"  # any SQLAlchemy URL: sqlite, duckdb, postgresql+psycopg, snowflake
+table = "pipeline_state"
+# schema = ""
+
+# [ids]                         # how new windows get their ids: built-in or "module:function"
+# batch_id = "deterministic"    # deterministic | uuid5 | uuid4 | "mypkg.ids:batch_id"
+
+# [categories]                  # none | local_weekday | weekday_weekend | local_month | granularity | record_origin
+# source_category = "none"
+
+# [concurrency]                 # for workers: pipestate claim / heartbeat / complete / fail
+# lease = "10m"
+# max_in_flight = 0
+# max_retries = 3
+# retry_backoff = "1m"
+# claim_order = "oldest_first"
+"""

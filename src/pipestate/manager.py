@@ -1,0 +1,457 @@
+"""PipelineStateManager: load -> plan -> apply for populate, plus validate and status."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+
+from . import plugins
+from .config import Config, load_config, parse_duration
+from .errors import ConfigError
+from .planning import NewWindow, Plan, Settings, UnsortedInput, plan
+from .report import CreatedLog, PopulateReport, iso
+from .store.schema import SCHEMA_VERSION
+from .store.store import StateStore
+from .windows import format_step
+
+__all__ = ["PipelineStateManager"]
+
+_CHUNK = 5000
+
+
+class PipelineStateManager:
+    """Everything pipestate does to one pipeline's rows in the state table.
+
+    `config` is a `Config`, a path to a TOML file, or None for the default
+    lookup (`$PIPESTATE_CONFIG`, then ./pipestate.toml). `clock` replaces the
+    database clock (tests, replays); `engine` reuses an existing SQLAlchemy engine.
+    """
+
+    def __init__(
+        self,
+        config: Config | str | os.PathLike[str] | None = None,
+        *,
+        engine: Engine | None = None,
+        clock: Callable[[], datetime] | None = None,
+        actor: str | None = None,
+    ) -> None:
+        if not isinstance(config, Config):
+            config = load_config(Path(config) if config is not None else None)
+        self.config = config
+        state = config.state
+        self.store = StateStore(
+            state.url,
+            state.table,
+            state.schema_ or None,
+            lock_timeout=parse_duration(config.concurrency.lock_timeout),
+            engine=engine,
+        )
+        self._clock = clock
+        self.actor = actor or f"pipestate@{socket.gethostname()}:{os.getpid()}"
+        self._ids = {
+            key: plugins.resolve("ids", key, name) for key, name in config.ids.model_dump().items()
+        }
+        self._categories = {
+            key: plugins.resolve("categories", key, name)
+            for key, name in config.categories.model_dump().items()
+        }
+
+    @property
+    def pipeline(self) -> str:
+        return self.config.pipeline.name
+
+    def now(self, conn: Connection) -> datetime:
+        """Now, by the injected clock or else the database's."""
+        if self._clock is not None:
+            return self._clock()
+        return self.store.now(conn)
+
+    def close(self) -> None:
+        self.store.engine.dispose()
+
+    def __enter__(self) -> PipelineStateManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema -------------------------------------------------------------------
+
+    def init_db(self) -> list[str]:
+        """Create the state, events and meta tables if missing (idempotent)."""
+        return self.store.init_db()
+
+    # -- populate -----------------------------------------------------------------
+
+    def populate_pipeline_batches(self, dry_run: bool = False) -> PopulateReport:
+        """Repair and extend the pipeline's windows so they tile [start, end).
+
+        Analyses the active windows, finds gaps and overlaps, supersedes the
+        losers of each overlap and fills every uncovered stretch with PENDING
+        windows; all in one transaction under the pipeline's lock. With
+        `dry_run` the same plan is computed and nothing is written.
+        """
+        run_id = uuid.uuid4().hex
+        if dry_run:
+            return self._dry_run(run_id, verb_is_validate=False)
+        if not self.store.exists():
+            self.store.init_db()
+        self.store.ensure_lock_row(self.pipeline)
+        with self.store.transaction(write=True) as conn:
+            self.store.lock_pipeline(conn, self.pipeline, holder=f"populate {run_id} {self.actor}")
+            now = self.now(conn)
+            the_plan = self._plan(conn, now)
+            report = PopulateReport(
+                self.pipeline, False, run_id, now, the_plan, CreatedLog(self.pipeline)
+            )
+            self._apply(conn, report)
+        return report
+
+    def validate(self) -> PopulateReport:
+        """Phases 1-3 only: what populate would find; writes nothing."""
+        return self._dry_run(uuid.uuid4().hex, verb_is_validate=True)
+
+    def _dry_run(self, run_id: str, verb_is_validate: bool) -> PopulateReport:
+        if not self.store.exists():
+            with self.store.engine.connect() as conn:
+                now = self.now(conn)
+            the_plan = plan([], self._settings(now))
+            report = PopulateReport(
+                self.pipeline, True, run_id, now, the_plan, CreatedLog(self.pipeline)
+            )
+            report.table_missing = True
+            if not verb_is_validate:
+                self._name_windows(the_plan, set(), report.created, now, run_id, sink=None)
+            return report
+        with self.store.transaction(write=False) as conn:
+            now = self.now(conn)
+            the_plan = self._plan(conn, now)
+            report = PopulateReport(
+                self.pipeline, True, run_id, now, the_plan, CreatedLog(self.pipeline)
+            )
+            report.superseded = self._superseded_entries(the_plan)
+            if not verb_is_validate:
+                taken = self.store.inactive_ids(conn, self.pipeline) | {
+                    r.batch_id for r in the_plan.invalid
+                }
+                self._name_windows(
+                    the_plan, taken, report.created, now, run_id, sink=None, conn=conn
+                )
+        return report
+
+    def _settings(self, now: datetime) -> Settings:
+        pipeline = self.config.pipeline
+        return Settings(
+            tz=pipeline.tz,
+            step=pipeline.step,
+            start=pipeline.start_utc,
+            end=pipeline.end_utc,
+            horizon=now - pipeline.lag_delta,
+            now=now,
+        )
+
+    def _plan(self, conn: Connection, now: datetime) -> Plan:
+        settings = self._settings(now)
+        rows = self.store.iter_candidates(conn, self.pipeline)
+        try:
+            return plan(rows, settings)
+        except UnsortedInput:
+            # Text timestamps in mixed formats (written by other tools) can sort
+            # wrongly in SQL; sort the parsed values here instead.
+            rows.close()
+            everything = sorted(self.store.iter_candidates(conn, self.pipeline), key=_sort_key)
+            return plan(everything, settings)
+        finally:
+            rows.close()
+
+    @staticmethod
+    def _superseded_entries(the_plan: Plan) -> list[dict[str, Any]]:
+        return [
+            {
+                "batch_id": r.superseded.batch_id,
+                "superseded_by": r.kept.batch_id,
+                "reason": r.reason,
+                "previous_status": r.superseded.status,
+            }
+            for r in the_plan.resolutions
+        ]
+
+    def _apply(self, conn: Connection, report: PopulateReport) -> None:
+        the_plan, now, run_id = report.plan, report.now, report.run_id
+        store = self.store
+        losers = [
+            (r.superseded.batch_id, r.superseded.status, r.kept.batch_id, r.reason)
+            for r in the_plan.resolutions
+        ]
+        store.supersede(conn, self.pipeline, losers, now=now, run_id=run_id, by=self.actor)
+        report.superseded = self._superseded_entries(the_plan)
+        store.insert_events(
+            conn,
+            (
+                self._event(
+                    entry["batch_id"],
+                    "SUPERSEDED",
+                    now,
+                    entry["previous_status"],
+                    "SUPERSEDED",
+                    {
+                        "superseded_by": entry["superseded_by"],
+                        "reason": entry["reason"],
+                        "run_id": run_id,
+                    },
+                )
+                for entry in report.superseded
+            ),
+        )
+        taken = store.inactive_ids(conn, self.pipeline) | {r.batch_id for r in the_plan.invalid}
+        self._name_windows(the_plan, taken, report.created, now, run_id, sink=conn, conn=conn)
+
+    def _name_windows(
+        self,
+        the_plan: Plan,
+        taken: set[str],
+        log: CreatedLog,
+        now: datetime,
+        run_id: str,
+        sink: Connection | None,
+        conn: Connection | None = None,
+    ) -> None:
+        """Give each new window its ids and categories; insert them when `sink` is set."""
+        custom_ids = self.config.ids.batch_id != "deterministic"
+        seen: set[str] = set()
+        windows = the_plan.new_windows()
+        while chunk := list(islice(windows, _CHUNK)):
+            rows = [self._new_row(window, now, run_id) for window in chunk]
+            if custom_ids and conn is not None:
+                taken = taken | self.store.existing_ids(conn, [row["batch_id"] for row in rows])
+            for row in rows:
+                row["batch_id"] = _unique(row["batch_id"], taken, seen)
+                if custom_ids:
+                    seen.add(row["batch_id"])
+                log.add(
+                    row["batch_id"],
+                    row["source_query_window_start_time"],
+                    row["source_query_window_end_time"],
+                    row["record_origin"],
+                )
+            if sink is not None:
+                self.store.insert_rows(sink, rows)
+                self.store.insert_events(
+                    sink,
+                    (
+                        self._event(
+                            row["batch_id"],
+                            "CREATED",
+                            now,
+                            None,
+                            "PENDING",
+                            {"record_origin": row["record_origin"], "run_id": run_id},
+                        )
+                        for row in rows
+                    ),
+                )
+
+    def _new_row(self, window: NewWindow, now: datetime, run_id: str) -> dict[str, Any]:
+        pipeline = self.config.pipeline
+        tz = pipeline.tz
+        minutes = int((window.end - window.start).total_seconds() // 60)
+        info = plugins.WindowInfo(
+            pipeline=pipeline.name,
+            start=window.start,
+            end=window.end,
+            local_date=window.local_date,
+            timezone=pipeline.timezone,
+            sequence_in_day=window.sequence_in_day,
+            duration_minutes=minutes,
+            granularity=format_step(window.step),
+            record_origin=window.origin,
+        )
+        ids = {key: _text(function(info), f"[ids] {key}") for key, function in self._ids.items()}
+        if not ids["batch_id"]:
+            raise ConfigError("[ids] batch_id: the function returned an empty id")
+        categories = {
+            key: _text(function(info), f"[categories] {key}")
+            for key, function in self._categories.items()
+        }
+        return {
+            **ids,
+            **categories,
+            "pipeline_name": pipeline.name,
+            "source_type": self.config.source.get("type"),
+            "stage_type": self.config.stage.get("type"),
+            "target_type": self.config.target.get("type"),
+            "source_query_window_start_time": window.start,
+            "source_query_window_end_time": window.end,
+            "source_query_window_duration_minutes": minutes,
+            "window_local_date": window.local_date,
+            "window_timezone": pipeline.timezone,
+            "window_local_start": window.start.astimezone(tz).isoformat(),
+            "window_local_end": window.end.astimezone(tz).isoformat(),
+            "window_sequence_in_day": window.sequence_in_day,
+            "window_granularity": info.granularity,
+            "pipeline_status": "PENDING",
+            "retry_count": 0,
+            "attempt_count": 0,
+            "requeue_count": 0,
+            "record_origin": window.origin,
+            "populate_run_id": run_id,
+            "created_at": now,
+            "updated_at": now,
+            "created_by": self.actor,
+            "updated_by": self.actor,
+            "config_hash": self.config.config_hash(),
+            "schema_version": SCHEMA_VERSION,
+        }
+
+    def _event(
+        self,
+        batch_id: str,
+        event_type: str,
+        now: datetime,
+        old_status: str | None,
+        new_status: str | None,
+        details: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+        claim_token: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "batch_id": batch_id,
+            "pipeline_name": self.pipeline,
+            "event_type": event_type,
+            "worker_id": worker_id or self.actor,
+            "claim_token": claim_token,
+            "event_time": now,
+            "old_status": old_status,
+            "new_status": new_status,
+            "details": details,
+        }
+
+    # -- status -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Counts by status, coverage of the range, first/last window, oldest pending, failures."""
+        self.store.check_ready()
+        state = self.store.tables.state
+        with self.store.transaction(write=False) as conn:
+            now = self.now(conn)
+            settings = self._settings(now)
+            counts = dict(
+                conn.execute(
+                    select(state.c.pipeline_status, func.count())
+                    .where(state.c.pipeline_name == self.pipeline)
+                    .group_by(state.c.pipeline_status)
+                ).all()
+            )
+            covered, first, last, active = _coverage(
+                self.store.iter_candidates(conn, self.pipeline), settings.start, settings.stop
+            )
+            oldest_pending = conn.execute(
+                select(state.c.batch_id, state.c.source_query_window_start_time, state.c.created_at)
+                .where(state.c.pipeline_name == self.pipeline, state.c.pipeline_status == "PENDING")
+                .order_by(state.c.source_query_window_start_time)
+                .limit(1)
+            ).first()
+            failures = conn.execute(
+                select(
+                    state.c.batch_id,
+                    state.c.source_query_window_start_time,
+                    state.c.retry_count,
+                    state.c.last_error,
+                    state.c.last_error_at,
+                )
+                .where(state.c.pipeline_name == self.pipeline, state.c.pipeline_status == "FAILED")
+                .order_by(state.c.source_query_window_start_time)
+                .limit(50)
+            ).all()
+        total = max((settings.stop - settings.start).total_seconds(), 0.0)
+        return {
+            "pipeline": self.pipeline,
+            "now": iso(now),
+            "range": {"start": iso(settings.start), "end": iso(settings.stop)},
+            "counts": {status: int(counts.get(status, 0)) for status in _STATUS_ORDER}
+            | {str(k): int(v) for k, v in counts.items() if k not in _STATUS_ORDER},
+            "total_rows": int(sum(counts.values())),
+            "active_windows": active,
+            "coverage": {
+                "covered_minutes": round(covered / 60, 3),
+                "range_minutes": round(total / 60, 3),
+                "percent": round(100 * covered / total, 3) if total else 100.0,
+            },
+            "first_window_start": iso(first),
+            "last_window_end": iso(last),
+            "oldest_pending": None
+            if oldest_pending is None
+            else {
+                "batch_id": oldest_pending[0],
+                "start": iso(oldest_pending[1]),
+                "created_at": iso(oldest_pending[2]),
+            },
+            "failures": [
+                {
+                    "batch_id": row[0],
+                    "start": iso(row[1]),
+                    "retry_count": row[2],
+                    "last_error": row[3],
+                    "last_error_at": iso(row[4]),
+                }
+                for row in failures
+            ],
+        }
+
+
+_STATUS_ORDER = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
+
+
+def _sort_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    if row[1] is None or row[2] is None:
+        return (0,)
+    return (1, row[1], row[2], str(row[0]))
+
+
+def _unique(batch_id: str, taken: set[str], seen: set[str]) -> str:
+    """`batch_id`, or `batch_id-rN` if a superseded row (or this run) already has it."""
+    if batch_id not in taken and batch_id not in seen:
+        return batch_id
+    n = 2
+    while f"{batch_id}-r{n}" in taken or f"{batch_id}-r{n}" in seen:
+        n += 1
+    return f"{batch_id}-r{n}"
+
+
+def _text(value: Any, key: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: the function returned {type(value).__name__}, not a string")
+    return value
+
+
+def _coverage(
+    rows: Iterable[tuple[Any, ...]] | Iterator[tuple[Any, ...]], low: datetime, high: datetime
+) -> tuple[float, datetime | None, datetime | None, int]:
+    """Seconds of [low, high) covered by the rows' windows, plus first start, last end, count."""
+    covered = 0.0
+    cursor = low
+    first = last = None
+    count = 0
+    for row in rows:
+        start, end = row[1], row[2]
+        if start is None or end is None or end <= start:
+            continue
+        count += 1
+        first = start if first is None or start < first else first
+        last = end if last is None or end > last else last
+        start, end = max(start, cursor), min(end, high)
+        if end > start:
+            covered += (end - start).total_seconds()
+            cursor = end
+    return covered, first, last, count

@@ -1,0 +1,476 @@
+"""Pure planning for populate: analysis, gaps, overlap resolution and the fill plan.
+
+`plan()` consumes the pipeline's non-superseded rows sorted by window and keeps
+only what it must: per-day duration counts, the current cluster of overlapping
+windows, and the gaps. A million clean windows cost a few counters, not a
+million objects. No database here: tests call it with plain tuples.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from .windows import DAY, DayStep, Step, day_bounds, day_cells, local_date_of, split_at_midnights
+
+__all__ = [
+    "Fill",
+    "Gap",
+    "InvalidRow",
+    "NewWindow",
+    "Plan",
+    "Resolution",
+    "Settings",
+    "UnsortedInput",
+    "Window",
+    "plan",
+]
+
+KNOWN_STATUSES = frozenset({"PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED"})
+_RANK_NAMES = (
+    "completed windows rank first",
+    "a window in progress under a live lease ranks before one that is not",
+    "",
+)
+_FAR_PAST = datetime.min.replace(tzinfo=ZoneInfo("UTC"))
+
+
+class UnsortedInput(Exception):
+    """The rows did not arrive sorted by (start, end): the caller must sort them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the planner needs from the configuration and the clock."""
+
+    tz: ZoneInfo
+    step: Step  # configured granularity: new work at the edges uses it
+    start: datetime  # first instant to cover (UTC)
+    end: datetime | None  # configured exclusive end, if any
+    horizon: datetime  # now - lag: nothing is created that ends later
+    now: datetime  # database clock, to judge leases
+
+    @property
+    def stop(self) -> datetime:
+        """Where coverage stops: the configured end, or the horizon if earlier."""
+        return self.horizon if self.end is None else min(self.end, self.horizon)
+
+    @property
+    def cut_at_stop(self) -> bool:
+        """True when `stop` is the configured end (cut the last window there);
+        False when it is the horizon (leave the unfinished grid cell for later)."""
+        return self.end is not None and self.end <= self.horizon
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """An active row as the planner sees it."""
+
+    batch_id: str
+    start: datetime
+    end: datetime
+    status: str
+    updated_at: datetime | None
+    created_at: datetime | None
+    lease_expires_at: datetime | None
+
+    def overlaps(self, other: Window) -> bool:
+        return self.start < other.end and other.start < self.end
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    start: datetime
+    end: datetime
+    kind: str  # missing_day | start_of_day | end_of_day | between_windows
+    local_date: date
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    kept: Window
+    superseded: Window
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRow:
+    batch_id: str
+    reason: str
+    active: bool  # still treated as an active window (e.g. an unknown status)
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One stretch of one local day to fill with windows on `step`'s grid."""
+
+    local_date: date
+    start: datetime
+    end: datetime
+    day_start: datetime
+    day_end: datetime
+    step: Step
+    origin: str  # GAP_FILL or SCHEDULED
+
+
+@dataclass(frozen=True, slots=True)
+class NewWindow:
+    local_date: date
+    sequence_in_day: int  # 1-based position on the day's grid
+    start: datetime
+    end: datetime
+    step: Step
+    origin: str
+
+
+@dataclass
+class Analysis:
+    active_windows: int = 0
+    first_start: datetime | None = None
+    last_end: datetime | None = None
+    distribution: Counter[int] = field(default_factory=Counter)  # seconds -> count
+    by_day: dict[date, Counter[int]] = field(default_factory=dict)
+
+    @property
+    def dominant_seconds(self) -> int | None:
+        return dominant(self.distribution)
+
+
+@dataclass
+class Plan:
+    settings: Settings
+    analysis: Analysis
+    gaps: list[Gap]
+    resolutions: list[Resolution]
+    invalid: list[InvalidRow]
+    fills: list[Fill]
+    kept_dominant: dict[date, Step]
+
+    def new_windows(self) -> Iterator[NewWindow]:
+        """The windows to create, in time order, computed lazily from the fills."""
+        for fill in self.fills:
+            for k, start, end in day_cells(
+                fill.day_start, fill.day_end, fill.step, fill.start, fill.end
+            ):
+                yield NewWindow(fill.local_date, k + 1, start, end, fill.step, fill.origin)
+
+    @property
+    def changes_anything(self) -> bool:
+        return bool(self.fills or self.resolutions)
+
+
+def dominant(counter: Counter[int]) -> int | None:
+    """Most frequent duration; a tie goes to the longer one."""
+    if not counter:
+        return None
+    return max(counter.items(), key=lambda item: (item[1], item[0]))[0]
+
+
+def _unit_length(unit: Step) -> float:
+    return float("inf") if isinstance(unit, DayStep) else unit.total_seconds()
+
+
+def _dominant_unit(counter: Counter[Step]) -> Step | None:
+    if not counter:
+        return None
+    return max(counter.items(), key=lambda item: (item[1], _unit_length(item[0])))[0]
+
+
+def gap_kind(start: datetime, end: datetime, day_start: datetime, day_end: datetime) -> str:
+    if start == day_start and end == day_end:
+        return "missing_day"
+    if start == day_start:
+        return "start_of_day"
+    if end == day_end:
+        return "end_of_day"
+    return "between_windows"
+
+
+class _DayCache:
+    """Local day of sorted instants without a zoneinfo call per row."""
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self.day: date | None = None
+        self.bounds: tuple[datetime, datetime] | None = None
+
+    def lookup(self, instant: datetime) -> tuple[date, datetime, datetime]:
+        bounds = self.bounds
+        if bounds is None or not bounds[0] <= instant < bounds[1]:
+            self.day = local_date_of(instant, self.tz)
+            self.bounds = bounds = day_bounds(self.day, self.tz)
+        assert self.day is not None
+        return self.day, bounds[0], bounds[1]
+
+
+class _Planner:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.analysis = Analysis()
+        self.invalid: list[InvalidRow] = []
+        self.resolutions: list[Resolution] = []
+        self.raw_gaps: list[tuple[datetime, datetime]] = []
+        self.covered_until: datetime | None = None
+        self.cluster: list[tuple] = []
+        self.cluster_end: datetime | None = None
+        self.last_key: tuple[datetime, datetime] | None = None
+        self.days = _DayCache(settings.tz)
+        self.kept_days = _DayCache(settings.tz)
+        # after resolution
+        self.kept_units: dict[date, Counter[Step]] = {}
+        self.kept_overall: Counter[Step] = Counter()
+        self.kept_first: datetime | None = None
+        self.kept_cursor: datetime | None = None
+        self.holes: list[tuple[datetime, datetime]] = []
+
+    def add(self, row: tuple) -> None:
+        batch_id, start, end, status = row[0], row[1], row[2], row[3]
+        if start is None or end is None:
+            self.invalid.append(
+                InvalidRow(str(batch_id), "start or end time is missing or unreadable", False)
+            )
+            return
+        if end <= start:
+            self.invalid.append(
+                InvalidRow(str(batch_id), "end time is not after start time", False)
+            )
+            return
+        if status not in KNOWN_STATUSES:
+            self.invalid.append(
+                InvalidRow(
+                    str(batch_id),
+                    f"unknown pipeline_status {status!r}; treated as an active, not completed window",
+                    True,
+                )
+            )
+        key = (start, end)
+        if self.last_key is not None and key < self.last_key:
+            raise UnsortedInput(batch_id)
+        self.last_key = key
+
+        analysis = self.analysis
+        analysis.active_windows += 1
+        if analysis.first_start is None:
+            analysis.first_start = start
+        if analysis.last_end is None or end > analysis.last_end:
+            analysis.last_end = end
+        seconds = int((end - start).total_seconds())
+        analysis.distribution[seconds] += 1
+        day = self.days.lookup(start)[0]
+        per_day = analysis.by_day.get(day)
+        if per_day is None:
+            per_day = analysis.by_day[day] = Counter()
+        per_day[seconds] += 1
+
+        if self.covered_until is None:
+            self.covered_until = end
+        elif start > self.covered_until:
+            self.raw_gaps.append((self.covered_until, start))
+            self.covered_until = end
+        elif end > self.covered_until:
+            self.covered_until = end
+
+        if self.cluster and start >= self.cluster_end:  # type: ignore[operator]
+            self._resolve()
+        if not self.cluster or end > self.cluster_end:  # type: ignore[operator]
+            self.cluster_end = end
+        self.cluster.append(row)
+
+    # -- overlaps -----------------------------------------------------------------
+
+    def _rank(self, window: Window) -> tuple:
+        if window.status == "COMPLETED":
+            rank = 0
+        elif (
+            window.status == "IN_PROGRESS"
+            and window.lease_expires_at is not None
+            and window.lease_expires_at > self.settings.now
+        ):
+            rank = 1
+        else:
+            rank = 2
+        updated = window.updated_at or _FAR_PAST
+        created = window.created_at or _FAR_PAST
+        return (rank, -updated.timestamp(), -created.timestamp(), window.batch_id)
+
+    def _resolve(self) -> None:
+        cluster, self.cluster = self.cluster, []
+        if len(cluster) == 1:
+            row = cluster[0]
+            self._keep(row[1], row[2])
+            return
+        windows = [Window(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6]) for r in cluster]
+        ranked = sorted(windows, key=self._rank)
+        position = {id(w): i for i, w in enumerate(ranked)}
+        kept: list[Window] = []  # disjoint, sorted by start
+        starts: list[datetime] = []
+        for window in ranked:
+            # The kept windows overlapping `window` form a run ending just before
+            # the first kept one that starts at or after window.end.
+            index = bisect.bisect_left(starts, window.end)
+            winner = None
+            while index > 0 and kept[index - 1].end > window.start:
+                candidate = kept[index - 1]
+                if winner is None or position[id(candidate)] < position[id(winner)]:
+                    winner = candidate
+                index -= 1
+            if winner is None:
+                where = bisect.bisect_left(starts, window.start)
+                starts.insert(where, window.start)
+                kept.insert(where, window)
+            else:
+                self.resolutions.append(Resolution(winner, window, self._reason(winner, window)))
+        for window in kept:
+            self._keep(window.start, window.end)
+
+    def _reason(self, kept: Window, loser: Window) -> str:
+        kept_rank, loser_rank = self._rank(kept), self._rank(loser)
+        overlap = (
+            f"[{max(kept.start, loser.start).isoformat()}, {min(kept.end, loser.end).isoformat()})"
+        )
+        head = f"overlaps {kept.batch_id} on {overlap}; "
+        if kept_rank[0] != loser_rank[0]:
+            return head + (
+                f"{kept.batch_id} is {kept.status}, this one {loser.status}: {_RANK_NAMES[kept_rank[0]]}"
+            )
+        if kept_rank[1] != loser_rank[1]:
+            return head + (
+                f"same rank ({kept.status} vs {loser.status}); {kept.batch_id} was updated later "
+                f"({_iso(kept.updated_at)} > {_iso(loser.updated_at)})"
+            )
+        if kept_rank[2] != loser_rank[2]:
+            return head + (
+                f"same rank and updated_at; {kept.batch_id} was created later "
+                f"({_iso(kept.created_at)} > {_iso(loser.created_at)})"
+            )
+        return head + "same rank, updated_at and created_at; the smaller batch_id wins"
+
+    def _keep(self, start: datetime, end: datetime) -> None:
+        day, day_start, day_end = self.kept_days.lookup(start)
+        unit: Step = DAY if (start == day_start and end == day_end) else end - start
+        units = self.kept_units.get(day)
+        if units is None:
+            units = self.kept_units[day] = Counter()
+        units[unit] += 1
+        self.kept_overall[unit] += 1
+        if self.kept_first is None:
+            self.kept_first = start
+        elif start > self.kept_cursor:  # type: ignore[operator]
+            self.holes.append((self.kept_cursor, start))  # type: ignore[arg-type]
+        if self.kept_cursor is None or end > self.kept_cursor:
+            self.kept_cursor = end
+
+    # -- gaps and fills -----------------------------------------------------------
+
+    def finish(self) -> Plan:
+        if self.cluster:
+            self._resolve()
+        settings = self.settings
+        analysis = self.analysis
+        low, stop = settings.start, settings.stop
+
+        gaps: list[Gap] = []
+        for start, end in self.raw_gaps:
+            start, end = max(start, low), min(end, stop)
+            for day, piece_start, piece_end, day_start, day_end in split_at_midnights(
+                start, end, settings.tz
+            ):
+                gaps.append(
+                    Gap(
+                        piece_start,
+                        piece_end,
+                        gap_kind(piece_start, piece_end, day_start, day_end),
+                        day,
+                    )
+                )
+
+        overall_unit = _dominant_unit(self.kept_overall)
+        kept_dominant = {
+            day: unit
+            for day, counter in self.kept_units.items()
+            if (unit := _dominant_unit(counter))
+        }
+        fills: list[Fill] = []
+        if analysis.first_start is None or analysis.last_end is None:
+            self._fill(fills, low, stop, "SCHEDULED", None, {})
+        else:
+            span_start, span_end = analysis.first_start, analysis.last_end
+            uncovered = [(low, self.kept_first)] + self.holes + [(self.kept_cursor, stop)]
+            for start, end in uncovered:
+                start, end = max(start, low), min(end, stop)  # type: ignore[type-var]
+                if start >= end:
+                    continue
+                # Inside the history's span: gap fill; outside: new scheduled work.
+                pieces = (
+                    (start, min(end, span_start), "SCHEDULED"),
+                    (max(start, span_start), min(end, span_end), "GAP_FILL"),
+                    (max(start, span_end), end, "SCHEDULED"),
+                )
+                for piece_start, piece_end, origin in pieces:
+                    if piece_start < piece_end:
+                        self._fill(
+                            fills, piece_start, piece_end, origin, overall_unit, kept_dominant
+                        )
+        return Plan(settings, analysis, gaps, self.resolutions, self.invalid, fills, kept_dominant)
+
+    def _fill(
+        self,
+        fills: list[Fill],
+        start: datetime,
+        end: datetime,
+        origin: str,
+        overall_unit: Step | None,
+        kept_dominant: dict[date, Step],
+    ) -> None:
+        settings = self.settings
+        for day, piece_start, piece_end, day_start, day_end in split_at_midnights(
+            start, end, settings.tz
+        ):
+            if origin == "GAP_FILL":
+                step = kept_dominant.get(day) or overall_unit or settings.step
+            else:
+                step = settings.step
+            if piece_end == settings.stop and not settings.cut_at_stop:
+                piece_end = _floor_to_grid(piece_end, day_start, day_end, step)
+            if piece_start < piece_end:
+                fills.append(Fill(day, piece_start, piece_end, day_start, day_end, step, origin))
+
+
+def _floor_to_grid(
+    instant: datetime, day_start: datetime, day_end: datetime, step: Step
+) -> datetime:
+    """The last boundary of the day's grid at or before `instant`."""
+    if instant >= day_end:
+        return day_end
+    if isinstance(step, DayStep) or step >= day_end - day_start:
+        return day_start
+    return day_start + ((instant - day_start) // step) * step
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat() if value is not None else "never"
+
+
+def plan(rows: Iterable[tuple], settings: Settings) -> Plan:
+    """Plan a populate from the pipeline's non-superseded rows sorted by (start, end).
+
+    Each row is `(batch_id, start, end, status, updated_at, created_at,
+    lease_expires_at)` with aware UTC datetimes (or None where unreadable).
+    Raises UnsortedInput if the order is wrong.
+    """
+    planner = _Planner(settings)
+    for row in rows:
+        planner.add(row)
+    return planner.finish()
+
+
+def seconds_to_minutes(seconds: int) -> int | float:
+    minutes = seconds / 60
+    return int(minutes) if minutes.is_integer() else round(minutes, 4)
+
+
+_ = timedelta  # used in annotations of callers

@@ -1,0 +1,155 @@
+"""Every per-database difference in one place: engines, transactions, locks, the clock.
+
+SQLite takes its write lock up front (BEGIN IMMEDIATE) so two writers queue on
+the busy timeout instead of deadlocking; PostgreSQL serializes on a row lock of
+the meta table with a lock timeout; DuckDB allows one process to open a file
+for writing, so a second one gets a clear error, and threads of one process
+share a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from ..errors import ConfigError, StoreBusyError
+
+_DUCKDB_LOCKS: dict[str, threading.Lock] = {}
+_DUCKDB_LOCKS_GUARD = threading.Lock()
+
+_EXTRAS = {"postgresql": "postgres", "duckdb": "duckdb", "snowflake": "snowflake"}
+
+
+def normalize_url(url: str) -> URL:
+    """The SQLAlchemy URL, with plain `postgresql://` meaning psycopg 3 (our driver)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as err:
+        raise ConfigError(f"[state] url: not a database URL: {url!r}") from err
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def make_engine(url: str, lock_timeout: timedelta) -> Engine:
+    """An engine set up for pipestate's transactions on that database."""
+    parsed = normalize_url(url)
+    backend = parsed.get_backend_name()
+    connect_args: dict[str, Any] = {}
+    if backend == "sqlite":
+        connect_args = {"timeout": lock_timeout.total_seconds(), "check_same_thread": False}
+    try:
+        engine = create_engine(parsed, connect_args=connect_args)
+    except (NoSuchModuleError, ModuleNotFoundError) as err:
+        extra = _EXTRAS.get(backend, backend)
+        raise ConfigError(
+            f"[state] url: no driver for {parsed.drivername!r}; "
+            f'install it with pip install "pipestate[{extra}]"'
+        ) from err
+    if backend == "sqlite":
+        _setup_sqlite(engine)
+    return engine
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling defers BEGIN; we emit it ourselves so
+    # writers can take the lock up front (documented SQLAlchemy recipe).
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("pipestate_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def process_lock(engine: Engine) -> threading.Lock | None:
+    """A lock threads of this process must hold to write (DuckDB only)."""
+    if engine.dialect.name != "duckdb":
+        return None
+    key = str(engine.url)
+    with _DUCKDB_LOCKS_GUARD:
+        return _DUCKDB_LOCKS.setdefault(key, threading.Lock())
+
+
+def now_sql(dialect_name: str) -> str:
+    """A SELECT giving the database's current UTC time (leases are judged by it)."""
+    return {
+        "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
+        "postgresql": "SELECT clock_timestamp()",
+        "duckdb": "SELECT timezone('UTC', get_current_timestamp())",
+        "snowflake": "SELECT SYSDATE()",
+    }.get(dialect_name, "SELECT CURRENT_TIMESTAMP")
+
+
+def db_now(conn: Connection) -> datetime:
+    """The database clock as an aware UTC datetime."""
+    from .types import parse_instant
+
+    value = parse_instant(conn.exec_driver_sql(now_sql(conn.dialect.name)).scalar())
+    if value is None:  # pragma: no cover - a database without a clock
+        return datetime.now(UTC)
+    return value
+
+
+def set_lock_timeout(conn: Connection, timeout: timedelta) -> None:
+    """Bound how long this transaction waits for a row lock (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        millis = max(1, int(timeout.total_seconds() * 1000))
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {millis}")
+
+
+def is_lock_timeout(err: BaseException) -> bool:
+    """Whether a driver error means 'someone else holds the lock'."""
+    message = str(getattr(err, "orig", err)).lower()
+    return any(
+        needle in message
+        for needle in (
+            "database is locked",
+            "lock timeout",
+            "canceling statement due to lock timeout",
+            "could not set lock on file",
+            "conflicting lock",
+            "database is busy",
+        )
+    )
+
+
+def busy_error(engine: Engine, err: BaseException) -> StoreBusyError:
+    """The one-line error for a database another process holds."""
+    if engine.dialect.name == "duckdb":
+        return StoreBusyError(
+            f"DuckDB file {engine.url.database} is open for writing in another process; "
+            "DuckDB allows one writing process at a time (use PostgreSQL for many workers)"
+        )
+    return StoreBusyError(
+        f"state database is locked by another process ({engine.dialect.name}); try again"
+    )
+
+
+def quoted(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote(name)
+
+
+__all__ = [
+    "busy_error",
+    "db_now",
+    "is_lock_timeout",
+    "make_engine",
+    "normalize_url",
+    "now_sql",
+    "process_lock",
+    "set_lock_timeout",
+    "text",
+]

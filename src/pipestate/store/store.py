@@ -1,0 +1,306 @@
+"""StateStore: the state table's transactions, locks and bulk reads and writes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import insert, inspect, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ..errors import SchemaError, StateStoreError
+from .dialects import (
+    busy_error,
+    db_now,
+    is_lock_timeout,
+    make_engine,
+    process_lock,
+    set_lock_timeout,
+)
+from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION, StateTables, build_tables
+
+_CHUNK = 5000
+
+# What the planner reads of each non-superseded row, in this order.
+ACTIVE_COLUMNS = (
+    "batch_id",
+    "source_query_window_start_time",
+    "source_query_window_end_time",
+    "pipeline_status",
+    "updated_at",
+    "created_at",
+    "lease_expires_at",
+)
+
+
+def _chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+class StateStore:
+    """One state table (with its `_events` and `_meta` tables) in one database."""
+
+    def __init__(
+        self,
+        url: str,
+        table: str = "pipeline_state",
+        schema: str | None = None,
+        lock_timeout: timedelta = timedelta(seconds=60),
+        engine: Engine | None = None,
+    ) -> None:
+        self.engine = engine or make_engine(url, lock_timeout)
+        self.tables: StateTables = build_tables(table, schema or None)
+        self.lock_timeout = lock_timeout
+        self._thread_lock: threading.Lock | None = process_lock(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # -- transactions -------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator[Connection]:
+        """A transaction; `write=True` takes the database's write lock where that
+        is how the database serializes writers (SQLite, DuckDB threads)."""
+        guard = self._thread_lock if write else None
+        if guard is not None and not guard.acquire(timeout=self.lock_timeout.total_seconds()):
+            raise busy_error(self.engine, TimeoutError())
+        try:
+            try:
+                connection = self.engine.connect()
+            except DBAPIError as err:
+                raise self._translate(err) from err
+            with connection:
+                connection = connection.execution_options(pipestate_write=write)
+                try:
+                    with connection.begin():
+                        if write:
+                            set_lock_timeout(connection, self.lock_timeout)
+                        yield connection
+                except SQLAlchemyError as err:
+                    raise self._translate(err) from err
+        finally:
+            if guard is not None:
+                guard.release()
+
+    def _translate(self, err: SQLAlchemyError) -> StateStoreError:
+        if is_lock_timeout(err):
+            return busy_error(self.engine, err)
+        original = getattr(err, "orig", None) or err
+        first_line = str(original).strip().splitlines()[0] if str(original).strip() else repr(err)
+        return StateStoreError(f"state database error ({self.dialect}): {first_line}")
+
+    def now(self, conn: Connection) -> datetime:
+        return db_now(conn)
+
+    # -- schema -------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                return inspect(conn).has_table(
+                    self.tables.state.name, schema=self.tables.state.schema
+                )
+        except DBAPIError as err:
+            raise self._translate(err) from err
+
+    def init_db(self) -> list[str]:
+        """Create missing tables and columns (idempotent); returns what it did."""
+        actions: list[str] = []
+        with self.transaction() as conn:
+            inspector = inspect(conn)
+            schema = self.tables.state.schema
+            for table in (self.tables.state, self.tables.events, self.tables.meta):
+                if not inspector.has_table(table.name, schema=schema):
+                    actions.append(f"created table {table.name}")
+            self.tables.metadata.create_all(conn, checkfirst=True)
+            actions += self._add_missing_columns(conn)
+            version = conn.execute(
+                select(self.tables.meta.c.value).where(self.tables.meta.c.name == "schema_version")
+            ).scalar()
+            now = self.now(conn)
+            if version is None:
+                conn.execute(
+                    insert(self.tables.meta).values(
+                        name="schema_version", value=str(SCHEMA_VERSION), updated_at=now
+                    )
+                )
+                actions.append(f"recorded schema version {SCHEMA_VERSION}")
+            elif int(version) > SCHEMA_VERSION:
+                raise SchemaError(
+                    f"state table {self.tables.state.name} has schema version {version}, "
+                    f"newer than this pipestate ({SCHEMA_VERSION}); upgrade pipestate"
+                )
+        return actions
+
+    def _add_missing_columns(self, conn: Connection) -> list[str]:
+        # A table made by another tool, or by an older pipestate, gets our
+        # optional columns added; a missing core column is an error.
+        state = self.tables.state
+        present = {
+            col["name"].lower()
+            for col in inspect(conn).get_columns(state.name, schema=state.schema)
+        }
+        missing_core = [name for name in CORE_COLUMNS if name not in present]
+        if missing_core:
+            raise SchemaError(
+                f"table {state.name} lacks core column(s) {', '.join(missing_core)}; "
+                "it is not a pipestate state table"
+            )
+        actions = []
+        preparer = conn.dialect.identifier_preparer
+        table_name = preparer.format_table(state)
+        for _, name, typ, _, _ in COLUMNS:
+            if name in present:
+                continue
+            column_type = state.c[name].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table_name} ADD COLUMN {preparer.quote(name)} {column_type}"
+            )
+            actions.append(f"added column {name}")
+        return actions
+
+    def check_ready(self) -> None:
+        if not self.exists():
+            raise SchemaError(
+                f"state table {self.tables.state.name} does not exist; run 'pipestate init-db'"
+            )
+
+    # -- locks ----------------------------------------------------------------------
+
+    def lock_pipeline(self, conn: Connection, pipeline: str, holder: str) -> None:
+        """Serialize with every other writer of this pipeline until the transaction ends.
+
+        Call `ensure_lock_row` first, outside the transaction.
+        """
+        meta = self.tables.meta
+        stmt = (
+            update(meta)
+            .where(meta.c.name == f"lock:{pipeline}")
+            .values(value=holder[:255], updated_at=self.now(conn))
+        )
+        if conn.execute(stmt).rowcount != 1:
+            raise StateStoreError(f"lock row for pipeline {pipeline} is missing from {meta.name}")
+
+    def ensure_lock_row(self, pipeline: str) -> None:
+        """Create the pipeline's lock row if missing, in its own transaction, so
+        that a concurrent creator loses cleanly instead of aborting our work."""
+        meta = self.tables.meta
+        name = f"lock:{pipeline}"
+        with self.transaction(write=True) as conn:
+            if conn.execute(select(meta.c.name).where(meta.c.name == name)).first() is not None:
+                return
+        try:
+            with self.transaction(write=True) as conn:
+                conn.execute(insert(meta).values(name=name, value="", updated_at=None))
+        except StateStoreError:
+            with self.transaction(write=False) as conn:
+                if conn.execute(select(meta.c.name).where(meta.c.name == name)).first() is None:
+                    raise
+
+    # -- reads ------------------------------------------------------------------
+
+    def iter_candidates(self, conn: Connection, pipeline: str) -> Iterator[tuple[Any, ...]]:
+        """Every non-SUPERSEDED row of the pipeline, sorted by window, streamed."""
+        state = self.tables.state
+        start = state.c.source_query_window_start_time
+        end = state.c.source_query_window_end_time
+        stmt = (
+            select(*(state.c[name] for name in ACTIVE_COLUMNS))
+            .where(state.c.pipeline_name == pipeline)
+            .where(state.c.pipeline_status != "SUPERSEDED")
+            .order_by(start, end, state.c.batch_id)
+            .execution_options(yield_per=_CHUNK)
+        )
+        for row in conn.execute(stmt):
+            yield tuple(row)
+
+    def inactive_ids(self, conn: Connection, pipeline: str) -> set[str]:
+        """batch_ids of this pipeline's SUPERSEDED rows (new ids must not reuse them)."""
+        state = self.tables.state
+        stmt = select(state.c.batch_id).where(
+            state.c.pipeline_name == pipeline, state.c.pipeline_status == "SUPERSEDED"
+        )
+        return set(conn.execute(stmt).scalars())
+
+    def existing_ids(self, conn: Connection, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` exist in the table already, in any pipeline."""
+        state = self.tables.state
+        found: set[str] = set()
+        for chunk in _chunks(ids, 500):
+            found.update(
+                conn.execute(select(state.c.batch_id).where(state.c.batch_id.in_(chunk))).scalars()
+            )
+        return found
+
+    # -- writes -------------------------------------------------------------------
+
+    def insert_rows(self, conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
+        count = 0
+        for chunk in _chunks(rows):
+            conn.execute(insert(self.tables.state), chunk)
+            count += len(chunk)
+        return count
+
+    def supersede(
+        self,
+        conn: Connection,
+        pipeline: str,
+        losers: Iterable[tuple[str, str, str, str]],
+        *,
+        now: datetime,
+        run_id: str,
+        by: str,
+    ) -> int:
+        """Mark `(batch_id, old_status, superseded_by, reason)` rows SUPERSEDED.
+
+        Each update is guarded by the status the planner saw, so a row that
+        changed meanwhile is not overwritten; that cannot happen under the
+        pipeline lock, and if it does the transaction is rolled back.
+        """
+        state = self.tables.state
+        changed = 0
+        for batch_id, old_status, winner, reason in losers:
+            result = conn.execute(
+                update(state)
+                .where(
+                    state.c.batch_id == batch_id,
+                    state.c.pipeline_name == pipeline,
+                    state.c.pipeline_status == old_status,
+                )
+                .values(
+                    pipeline_status="SUPERSEDED",
+                    superseded_by=winner,
+                    superseded_at=now,
+                    supersede_reason=reason,
+                    populate_run_id=run_id,
+                    updated_at=now,
+                    updated_by=by,
+                )
+            )
+            if result.rowcount != 1:
+                raise StateStoreError(
+                    f"batch {batch_id} changed while populate held the pipeline lock; nothing was written"
+                )
+            changed += 1
+        return changed
+
+    def insert_events(self, conn: Connection, events: Iterable[dict[str, Any]]) -> int:
+        count = 0
+        for chunk in _chunks(events):
+            for event in chunk:
+                details = event.get("details")
+                if details is not None and not isinstance(details, str):
+                    event["details"] = json.dumps(details, default=str, sort_keys=True)
+            conn.execute(insert(self.tables.events), chunk)
+            count += len(chunk)
+        return count
