@@ -39,9 +39,7 @@ def config_option(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(
-        function
-    )
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(function)
 
 
 def _config_path() -> str | None:
@@ -150,9 +148,8 @@ def status(as_json: bool) -> None:
     click.echo(f"pipeline {data['pipeline']}  (now {data['now']})")
     click.echo(f"  range      {data['range']['start']} .. {data['range']['end']}")
     coverage = data["coverage"]
-    click.echo(
-        f"  coverage   {coverage['percent']}% ({coverage['covered_minutes']} of {coverage['range_minutes']} min)"
-    )
+    covered, whole = coverage["covered_minutes"], coverage["range_minutes"]
+    click.echo(f"  coverage   {coverage['percent']}% ({covered} of {whole} min)")
     click.echo(f"  windows    {data['first_window_start']} .. {data['last_window_end']}")
     click.echo("  counts     " + ", ".join(f"{k} {v}" for k, v in data["counts"].items()))
     pending = data["oldest_pending"]
@@ -161,9 +158,7 @@ def status(as_json: bool) -> None:
     if data["failures"]:
         click.echo(f"  failures   {len(data['failures'])}")
         for failure in data["failures"][:10]:
-            click.echo(
-                f"    {failure['batch_id']} retries {failure['retry_count']}: {failure['last_error']}"
-            )
+            click.echo(f"    {failure['batch_id']} retries {failure['retry_count']}: {failure['last_error']}")
     for key in ("in_flight", "expired_leases", "failed_permanently"):
         if key in data and data[key]:
             click.echo(f"  {key.replace('_', ' '):<10} {len(data[key])}")
@@ -194,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - a bug: say so in one line unless --debug
         if debug:
             raise
-        click.echo(
-            f"pipestate: internal error: {type(err).__name__}: {err} (rerun with --debug)", err=True
-        )
+        click.echo(f"pipestate: internal error: {type(err).__name__}: {err} (rerun with --debug)", err=True)
         return 3
     return 0
 

@@ -225,14 +225,10 @@ def _local_instant(text: str, tz: ZoneInfo, key: str) -> datetime:
             return day_bounds(date.fromisoformat(text), tz)[0]
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as err:
-        raise ValueError(
-            f"{key} must be YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], got {text!r}"
-        ) from err
+        raise ValueError(f"{key} must be YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], got {text!r}") from err
     if value.tzinfo is not None:
         return value.astimezone(UTC)
-    if value.time() == time() and day_bounds(value.date(), tz)[0] != value.replace(
-        tzinfo=tz
-    ).astimezone(UTC):
+    if value.time() == time() and day_bounds(value.date(), tz)[0] != value.replace(tzinfo=tz).astimezone(UTC):
         return day_bounds(value.date(), tz)[0]
     instant = value.replace(tzinfo=tz).astimezone(UTC)
     if instant.astimezone(tz).replace(tzinfo=None) != value:
@@ -274,9 +270,7 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], 
     return overrides, names
 
 
-def load_config(
-    path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None
-) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
     """Read the TOML file (`path`, else $PIPESTATE_CONFIG, else ./pipestate.toml),
     apply PIPESTATE_<SECTION>__<KEY> overrides and validate the result."""
     environ = dict(os.environ if environ is None else environ)

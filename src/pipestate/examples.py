@@ -20,7 +20,8 @@ table = "pipeline_state"
 # [ids]                         # how new windows get their ids: built-in or "module:function"
 # batch_id = "deterministic"    # deterministic | uuid5 | uuid4 | "mypkg.ids:batch_id"
 
-# [categories]                  # none | local_weekday | weekday_weekend | local_month | granularity | record_origin
+# [categories]                  # none | local_weekday | weekday_weekend | local_month
+#                               # | granularity | record_origin | "module:function"
 # source_category = "none"
 
 # [concurrency]                 # for workers: pipestate claim / heartbeat / complete / fail

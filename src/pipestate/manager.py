@@ -57,9 +57,7 @@ class PipelineStateManager:
         )
         self._clock = clock
         self.actor = actor or f"pipestate@{socket.gethostname()}:{os.getpid()}"
-        self._ids = {
-            key: plugins.resolve("ids", key, name) for key, name in config.ids.model_dump().items()
-        }
+        self._ids = {key: plugins.resolve("ids", key, name) for key, name in config.ids.model_dump().items()}
         self._categories = {
             key: plugins.resolve("categories", key, name)
             for key, name in config.categories.model_dump().items()
@@ -110,9 +108,7 @@ class PipelineStateManager:
             self.store.lock_pipeline(conn, self.pipeline, holder=f"populate {run_id} {self.actor}")
             now = self.now(conn)
             the_plan = self._plan(conn, now)
-            report = PopulateReport(
-                self.pipeline, False, run_id, now, the_plan, CreatedLog(self.pipeline)
-            )
+            report = PopulateReport(self.pipeline, False, run_id, now, the_plan, CreatedLog(self.pipeline))
             self._apply(conn, report)
         return report
 
@@ -125,9 +121,7 @@ class PipelineStateManager:
             with self.store.engine.connect() as conn:
                 now = self.now(conn)
             the_plan = plan([], self._settings(now))
-            report = PopulateReport(
-                self.pipeline, True, run_id, now, the_plan, CreatedLog(self.pipeline)
-            )
+            report = PopulateReport(self.pipeline, True, run_id, now, the_plan, CreatedLog(self.pipeline))
             report.table_missing = True
             if not verb_is_validate:
                 self._name_windows(the_plan, set(), report.created, now, run_id, sink=None)
@@ -135,17 +129,11 @@ class PipelineStateManager:
         with self.store.transaction(write=False) as conn:
             now = self.now(conn)
             the_plan = self._plan(conn, now)
-            report = PopulateReport(
-                self.pipeline, True, run_id, now, the_plan, CreatedLog(self.pipeline)
-            )
+            report = PopulateReport(self.pipeline, True, run_id, now, the_plan, CreatedLog(self.pipeline))
             report.superseded = self._superseded_entries(the_plan)
             if not verb_is_validate:
-                taken = self.store.inactive_ids(conn, self.pipeline) | {
-                    r.batch_id for r in the_plan.invalid
-                }
-                self._name_windows(
-                    the_plan, taken, report.created, now, run_id, sink=None, conn=conn
-                )
+                taken = self.store.inactive_ids(conn, self.pipeline) | {r.batch_id for r in the_plan.invalid}
+                self._name_windows(the_plan, taken, report.created, now, run_id, sink=None, conn=conn)
         return report
 
     def _settings(self, now: datetime) -> Settings:
@@ -279,8 +267,7 @@ class PipelineStateManager:
         if not ids["batch_id"]:
             raise ConfigError("[ids] batch_id: the function returned an empty id")
         categories = {
-            key: _text(function(info), f"[categories] {key}")
-            for key, function in self._categories.items()
+            key: _text(function(info), f"[categories] {key}") for key, function in self._categories.items()
         }
         return {
             **ids,

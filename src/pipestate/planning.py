@@ -153,9 +153,7 @@ class Plan:
     def new_windows(self) -> Iterator[NewWindow]:
         """The windows to create, in time order, computed lazily from the fills."""
         for fill in self.fills:
-            for k, start, end in day_cells(
-                fill.day_start, fill.day_end, fill.step, fill.start, fill.end
-            ):
+            for k, start, end in day_cells(fill.day_start, fill.day_end, fill.step, fill.start, fill.end):
                 yield NewWindow(fill.local_date, k + 1, start, end, fill.step, fill.origin)
 
     @property
@@ -235,9 +233,7 @@ class _Planner:
             )
             return
         if end <= start:
-            self.invalid.append(
-                InvalidRow(str(batch_id), "end time is not after start time", False)
-            )
+            self.invalid.append(InvalidRow(str(batch_id), "end time is not after start time", False))
             return
         if status not in KNOWN_STATUSES:
             self.invalid.append(
@@ -329,9 +325,7 @@ class _Planner:
 
     def _reason(self, kept: Window, loser: Window) -> str:
         kept_rank, loser_rank = self._rank(kept), self._rank(loser)
-        overlap = (
-            f"[{max(kept.start, loser.start).isoformat()}, {min(kept.end, loser.end).isoformat()})"
-        )
+        overlap = f"[{max(kept.start, loser.start).isoformat()}, {min(kept.end, loser.end).isoformat()})"
         head = f"overlaps {kept.batch_id} on {overlap}; "
         if kept_rank[0] != loser_rank[0]:
             return head + (
@@ -390,9 +384,7 @@ class _Planner:
 
         overall_unit = _dominant_unit(self.kept_overall)
         kept_dominant = {
-            day: unit
-            for day, counter in self.kept_units.items()
-            if (unit := _dominant_unit(counter))
+            day: unit for day, counter in self.kept_units.items() if (unit := _dominant_unit(counter))
         }
         fills: list[Fill] = []
         if analysis.first_start is None or analysis.last_end is None:
@@ -412,9 +404,7 @@ class _Planner:
                 )
                 for piece_start, piece_end, origin in pieces:
                     if piece_start < piece_end:
-                        self._fill(
-                            fills, piece_start, piece_end, origin, overall_unit, kept_dominant
-                        )
+                        self._fill(fills, piece_start, piece_end, origin, overall_unit, kept_dominant)
         return Plan(settings, analysis, gaps, self.resolutions, self.invalid, fills, kept_dominant)
 
     def _fill(
@@ -427,9 +417,7 @@ class _Planner:
         kept_dominant: dict[date, Step],
     ) -> None:
         settings = self.settings
-        for day, piece_start, piece_end, day_start, day_end in split_at_midnights(
-            start, end, settings.tz
-        ):
+        for day, piece_start, piece_end, day_start, day_end in split_at_midnights(start, end, settings.tz):
             if origin == "GAP_FILL":
                 step = kept_dominant.get(day) or overall_unit or settings.step
             else:
@@ -440,9 +428,7 @@ class _Planner:
                 fills.append(Fill(day, piece_start, piece_end, day_start, day_end, step, origin))
 
 
-def _floor_to_grid(
-    instant: datetime, day_start: datetime, day_end: datetime, step: Step
-) -> datetime:
+def _floor_to_grid(instant: datetime, day_start: datetime, day_end: datetime, step: Step) -> datetime:
     """The last boundary of the day's grid at or before `instant`."""
     if instant >= day_end:
         return day_end

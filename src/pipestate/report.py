@@ -98,9 +98,7 @@ class PopulateReport:
                 {
                     "date": day.isoformat(),
                     "windows": sum(counter.values()),
-                    "dominant_duration_minutes": seconds_to_minutes(day_dominant)
-                    if day_dominant
-                    else None,
+                    "dominant_duration_minutes": seconds_to_minutes(day_dominant) if day_dominant else None,
                     "duration_distribution": _distribution(counter),
                 }
             )
@@ -126,9 +124,7 @@ class PopulateReport:
                     "end": iso(gap.end),
                     "kind": gap.kind,
                     "local_date": gap.local_date.isoformat(),
-                    "duration_minutes": seconds_to_minutes(
-                        int((gap.end - gap.start).total_seconds())
-                    ),
+                    "duration_minutes": seconds_to_minutes(int((gap.end - gap.start).total_seconds())),
                 }
                 for gap in plan.gaps
             ],

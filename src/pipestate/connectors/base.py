@@ -208,8 +208,7 @@ def require(module: str, extra: str, section: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as err:
         raise ConfigError(
-            f"[{section}] type needs the {module.split('.')[0]} package: "
-            f'pip install "pipestate[{extra}]"'
+            f'[{section}] type needs the {module.split(".")[0]} package: pip install "pipestate[{extra}]"'
         ) from err
 
 

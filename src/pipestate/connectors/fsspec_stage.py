@@ -188,8 +188,7 @@ class FsspecStage:
             table = pyarrow.Table.from_pylist(rows)
         except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError) as err:
             raise ConnectorError(
-                f"[stage] format parquet: records do not share one schema ({err}); "
-                "use format = 'ndjson.gz'"
+                f"[stage] format parquet: records do not share one schema ({err}); use format = 'ndjson.gz'"
             ) from err
         parquet.write_table(table, raw)
         return len(rows)

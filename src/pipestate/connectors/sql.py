@@ -79,9 +79,7 @@ class SqlOptions(Options):
         return self
 
 
-def target_table(
-    metadata: sa.MetaData, name: str, time_column: str, schema: str | None
-) -> sa.Table:
+def target_table(metadata: sa.MetaData, name: str, time_column: str, schema: str | None) -> sa.Table:
     """The target table's definition (also used by tests and the demo to read it back)."""
     return sa.Table(
         name,
@@ -113,9 +111,7 @@ class SqlTarget:
             raise ConfigError(f"[target] url: {err}") from err
         assert options.time_column is not None
         self._time_column: str = options.time_column
-        self.table = target_table(
-            sa.MetaData(), options.table, options.time_column, options.schema_
-        )
+        self.table = target_table(sa.MetaData(), options.table, options.time_column, options.schema_)
         self._batch = self.table.c.pipestate_batch_id
         if self.engine.dialect.name != "duckdb":  # DuckDB scans its columns fast without one
             sa.Index(f"ix_{options.table}_batch", self._batch)

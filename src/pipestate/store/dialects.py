@@ -133,9 +133,7 @@ def busy_error(engine: Engine, err: BaseException) -> StoreBusyError:
             f"DuckDB file {engine.url.database} is open for writing in another process; "
             "DuckDB allows one writing process at a time (use PostgreSQL for many workers)"
         )
-    return StoreBusyError(
-        f"state database is locked by another process ({engine.dialect.name}); try again"
-    )
+    return StoreBusyError(f"state database is locked by another process ({engine.dialect.name}); try again")
 
 
 def quoted(conn: Connection, name: str) -> str:

@@ -394,9 +394,7 @@ def build_tables(name: str = "pipeline_state", schema: str | None = None) -> Sta
         ),
         Column("batch_id", String(255), nullable=False, comment="Batch the event is about"),
         Column("pipeline_name", String(128), nullable=False, comment="Pipeline of the batch"),
-        Column(
-            "event_type", String(32), nullable=False, comment="CREATED, SUPERSEDED, CLAIMED, ..."
-        ),
+        Column("event_type", String(32), nullable=False, comment="CREATED, SUPERSEDED, CLAIMED, ..."),
         Column("worker_id", String(255), comment="Worker or process that caused the event"),
         Column("claim_token", String(64), comment="Claim the event belongs to, for worker events"),
         Column("event_time", UTCDateTime(), nullable=False, comment="When it happened (UTC)"),

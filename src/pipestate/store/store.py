@@ -107,9 +107,7 @@ class StateStore:
     def exists(self) -> bool:
         try:
             with self.engine.connect() as conn:
-                return inspect(conn).has_table(
-                    self.tables.state.name, schema=self.tables.state.schema
-                )
+                return inspect(conn).has_table(self.tables.state.name, schema=self.tables.state.schema)
         except DBAPIError as err:
             raise self._translate(err) from err
 
@@ -146,10 +144,7 @@ class StateStore:
         # A table made by another tool, or by an older pipestate, gets our
         # optional columns added; a missing core column is an error.
         state = self.tables.state
-        present = {
-            col["name"].lower()
-            for col in inspect(conn).get_columns(state.name, schema=state.schema)
-        }
+        present = {col["name"].lower() for col in inspect(conn).get_columns(state.name, schema=state.schema)}
         missing_core = [name for name in CORE_COLUMNS if name not in present]
         if missing_core:
             raise SchemaError(
@@ -159,21 +154,17 @@ class StateStore:
         actions = []
         preparer = conn.dialect.identifier_preparer
         table_name = preparer.format_table(state)
-        for _, name, typ, _, _ in COLUMNS:
+        for _, name, _typ, _, _ in COLUMNS:
             if name in present:
                 continue
             column_type = state.c[name].type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(
-                f"ALTER TABLE {table_name} ADD COLUMN {preparer.quote(name)} {column_type}"
-            )
+            conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {preparer.quote(name)} {column_type}")
             actions.append(f"added column {name}")
         return actions
 
     def check_ready(self) -> None:
         if not self.exists():
-            raise SchemaError(
-                f"state table {self.tables.state.name} does not exist; run 'pipestate init-db'"
-            )
+            raise SchemaError(f"state table {self.tables.state.name} does not exist; run 'pipestate init-db'")
 
     # -- locks ----------------------------------------------------------------------
 
@@ -237,9 +228,7 @@ class StateStore:
         state = self.tables.state
         found: set[str] = set()
         for chunk in _chunks(ids, 500):
-            found.update(
-                conn.execute(select(state.c.batch_id).where(state.c.batch_id.in_(chunk))).scalars()
-            )
+            found.update(conn.execute(select(state.c.batch_id).where(state.c.batch_id.in_(chunk))).scalars())
         return found
 
     # -- writes -------------------------------------------------------------------
