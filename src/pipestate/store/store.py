@@ -144,7 +144,14 @@ class StateStore:
         # A table made by another tool, or by an older pipestate, gets our
         # optional columns added; a missing core column is an error.
         state = self.tables.state
-        present = {col["name"].lower() for col in inspect(conn).get_columns(state.name, schema=state.schema)}
+        preparer = conn.dialect.identifier_preparer
+        table_name = preparer.format_table(state)
+        # The result's keys, not inspect().get_columns(): duckdb-engine's reflection
+        # queries pg_catalog tables DuckDB lacks (pg_collation) under SQLAlchemy 2.1.
+        probe = conn.exec_driver_sql(f"SELECT * FROM {table_name} WHERE 1 = 0")
+        columns = probe.keys()
+        probe.close()
+        present = {name.lower() for name in columns}
         missing_core = [name for name in CORE_COLUMNS if name not in present]
         if missing_core:
             raise SchemaError(
@@ -152,8 +159,6 @@ class StateStore:
                 "it is not a pipestate state table"
             )
         actions = []
-        preparer = conn.dialect.identifier_preparer
-        table_name = preparer.format_table(state)
         for _, name, _typ, _, _ in COLUMNS:
             if name in present:
                 continue
