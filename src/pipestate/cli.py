@@ -159,9 +159,189 @@ def status(as_json: bool) -> None:
         click.echo(f"  failures   {len(data['failures'])}")
         for failure in data["failures"][:10]:
             click.echo(f"    {failure['batch_id']} retries {failure['retry_count']}: {failure['last_error']}")
-    for key in ("in_flight", "expired_leases", "failed_permanently"):
-        if key in data and data[key]:
-            click.echo(f"  {key.replace('_', ' '):<10} {len(data[key])}")
+    for entry in data.get("in_flight", [])[:20]:
+        click.echo(
+            f"  in flight  {entry['batch_id']} by {entry['worker_id']} for {entry['lease_age_seconds']}s, "
+            f"lease until {entry['lease_expires_at']}"
+        )
+    for entry in data.get("expired_leases", [])[:20]:
+        click.echo(
+            f"  STUCK      {entry['batch_id']} by {entry['worker_id']}: lease expired {entry['lease_expires_at']}"
+        )
+    for entry in data.get("failed_permanently", [])[:20]:
+        click.echo(
+            f"  FAILED for good  {entry['batch_id']} ({entry['retry_count']} attempts): {entry['last_error']}"
+        )
+
+
+# -- workers ---------------------------------------------------------------------
+
+
+def worker_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--worker", required=True, metavar="ID", help="Id of the calling worker (host:pid is a good choice)."
+    )(function)
+
+
+def token_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--token", default=None, metavar="TOKEN", help="The claim_token claim printed (stricter fencing)."
+    )(function)
+
+
+@cli.command()
+@config_option
+@worker_option
+@json_option
+def claim(worker: str, as_json: bool) -> None:
+    """Atomically take the next claimable batch (oldest window first by default).
+
+    Prints {"batch": {...}} or {"batch": null} when nothing is claimable or
+    max_in_flight is reached. Claimable: PENDING; FAILED with retries left and
+    its backoff elapsed; IN_PROGRESS whose lease expired (a failed attempt).
+    """
+    batch = _manager().claim(worker)
+    data = {"batch": batch.to_dict() if batch else None}
+    if as_json:
+        _print_json(data)
+    elif batch is None:
+        click.echo("nothing to claim")
+    else:
+        click.echo(
+            f"claimed {batch.batch_id} [{data['batch']['start']} .. {data['batch']['end']}) "
+            f"lease until {data['batch']['lease_expires_at']} token {batch.claim_token}"
+        )
+
+
+@cli.command()
+@config_option
+@click.argument("batch_id")
+@worker_option
+@token_option
+def heartbeat(batch_id: str, worker: str, token: str | None) -> None:
+    """Extend the lease of a batch the worker holds (exit 4 if it does not)."""
+    expires = _manager().heartbeat(batch_id, worker, token)
+    click.echo(f"{batch_id}: lease extended to {expires.isoformat()}")
+
+
+@cli.command()
+@config_option
+@click.argument("batch_id")
+@worker_option
+@token_option
+def complete(batch_id: str, worker: str, token: str | None) -> None:
+    """Mark a batch the worker holds COMPLETED (exit 4 if it does not)."""
+    _manager().complete(batch_id, worker, token)
+    click.echo(f"{batch_id}: COMPLETED")
+
+
+@cli.command()
+@config_option
+@click.argument("batch_id")
+@worker_option
+@token_option
+@click.option("--error", required=True, metavar="TEXT", help="What went wrong (stored in last_error).")
+@click.option("--step", default=None, metavar="STEP", help="Step that failed: source, stage or target.")
+def fail(batch_id: str, worker: str, token: str | None, error: str, step: str | None) -> None:
+    """Record a failed attempt: retry_count + 1, FAILED, retry after the backoff."""
+    outcome = _manager().fail(batch_id, worker, error, token, step)
+    if outcome["permanent"]:
+        click.echo(f"{batch_id}: FAILED for good after {outcome['retry_count']} attempt(s); requeue to retry")
+    else:
+        click.echo(f"{batch_id}: FAILED, retry {outcome['retry_count']} from {outcome['next_attempt_at']}")
+
+
+@cli.command()
+@config_option
+@click.argument("batch_id")
+@worker_option
+@token_option
+def release(batch_id: str, worker: str, token: str | None) -> None:
+    """Give a held batch back unfinished (PENDING again, no retry counted)."""
+    _manager().release(batch_id, worker, token)
+    click.echo(f"{batch_id}: released")
+
+
+def _instant(value: str | None, name: str) -> Any:
+    if value is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as err:
+        raise click.BadParameter(f"not an ISO 8601 instant: {value!r}", param_hint=name) from err
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+@cli.command()
+@config_option
+@click.argument("batch_ids", nargs=-1)
+@click.option("--failed", "all_failed", is_flag=True, help="Every FAILED batch of the pipeline.")
+@click.option("--start", default=None, help="With --status: windows starting at or after (UTC ISO 8601).")
+@click.option("--end", default=None, help="With --status: windows ending at or before (UTC ISO 8601).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["FAILED", "COMPLETED", "IN_PROGRESS", "PENDING"]),
+    help="Which statuses to requeue in the range (repeatable; default FAILED).",
+)
+@click.option("--force", is_flag=True, help="Also requeue batches under a live lease.")
+@json_option
+def requeue(
+    batch_ids: tuple[str, ...],
+    all_failed: bool,
+    start: str | None,
+    end: str | None,
+    statuses: tuple[str, ...],
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Make batches PENDING again with a fresh retry budget.
+
+    \b
+    pipestate requeue BATCH_ID [BATCH_ID ...]     those batches
+    pipestate requeue --failed                   every FAILED batch
+    pipestate requeue --start T --end T [--status COMPLETED]   a range
+    """
+    if not batch_ids and not all_failed and start is None and end is None:
+        raise click.UsageError("name batch ids, or --failed, or a --start/--end range")
+    done = _manager().requeue(
+        list(batch_ids) or None,
+        start=_instant(start, "--start"),
+        end=_instant(end, "--end"),
+        statuses=statuses or ("FAILED",),
+        force=force,
+    )
+    if as_json:
+        _print_json({"requeued": done})
+    else:
+        click.echo(f"requeued {len(done)} batch(es)")
+        for batch_id in done[:50]:
+            click.echo(f"  {batch_id}")
+
+
+@cli.command()
+@config_option
+@click.argument("batch_id")
+@json_option
+def history(batch_id: str, as_json: bool) -> None:
+    """Print a batch's story from the audit trail."""
+    events = _manager().history(batch_id)
+    if as_json:
+        _print_json({"batch_id": batch_id, "events": events})
+        return
+    if not events:
+        click.echo(f"no events for {batch_id}")
+    for event in events:
+        change = f"{event['old_status'] or '-'} -> {event['new_status'] or '-'}"
+        click.echo(
+            f"{event['event_time']}  {event['event_type']:<13} {change:<26} "
+            f"{event['worker_id'] or ''}  {event['details'] or ''}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
-from . import plugins
+from . import batches, plugins
+from .batches import Batch
 from .config import Config, load_config, parse_duration
 from .errors import ConfigError
 from .planning import NewWindow, Plan, Settings, UnsortedInput, plan
@@ -322,6 +323,65 @@ class PipelineStateManager:
             "details": details,
         }
 
+    # -- workers (the state table is the lock; see batches.py) --------------------
+
+    def claim(self, worker: str) -> Batch | None:
+        """Atomically take the next claimable batch, or None."""
+        return batches.claim(self, worker)
+
+    def heartbeat(self, batch_id: str, worker: str, token: str | None = None) -> datetime:
+        """Extend the caller's lease; LeaseLost if the claim is not current."""
+        return batches.heartbeat(self, batch_id, worker, token)
+
+    def complete(
+        self, batch_id: str, worker: str, token: str | None = None, values: dict[str, Any] | None = None
+    ) -> None:
+        """Mark the caller's batch COMPLETED; LeaseLost if the claim is not current."""
+        batches.complete(self, batch_id, worker, token, values)
+
+    def fail(
+        self,
+        batch_id: str,
+        worker: str,
+        error: str,
+        token: str | None = None,
+        step: str | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record a failed attempt (retry_count + 1, FAILED, backoff); LeaseLost if not current."""
+        return batches.fail(self, batch_id, worker, error, token, step, values)
+
+    def release(self, batch_id: str, worker: str, token: str | None = None) -> None:
+        """Give the batch back unfinished, with no retry counted."""
+        batches.release(self, batch_id, worker, token)
+
+    def record_step(
+        self,
+        batch_id: str,
+        worker: str,
+        values: dict[str, Any],
+        token: str | None = None,
+        step: str | None = None,
+    ) -> None:
+        """Write step columns while holding the claim (fenced)."""
+        batches.record_step(self, batch_id, worker, token, values, step)
+
+    def requeue(
+        self,
+        batch_ids: list[str] | None = None,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        statuses: tuple[str, ...] = ("FAILED",),
+        force: bool = False,
+    ) -> list[str]:
+        """Make batches PENDING again with a fresh retry budget; returns their ids."""
+        return batches.requeue(self, batch_ids, start=start, end=end, statuses=statuses, force=force)
+
+    def history(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's audit trail, oldest first."""
+        return batches.history(self, batch_id)
+
     # -- status -------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -359,6 +419,7 @@ class PipelineStateManager:
                 .order_by(state.c.source_query_window_start_time)
                 .limit(50)
             ).all()
+            lease_view = batches.leases(self, conn, now)
         total = max((settings.stop - settings.start).total_seconds(), 0.0)
         return {
             "pipeline": self.pipeline,
@@ -392,6 +453,7 @@ class PipelineStateManager:
                 }
                 for row in failures
             ],
+            **lease_view,
         }
 
 

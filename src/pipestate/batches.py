@@ -1,0 +1,575 @@
+"""Worker operations on one batch: claim, heartbeat, complete, fail, release, requeue.
+
+Each is one short write transaction and appends its audit event in the same
+transaction. heartbeat, complete, fail and release are fenced: they change the
+row only while the caller's claim is the batch's current one, and raise
+LeaseLost (exit 4) otherwise, having changed nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, func, or_, select
+
+from .config import parse_duration
+from .errors import LeaseLost, UsageError
+from .report import iso
+from .store.claims import backoff_delay, count_in_flight, current_claim, find_candidate, guarded_update
+
+if TYPE_CHECKING:
+    from .manager import PipelineStateManager
+
+__all__ = ["Batch", "claim", "heartbeat", "complete", "fail", "release", "requeue", "history"]
+
+STEP_COLUMNS = {
+    "source": ("source_extract_status", "source_extract_started_at", "source_extract_completed_at"),
+    "stage": ("stage_write_status", "stage_write_started_at", "stage_write_completed_at"),
+    "target": ("target_load_status", "target_load_started_at", "target_load_completed_at"),
+}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A claimed batch: its window, and the claim that fences every later call."""
+
+    batch_id: str
+    pipeline: str
+    start: datetime
+    end: datetime
+    duration_minutes: int
+    local_date: date | None
+    retry_count: int
+    attempt_count: int
+    worker_id: str
+    claim_token: str
+    claimed_at: datetime
+    lease_expires_at: datetime
+    row: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "pipeline": self.pipeline,
+            "start": iso(self.start),
+            "end": iso(self.end),
+            "duration_minutes": self.duration_minutes,
+            "local_date": self.local_date.isoformat() if self.local_date else None,
+            "retry_count": self.retry_count,
+            "attempt_count": self.attempt_count,
+            "worker_id": self.worker_id,
+            "claim_token": self.claim_token,
+            "claimed_at": iso(self.claimed_at),
+            "lease_expires_at": iso(self.lease_expires_at),
+            "source_id": self.row.get("source_id"),
+            "stage_id": self.row.get("stage_id"),
+            "target_id": self.row.get("target_id"),
+            "current_step": self.row.get("current_step"),
+        }
+
+    def step_done(self, step: str) -> bool:
+        """Whether an earlier attempt finished `step` (source, stage or target)."""
+        return self.row.get(STEP_COLUMNS[step][0]) == "DONE"
+
+
+def _event(
+    manager: PipelineStateManager,
+    batch_id: str,
+    kind: str,
+    now: datetime,
+    old: str | None,
+    new: str | None,
+    worker: str | None,
+    token: str | None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return manager._event(batch_id, kind, now, old, new, details, worker_id=worker, claim_token=token)
+
+
+def claim(manager: PipelineStateManager, worker: str) -> Batch | None:
+    """Take the next claimable batch, or None (nothing claimable, or max_in_flight reached)."""
+    if not worker:
+        raise UsageError("--worker: a worker id is required")
+    store, settings = manager.store, manager.config.concurrency
+    lease = parse_duration(settings.lease)
+    if settings.max_in_flight:
+        store.ensure_lock_row(manager.pipeline)
+    with store.transaction(write=True) as conn:
+        now = manager.now(conn)
+        if settings.max_in_flight:
+            store.lock_pipeline(conn, manager.pipeline, holder=f"claim {worker}")
+            if count_in_flight(store, conn, manager.pipeline, now) >= settings.max_in_flight:
+                return None
+        events: list[dict[str, Any]] = []
+        try:
+            while True:
+                row = find_candidate(
+                    store,
+                    conn,
+                    manager.pipeline,
+                    now,
+                    settings.max_retries,
+                    settings.claim_order == "newest_first",
+                )
+                if row is None:
+                    return None
+                status, retries = row["pipeline_status"], int(row["retry_count"] or 0)
+                if status == "IN_PROGRESS":
+                    # An expired lease is a failed attempt of its holder.
+                    retries += 1
+                    permanent = retries >= settings.max_retries
+                    events.append(
+                        _event(
+                            manager,
+                            row["batch_id"],
+                            "LEASE_EXPIRED",
+                            now,
+                            status,
+                            "FAILED" if permanent else status,
+                            row["worker_id"],
+                            row["claim_token"],
+                            {"retry_count": retries, "lease_expired_at": iso(row["lease_expires_at"])},
+                        )
+                    )
+                    if permanent:
+                        guarded_update(
+                            store,
+                            conn,
+                            manager.pipeline,
+                            row["batch_id"],
+                            status,
+                            row["claim_token"],
+                            {
+                                "pipeline_status": "FAILED",
+                                "retry_count": retries,
+                                "last_error": "lease expired (worker stopped heartbeating)",
+                                "last_error_step": row["current_step"],
+                                "last_error_at": now,
+                                "lease_expires_at": None,
+                                "updated_at": now,
+                                "updated_by": worker,
+                            },
+                        )
+                        continue
+                token = uuid.uuid4().hex
+                expires = now + lease
+                attempts = int(row["attempt_count"] or 0) + 1
+                values = {
+                    "pipeline_status": "IN_PROGRESS",
+                    "worker_id": worker,
+                    "claim_token": token,
+                    "claimed_at": now,
+                    "lease_expires_at": expires,
+                    "heartbeat_at": now,
+                    "retry_count": retries,
+                    "attempt_count": attempts,
+                    "first_started_at": row["first_started_at"] or now,
+                    "next_attempt_at": None,
+                    "updated_at": now,
+                    "updated_by": worker,
+                }
+                if not guarded_update(
+                    store, conn, manager.pipeline, row["batch_id"], status, row["claim_token"], values
+                ):
+                    continue  # taken meanwhile (only possible without row locks); look again
+                events.append(
+                    _event(
+                        manager,
+                        row["batch_id"],
+                        "CLAIMED",
+                        now,
+                        status,
+                        "IN_PROGRESS",
+                        worker,
+                        token,
+                        {"attempt": attempts, "retry_count": retries, "lease_expires_at": iso(expires)},
+                    )
+                )
+                row.update(values)
+                return Batch(
+                    batch_id=row["batch_id"],
+                    pipeline=manager.pipeline,
+                    start=row["source_query_window_start_time"],
+                    end=row["source_query_window_end_time"],
+                    duration_minutes=int(row["source_query_window_duration_minutes"]),
+                    local_date=row["window_local_date"],
+                    retry_count=retries,
+                    attempt_count=attempts,
+                    worker_id=worker,
+                    claim_token=token,
+                    claimed_at=now,
+                    lease_expires_at=expires,
+                    row=row,
+                )
+        finally:
+            if events:
+                store.insert_events(conn, events)
+
+
+def _fenced(
+    manager: PipelineStateManager, conn: Any, batch_id: str, worker: str, token: str | None
+) -> dict[str, Any]:
+    row = current_claim(manager.store, conn, manager.pipeline, batch_id, worker, token)
+    if row is None:
+        raise LeaseLost(_why_not(manager, conn, batch_id, worker))
+    return row
+
+
+def _why_not(manager: PipelineStateManager, conn: Any, batch_id: str, worker: str) -> str:
+    c = manager.store.tables.state.c
+    row = conn.execute(
+        select(c.pipeline_status, c.worker_id).where(
+            c.batch_id == batch_id, c.pipeline_name == manager.pipeline
+        )
+    ).first()
+    if row is None:
+        return f"no batch {batch_id} in pipeline {manager.pipeline}"
+    status, holder = row
+    if status == "IN_PROGRESS" and holder != worker:
+        return f"batch {batch_id} is claimed by {holder}, not {worker}; nothing changed"
+    if status == "IN_PROGRESS":
+        return f"batch {batch_id}: {worker} no longer holds the current claim; nothing changed"
+    return f"batch {batch_id} is {status}; {worker} does not hold its claim; nothing changed"
+
+
+def heartbeat(
+    manager: PipelineStateManager, batch_id: str, worker: str, token: str | None = None
+) -> datetime:
+    """Extend the lease; returns the new expiry."""
+    store = manager.store
+    lease = parse_duration(manager.config.concurrency.lease)
+    with store.transaction(write=True) as conn:
+        row = _fenced(manager, conn, batch_id, worker, token)
+        now = manager.now(conn)
+        expires = now + lease
+        guarded_update(
+            store,
+            conn,
+            manager.pipeline,
+            batch_id,
+            "IN_PROGRESS",
+            row["claim_token"],
+            {"lease_expires_at": expires, "heartbeat_at": now, "updated_at": now},
+        )
+    return expires
+
+
+def record_step(
+    manager: PipelineStateManager,
+    batch_id: str,
+    worker: str,
+    token: str | None,
+    values: dict[str, Any],
+    step: str | None = None,
+) -> None:
+    """Write step columns (counts, locations, timestamps) while holding the claim."""
+    store = manager.store
+    with store.transaction(write=True) as conn:
+        row = _fenced(manager, conn, batch_id, worker, token)
+        now = manager.now(conn)
+        update = {**values, "updated_at": now}
+        if step is not None:
+            update["current_step"] = step
+        guarded_update(store, conn, manager.pipeline, batch_id, "IN_PROGRESS", row["claim_token"], update)
+        if step is not None:
+            store.insert_events(
+                conn,
+                [
+                    _event(
+                        manager,
+                        batch_id,
+                        "STEP",
+                        now,
+                        "IN_PROGRESS",
+                        "IN_PROGRESS",
+                        worker,
+                        row["claim_token"],
+                        {"step": step, **{k: v for k, v in values.items()}},
+                    )
+                ],
+            )
+
+
+def complete(
+    manager: PipelineStateManager,
+    batch_id: str,
+    worker: str,
+    token: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> None:
+    """Mark the batch COMPLETED (fenced)."""
+    store = manager.store
+    with store.transaction(write=True) as conn:
+        row = _fenced(manager, conn, batch_id, worker, token)
+        now = manager.now(conn)
+        claimed = row["claimed_at"]
+        seconds = (now - claimed).total_seconds() if claimed else None
+        guarded_update(
+            store,
+            conn,
+            manager.pipeline,
+            batch_id,
+            "IN_PROGRESS",
+            row["claim_token"],
+            {
+                **(values or {}),
+                "pipeline_status": "COMPLETED",
+                "current_step": "done",
+                "completed_at": now,
+                "processing_seconds": seconds,
+                "lease_expires_at": None,
+                "updated_at": now,
+                "updated_by": worker,
+            },
+        )
+        store.insert_events(
+            conn,
+            [
+                _event(
+                    manager,
+                    batch_id,
+                    "COMPLETED",
+                    now,
+                    "IN_PROGRESS",
+                    "COMPLETED",
+                    worker,
+                    row["claim_token"],
+                    {"processing_seconds": seconds},
+                )
+            ],
+        )
+
+
+def fail(
+    manager: PipelineStateManager,
+    batch_id: str,
+    worker: str,
+    error: str,
+    token: str | None = None,
+    step: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Record the error, add one to retry_count, set FAILED (fenced).
+
+    Returns `{"retry_count", "permanent", "next_attempt_at"}`.
+    """
+    store, settings = manager.store, manager.config.concurrency
+    with store.transaction(write=True) as conn:
+        row = _fenced(manager, conn, batch_id, worker, token)
+        now = manager.now(conn)
+        retries = int(row["retry_count"] or 0) + 1
+        permanent = retries >= settings.max_retries
+        next_attempt = (
+            None if permanent else now + backoff_delay(parse_duration(settings.retry_backoff), retries)
+        )
+        failed_step = step or row["current_step"]
+        guarded_update(
+            store,
+            conn,
+            manager.pipeline,
+            batch_id,
+            "IN_PROGRESS",
+            row["claim_token"],
+            {
+                **(values or {}),
+                "pipeline_status": "FAILED",
+                "retry_count": retries,
+                "last_error": error,
+                "last_error_step": failed_step,
+                "last_error_at": now,
+                "next_attempt_at": next_attempt,
+                "lease_expires_at": None,
+                "updated_at": now,
+                "updated_by": worker,
+            },
+        )
+        outcome = {"retry_count": retries, "permanent": permanent, "next_attempt_at": iso(next_attempt)}
+        store.insert_events(
+            conn,
+            [
+                _event(
+                    manager,
+                    batch_id,
+                    "FAILED",
+                    now,
+                    "IN_PROGRESS",
+                    "FAILED",
+                    worker,
+                    row["claim_token"],
+                    {"error": error, "step": failed_step, **outcome},
+                )
+            ],
+        )
+    return outcome
+
+
+def release(manager: PipelineStateManager, batch_id: str, worker: str, token: str | None = None) -> None:
+    """Give the batch back unfinished (a clean stop): PENDING again, no retry counted."""
+    store = manager.store
+    with store.transaction(write=True) as conn:
+        row = _fenced(manager, conn, batch_id, worker, token)
+        now = manager.now(conn)
+        guarded_update(
+            store,
+            conn,
+            manager.pipeline,
+            batch_id,
+            "IN_PROGRESS",
+            row["claim_token"],
+            {"pipeline_status": "PENDING", "lease_expires_at": None, "updated_at": now, "updated_by": worker},
+        )
+        store.insert_events(
+            conn,
+            [
+                _event(
+                    manager, batch_id, "RELEASED", now, "IN_PROGRESS", "PENDING", worker, row["claim_token"]
+                )
+            ],
+        )
+
+
+def requeue(
+    manager: PipelineStateManager,
+    batch_ids: list[str] | None = None,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    statuses: tuple[str, ...] = ("FAILED",),
+    force: bool = False,
+    by: str | None = None,
+) -> list[str]:
+    """Make batches PENDING again with a fresh retry budget; returns their ids.
+
+    Select by id, or by window within [start, end), among `statuses` (FAILED by
+    default; COMPLETED to reprocess). A batch under a live claim is refused
+    unless `force` (its holder then gets LeaseLost on its next call).
+    """
+    allowed = {"FAILED", "COMPLETED", "PENDING", "IN_PROGRESS"}
+    if bad := [s for s in statuses if s not in allowed]:
+        raise UsageError(f"--status: cannot requeue {', '.join(bad)} batches")
+    store = manager.store
+    c = store.tables.state.c
+    who = by or manager.actor
+    with store.transaction(write=True) as conn:
+        now = manager.now(conn)
+        stmt = select(c.batch_id, c.pipeline_status, c.lease_expires_at, c.claim_token).where(
+            c.pipeline_name == manager.pipeline, c.pipeline_status != "SUPERSEDED"
+        )
+        if batch_ids:
+            stmt = stmt.where(c.batch_id.in_(batch_ids))
+        else:
+            stmt = stmt.where(c.pipeline_status.in_(statuses))
+            if start is not None:
+                stmt = stmt.where(c.source_query_window_start_time >= start)
+            if end is not None:
+                stmt = stmt.where(c.source_query_window_end_time <= end)
+        rows = conn.execute(stmt.order_by(c.source_query_window_start_time)).all()
+        if batch_ids:
+            missing = set(batch_ids) - {row[0] for row in rows}
+            if missing:
+                raise UsageError(
+                    f"no such batch in pipeline {manager.pipeline}: {', '.join(sorted(missing))}"
+                )
+        done: list[str] = []
+        events = []
+        for batch_id, status, lease, token in rows:
+            live = status == "IN_PROGRESS" and lease is not None and lease > now
+            if live and not force:
+                raise UsageError(
+                    f"batch {batch_id} is IN_PROGRESS under a live lease; use --force to requeue"
+                )
+            guarded_update(
+                store,
+                conn,
+                manager.pipeline,
+                batch_id,
+                status,
+                token,
+                {
+                    "pipeline_status": "PENDING",
+                    "retry_count": 0,
+                    "next_attempt_at": None,
+                    "lease_expires_at": None,
+                    "claim_token": None,
+                    "requeue_count": func.coalesce(c.requeue_count, 0) + 1,
+                    "last_requeued_at": now,
+                    "updated_at": now,
+                    "updated_by": who,
+                },
+            )
+            events.append(_event(manager, batch_id, "REQUEUED", now, status, "PENDING", who, token))
+            done.append(batch_id)
+        store.insert_events(conn, events)
+    return done
+
+
+def history(manager: PipelineStateManager, batch_id: str) -> list[dict[str, Any]]:
+    """The batch's audit events, oldest first."""
+    events = manager.store.tables.events
+    with manager.store.transaction(write=False) as conn:
+        rows = conn.execute(
+            select(events)
+            .where(events.c.batch_id == batch_id, events.c.pipeline_name == manager.pipeline)
+            .order_by(events.c.event_id)
+        ).all()
+    return [
+        {
+            "event_id": row.event_id,
+            "event_type": row.event_type,
+            "event_time": iso(row.event_time),
+            "worker_id": row.worker_id,
+            "claim_token": row.claim_token,
+            "old_status": row.old_status,
+            "new_status": row.new_status,
+            "details": row.details,
+        }
+        for row in rows
+    ]
+
+
+def leases(manager: PipelineStateManager, conn: Any, now: datetime) -> dict[str, list[dict[str, Any]]]:
+    """For status: batches in flight, stuck under expired leases, and failed for good."""
+    c = manager.store.tables.state.c
+    max_retries = manager.config.concurrency.max_retries
+    in_progress = conn.execute(
+        select(c.batch_id, c.worker_id, c.claimed_at, c.lease_expires_at, c.heartbeat_at, c.current_step)
+        .where(c.pipeline_name == manager.pipeline, c.pipeline_status == "IN_PROGRESS")
+        .order_by(c.claimed_at)
+    ).all()
+    in_flight, expired = [], []
+    for row in in_progress:
+        entry = {
+            "batch_id": row.batch_id,
+            "worker_id": row.worker_id,
+            "lease_age_seconds": round((now - row.claimed_at).total_seconds(), 3) if row.claimed_at else None,
+            "lease_expires_at": iso(row.lease_expires_at),
+            "last_heartbeat": iso(row.heartbeat_at),
+            "current_step": row.current_step,
+        }
+        live = row.lease_expires_at is not None and row.lease_expires_at > now
+        (in_flight if live else expired).append(entry)
+    permanent = conn.execute(
+        select(c.batch_id, c.retry_count, c.last_error, c.last_error_at)
+        .where(
+            c.pipeline_name == manager.pipeline,
+            and_(c.pipeline_status == "FAILED", or_(func.coalesce(c.retry_count, 0) >= max_retries)),
+        )
+        .order_by(c.source_query_window_start_time)
+        .limit(100)
+    ).all()
+    return {
+        "in_flight": in_flight,
+        "expired_leases": expired,
+        "failed_permanently": [
+            {
+                "batch_id": row.batch_id,
+                "retry_count": row.retry_count,
+                "last_error": row.last_error,
+                "last_error_at": iso(row.last_error_at),
+            }
+            for row in permanent
+        ],
+    }
