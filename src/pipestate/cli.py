@@ -166,7 +166,8 @@ def status(as_json: bool) -> None:
         )
     for entry in data.get("expired_leases", [])[:20]:
         click.echo(
-            f"  STUCK      {entry['batch_id']} by {entry['worker_id']}: lease expired {entry['lease_expires_at']}"
+            f"  STUCK      {entry['batch_id']} by {entry['worker_id']}: "
+            f"lease expired {entry['lease_expires_at']}"
         )
     for entry in data.get("failed_permanently", [])[:20]:
         click.echo(
