@@ -132,16 +132,21 @@ class Worker:
         limit: int | None = None,
         wait: bool = False,
         poll_interval: float = 5.0,
+        keep_going: Callable[[], bool] | None = None,
     ) -> RunSummary:
         """Process batches until none is claimable (or `limit`, or a stop signal).
 
         With `wait`, keep polling for new work instead of returning when idle.
-        A handler's exception fails that batch and the loop goes on.
+        `keep_going` is asked before each claim (e.g. a budget shared by
+        several processes). A handler's exception fails that batch and the
+        loop goes on.
         """
         summary = RunSummary()
         restore = self._install_signal_handlers()
         try:
             while not self.stopping and (limit is None or summary.processed < limit):
+                if keep_going is not None and not keep_going():
+                    break
                 try:
                     with self.batch() as claimed:
                         if claimed is None:
