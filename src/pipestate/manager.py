@@ -384,6 +384,17 @@ class PipelineStateManager:
 
     # -- status -------------------------------------------------------------------
 
+    def counts(self) -> dict[str, int]:
+        """Rows of the pipeline by status (cheap: one grouped count)."""
+        state = self.store.tables.state
+        with self.store.transaction(write=False) as conn:
+            rows = conn.execute(
+                select(state.c.pipeline_status, func.count())
+                .where(state.c.pipeline_name == self.pipeline)
+                .group_by(state.c.pipeline_status)
+            ).all()
+        return {str(status): int(count) for status, count in rows}
+
     def status(self) -> dict[str, Any]:
         """Counts by status, coverage of the range, first/last window, oldest pending, failures."""
         self.store.check_ready()

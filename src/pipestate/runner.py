@@ -1,0 +1,344 @@
+"""The runner: moves each claimed batch source -> stage -> target, resumably and exactly once.
+
+Per batch: extract the window's records from the source straight into one
+staged file (skipped when an earlier attempt already staged it), then replace
+the batch's rows in the target with the staged ones. Record counts are checked
+between steps; each step's start, end, counts, bytes and location go into the
+state table while the claim is held (fenced, so a worker that lost its lease
+writes nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .batches import Batch
+from .connectors.base import (
+    BatchContext,
+    ConnectorError,
+    Source,
+    Stage,
+    StagedData,
+    Target,
+    build_source,
+    build_stage,
+    build_target,
+)
+from .errors import ConfigError
+from .manager import PipelineStateManager
+from .worker import RunSummary, Worker
+
+__all__ = ["PipelineRunner", "RunResult", "run_pipeline", "CountMismatch", "InjectedFailure"]
+
+log = logging.getLogger("pipestate.runner")
+
+
+class CountMismatch(ConnectorError):
+    """Two steps disagree on how many records the batch has."""
+
+
+class InjectedFailure(ConnectorError):
+    """A failure the demo injects on purpose to show retries working."""
+
+    retryable = True
+
+
+class _Counted:
+    """Counts records as they stream from the source into the stage."""
+
+    def __init__(self, records: Iterable[dict[str, Any]]) -> None:
+        self.records, self.count = records, 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for record in self.records:
+            self.count += 1
+            yield record
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PipelineRunner:
+    """Processes claimed batches with the configured source, stage and target."""
+
+    def __init__(
+        self,
+        manager: PipelineStateManager,
+        source: Source | None = None,
+        stage: Stage | None = None,
+        target: Target | None = None,
+        inject_failures: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        config = manager.config
+        if source is None and not config.source:
+            raise ConfigError("[source] type: required to run the pipeline (see docs/connectors.md)")
+        self.manager = manager
+        self.source = source or build_source(config.source)
+        self.stage = stage or build_stage(config.stage)
+        self.target = target or build_target(config.target)
+        if not 0.0 <= inject_failures < 1.0:
+            raise ConfigError("--inject-failures: must be a fraction in [0, 1)")
+        self.inject_failures = inject_failures
+        self.random = random.Random(seed)
+
+    def context(self, batch: Batch) -> BatchContext:
+        pipeline = self.manager.config.pipeline
+        row = batch.row
+        return BatchContext(
+            batch_id=batch.batch_id,
+            pipeline=batch.pipeline,
+            start=batch.start,
+            end=batch.end,
+            local_date=batch.local_date or batch.start.astimezone(pipeline.tz).date(),
+            timezone=row.get("window_timezone") or pipeline.timezone,
+            source_id=row.get("source_id"),
+            stage_id=row.get("stage_id"),
+            target_id=row.get("target_id"),
+        )
+
+    def _record(self, batch: Batch, values: dict[str, Any], step: str | None = None) -> None:
+        self.manager.record_step(batch.batch_id, batch.worker_id, values, batch.claim_token, step)
+
+    def _chaos(self, step: str) -> None:
+        if self.inject_failures and self.random.random() < self.inject_failures:
+            raise InjectedFailure(f"injected failure in the {step} step (--inject-failures)")
+
+    def process(self, batch: Batch) -> None:
+        """Run the batch's steps; raises on failure (the Worker then fails the batch)."""
+        ctx = self.context(batch)
+        staged = self.stage.find(ctx) if batch.step_done("stage") else None
+        if staged is None:
+            staged = self._extract_and_stage(batch, ctx)
+        else:
+            log.info("%s: already staged at %s; not extracting again", batch.batch_id, staged.location)
+        self._load(batch, ctx, staged)
+
+    def _extract_and_stage(self, batch: Batch, ctx: BatchContext) -> StagedData:
+        location, query = self.source.describe(ctx)
+        started = _now()
+        self._record(
+            batch,
+            {
+                "source_extract_status": "RUNNING",
+                "source_extract_started_at": started,
+                "source_extract_completed_at": None,
+                "source_location": location,
+                "source_query": query,
+                "stage_write_status": "RUNNING",
+                "stage_write_started_at": started,
+                "stage_write_completed_at": None,
+            },
+            step="source",
+        )
+        self._chaos("source")
+        counted = _Counted(self.source.extract(ctx))
+        staged = self.stage.write(ctx, counted)
+        finished = _now()
+        if counted.count != staged.record_count:
+            raise CountMismatch(
+                f"{batch.batch_id}: source gave {counted.count} records, stage holds {staged.record_count}"
+            )
+        self._record(
+            batch,
+            {
+                "source_extract_status": "DONE",
+                "source_extract_completed_at": finished,
+                "source_record_count": counted.count,
+                "stage_write_status": "DONE",
+                "stage_write_completed_at": finished,
+                "stage_record_count": staged.record_count,
+                "stage_bytes": staged.bytes,
+                "stage_location": staged.location,
+                "stage_file_format": staged.file_format,
+                "stage_file_count": staged.file_count,
+            },
+            step="stage",
+        )
+        self._chaos("stage")
+        return staged
+
+    def _load(self, batch: Batch, ctx: BatchContext, staged: StagedData) -> None:
+        self._record(
+            batch,
+            {
+                "target_load_status": "RUNNING",
+                "target_load_started_at": _now(),
+                "target_load_completed_at": None,
+            },
+            step="target",
+        )
+        result = self.target.load(ctx, staged, self.stage)
+        if result.record_count != staged.record_count:
+            raise CountMismatch(
+                f"{batch.batch_id}: staged {staged.record_count} records, target holds {result.record_count}"
+            )
+        self._record(
+            batch,
+            {
+                "target_load_status": "DONE",
+                "target_load_completed_at": _now(),
+                "target_record_count": result.record_count,
+                "target_rows_replaced": result.rows_deleted,
+                "target_location": result.location,
+                "target_load_id": result.load_id,
+            },
+        )
+        self._chaos("target")  # after the load: the retry must replace, not duplicate
+
+
+@dataclass
+class RunResult:
+    """What `run_pipeline` did."""
+
+    created: int = 0
+    superseded: int = 0
+    summary: RunSummary = field(default_factory=RunSummary)
+    seconds: float = 0.0
+    records: int = 0
+
+
+def _worker_process(
+    config: Any,
+    worker_id: str,
+    once: bool,
+    budget: Any,
+    inject_failures: float,
+    seed: int | None,
+    results: Any,
+) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    with PipelineStateManager(config) as manager:
+        runner = PipelineRunner(manager, inject_failures=inject_failures, seed=seed)
+        summary = Worker(manager, worker_id).run(
+            runner.process, limit=1 if once else None, keep_going=_budget_taker(budget)
+        )
+    results.put((summary.completed, summary.failed, summary.lost, summary.released))
+
+
+def _budget_taker(budget: Any) -> Callable[[], bool] | None:
+    if budget is None:
+        return None
+
+    def take() -> bool:
+        with budget.get_lock():
+            if budget.value <= 0:
+                return False
+            budget.value -= 1
+            return True
+
+    return take
+
+
+def run_pipeline(
+    manager: PipelineStateManager,
+    workers: int = 1,
+    once: bool = False,
+    limit: int | None = None,
+    inject_failures: float = 0.0,
+    seed: int | None = None,
+    progress: Callable[[dict[str, int]], None] | None = None,
+    worker_prefix: str | None = None,
+) -> RunResult:
+    """Populate, then claim and process batches until none is claimable.
+
+    `workers` > 1 runs that many processes (each its own connection and worker
+    id); `once` gives each worker one batch; `limit` caps batches in total.
+    `progress` is called with the status counts while work goes on.
+    """
+    if workers < 1:
+        raise ConfigError("--workers: must be at least 1")
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit: must be at least 1")
+    began = time.monotonic()
+    result = RunResult()
+    report = manager.populate_pipeline_batches()
+    result.created, result.superseded = len(report.created), len(report.superseded)
+    prefix = worker_prefix or manager.actor.removeprefix("pipestate@")
+    if workers == 1:
+        runner = PipelineRunner(manager, inject_failures=inject_failures, seed=seed)
+        remaining = [limit]
+
+        def keep_going() -> bool:
+            if progress is not None:
+                progress(manager.counts())
+            if remaining[0] is None:
+                return True
+            remaining[0] -= 1
+            return remaining[0] >= 0
+
+        result.summary = Worker(manager, f"{prefix}/w1").run(
+            runner.process, limit=1 if once else None, keep_going=keep_going
+        )
+    else:
+        result.summary = _run_processes(
+            manager, workers, once, limit, inject_failures, seed, progress, prefix
+        )
+    if progress is not None:
+        progress(manager.counts())
+    result.seconds = time.monotonic() - began
+    return result
+
+
+def _run_processes(
+    manager: PipelineStateManager,
+    workers: int,
+    once: bool,
+    limit: int | None,
+    inject_failures: float,
+    seed: int | None,
+    progress: Callable[[dict[str, int]], None] | None,
+    prefix: str,
+) -> RunSummary:
+    context = multiprocessing.get_context("spawn")
+    budget = context.Value("i", limit) if limit is not None else None
+    results = context.Queue()
+    processes = [
+        context.Process(
+            target=_worker_process,
+            args=(
+                manager.config,
+                f"{prefix}/w{index + 1}",
+                once,
+                budget,
+                inject_failures,
+                None if seed is None else seed + index,
+                results,
+            ),
+            daemon=False,
+        )
+        for index in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        while any(process.is_alive() for process in processes):
+            if progress is not None:
+                progress(manager.counts())
+            for process in processes:
+                process.join(timeout=0.5)
+    except KeyboardInterrupt:
+        for process in processes:
+            process.terminate()  # SIGTERM: each finishes its batch, then stops
+        for process in processes:
+            process.join()
+    summary = RunSummary()
+    while not results.empty():
+        completed, failed, lost, released = results.get()
+        summary.completed += completed
+        summary.failed += failed
+        summary.lost += lost
+        summary.released += released
+    bad = [process.exitcode for process in processes if process.exitcode]
+    if bad:
+        print(f"pipestate: {len(bad)} worker process(es) exited with {bad}", file=sys.stderr)
+    return summary
