@@ -390,7 +390,9 @@ class _Planner:
         if analysis.first_start is None or analysis.last_end is None:
             self._fill(fills, low, stop, "SCHEDULED", None, {})
         else:
-            span_start, span_end = analysis.first_start, analysis.last_end
+            # The span of the windows kept after resolution: a superseded window no
+            # longer marks history, and the next run sees only the kept ones.
+            span_start, span_end = self.kept_first, self.kept_cursor
             uncovered = [(low, self.kept_first)] + self.holes + [(self.kept_cursor, stop)]
             for start, end in uncovered:
                 start, end = max(start, low), min(end, stop)  # type: ignore[type-var]
