@@ -211,9 +211,19 @@ class Config(_Section):
     def from_dict(cls, data: dict[str, Any], origin: str = "<memory>") -> Config:
         """Validate a merged mapping; ConfigError naming the first offending key."""
         try:
-            return cls.model_validate({**data, "origin": origin})
+            config = cls.model_validate({**data, "origin": origin})
         except ValidationError as err:
             raise ConfigError(_describe(err, origin)) from err
+        from .connectors.base import check_options
+
+        for kind in ("source", "stage", "target"):
+            section = getattr(config, kind)
+            if section:
+                try:
+                    check_options(kind, section)  # type: ignore[arg-type]
+                except ConfigError as err:
+                    raise ConfigError(f"{origin}: {err}") from err
+        return config
 
 
 def _local_instant(text: str, tz: ZoneInfo, key: str) -> datetime:

@@ -351,3 +351,20 @@ def json_default(value: Any) -> Any:
 def dumps(record: Mapping[str, Any]) -> str:
     """A record as compact JSON text, the same way every connector writes it."""
     return json.dumps(record, default=json_default, separators=(",", ":"), ensure_ascii=False)
+
+
+def check_options(kind: Kind, cfg: Mapping[str, Any]) -> None:
+    """Validate a `[source]`/`[stage]`/`[target]` section without connecting to anything.
+
+    Called when the config is loaded, so a typo is exit 2 before any work starts.
+    Connectors without an `Options` model are checked when they are built.
+    """
+    values = dict(cfg)
+    name = values.pop("type", None) or _DEFAULT_TYPE.get(kind)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"[{kind}] type: required key is missing")
+    model = getattr(_resolve(kind, name), "Options", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        if "type" in model.model_fields:
+            values["type"] = name
+        validate_options(model, kind, values)
