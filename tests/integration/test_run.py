@@ -1,0 +1,195 @@
+"""End-to-end: `pipestate run` moves every record source -> stage -> target exactly once.
+
+Source: local NDJSON files; stage: a local directory; target: SQLite or DuckDB
+through the `sql` target. These are the embedded defaults, not stand-ins.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import run_support
+import sqlalchemy as sa
+
+from pipestate.config import Config
+from pipestate.manager import PipelineStateManager
+from pipestate.runner import PipelineRunner, run_pipeline
+
+HERE = Path(__file__).parent
+PIPESTATE = str(Path(sys.executable).with_name("pipestate"))
+START, END = "2026-01-01", "2026-01-02"
+
+
+def _setup(tmp_path: Path, target: str = "sqlite", per_hour: int = 20, **source: Any) -> tuple[Config, int]:
+    from datetime import UTC, datetime
+
+    events = run_support.write_events(tmp_path / "source", datetime(2026, 1, 1, tzinfo=UTC), 24, per_hour)
+    url = (
+        f"sqlite:///{tmp_path / 'target.db'}" if target == "sqlite" else f"duckdb:///{tmp_path / 't.duckdb'}"
+    )
+    data = run_support.config(tmp_path, START, END, target_url=url, **source)
+    return Config.from_dict(data), events
+
+
+def _assert_exactly_once(config: Config, events: int) -> None:
+    rows = run_support.target_rows(config.target["url"], config.state.url)
+    ids = Counter(row[0] for row in rows)
+    assert len(ids) == events, f"{events - len(ids)} events missing from the target"
+    assert max(ids.values()) == 1, f"duplicated: {[i for i, n in ids.items() if n > 1][:5]}"
+    outside = [row for row in rows if not row[3] <= row[2] < row[4]]
+    assert not outside, f"events loaded into the wrong window: {outside[:3]}"
+
+
+@pytest.mark.parametrize("target", ["sqlite", pytest.param("duckdb", marks=pytest.mark.duckdb)])
+def test_run_loads_every_record_once_in_its_window(tmp_path: Path, target: str) -> None:
+    config, events = _setup(tmp_path, target)
+    with PipelineStateManager(config) as manager:
+        result = run_pipeline(manager)
+        assert result.created == 24
+        assert result.summary.completed == 24
+        counts = manager.counts()
+        row = manager.status()
+    assert counts == {"COMPLETED": 24}
+    assert row["coverage"]["percent"] == 100.0
+    _assert_exactly_once(config, events)
+
+
+def test_step_columns_are_recorded(tmp_path: Path) -> None:
+    config, _ = _setup(tmp_path)
+    with PipelineStateManager(config) as manager:
+        run_pipeline(manager, limit=1)
+        state = manager.store.tables.state
+        with manager.store.engine.connect() as conn:
+            row = conn.execute(sa.select(state).where(state.c.pipeline_status == "COMPLETED")).one()._asdict()
+    assert row["source_extract_status"] == row["stage_write_status"] == row["target_load_status"] == "DONE"
+    assert row["source_record_count"] == row["stage_record_count"] == row["target_record_count"] == 20
+    assert row["stage_location"].endswith(".ndjson.gz") and row["stage_bytes"] > 0
+    assert (
+        row["source_extract_started_at"] <= row["stage_write_completed_at"] <= row["target_load_completed_at"]
+    )
+    assert row["target_location"].endswith("#events")
+    assert row["current_step"] == "done"
+
+
+def test_injected_failures_retry_to_exactly_once(tmp_path: Path) -> None:
+    config, events = _setup(tmp_path)
+    with PipelineStateManager(config) as manager:
+        failed = 0
+        for attempt in range(30):
+            result = run_pipeline(manager, inject_failures=0.3, seed=attempt)
+            failed += result.summary.failed
+            if manager.counts() == {"COMPLETED": 24}:
+                break
+        assert manager.counts() == {"COMPLETED": 24}
+    assert failed > 0, "the seeds injected no failure: the test proves nothing"
+    _assert_exactly_once(config, events)
+
+
+def test_retry_after_staging_does_not_extract_again(tmp_path: Path) -> None:
+    log = tmp_path / "extracts.log"
+    config, events = _setup(tmp_path, type="run_support:SlowFilesSource", extract_log=str(log))
+
+    class FailOnceAfterStage(PipelineRunner):
+        failed: set[str] = set()
+
+        def _load(self, batch, ctx, staged):  # type: ignore[no-untyped-def]
+            if batch.batch_id not in self.failed:
+                self.failed.add(batch.batch_id)
+                raise RuntimeError("target unavailable")
+            super()._load(batch, ctx, staged)
+
+    from pipestate.worker import Worker
+
+    with PipelineStateManager(config) as manager:
+        manager.populate_pipeline_batches()
+        runner = FailOnceAfterStage(manager)
+        summary = Worker(manager, "w").run(runner.process)  # retries at once: backoff is 0s
+        assert (summary.failed, summary.completed) == (24, 24)
+        assert manager.counts() == {"COMPLETED": 24}
+    extracts = Counter(line.split()[0] for line in log.read_text().splitlines())
+    assert len(extracts) == 24 and set(extracts.values()) == {1}, "a staged batch was extracted again"
+    _assert_exactly_once(config, events)
+
+
+def test_requeue_of_completed_batches_replaces_rows(tmp_path: Path) -> None:
+    config, events = _setup(tmp_path)
+    with PipelineStateManager(config) as manager:
+        run_pipeline(manager)
+        again = manager.requeue(statuses=("COMPLETED",), start=None, end=None)
+        assert len(again) == 24
+        run_pipeline(manager)
+        state = manager.store.tables.state
+        with manager.store.engine.connect() as conn:
+            replaced = conn.execute(sa.select(sa.func.sum(state.c.target_rows_replaced))).scalar_one()
+    assert replaced == events
+    _assert_exactly_once(config, events)
+
+
+def _run_cli(config_path: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [PIPESTATE, "run", "--config", str(config_path), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_worker_killed_mid_batch_is_taken_over_exactly_once(tmp_path: Path) -> None:
+    log = tmp_path / "extracts.log"
+    config, events = _setup(tmp_path, type="run_support:SlowFilesSource", extract_log=str(log), delay=0.5)
+    config_path = tmp_path / "pipestate.toml"
+    config_path.write_text(_toml(config), encoding="utf-8")
+    victim = _run_cli(config_path, "--workers", "2")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 6):
+        time.sleep(0.1)
+    # Kill the whole run (parent and its worker processes) without a chance to clean up.
+    subprocess.run(["pkill", "-KILL", "-P", str(victim.pid)], check=False)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=30)
+    with PipelineStateManager(config) as manager:
+        stuck = manager.counts().get("IN_PROGRESS", 0)
+        assert stuck >= 1, "the kill landed between batches: nothing to take over"
+        time.sleep(3.2)  # the lease
+        rescue = _run_cli(config_path)
+        out, err = rescue.communicate(timeout=180)
+        assert rescue.returncode == 0, err
+        assert manager.counts() == {"COMPLETED": 24}
+        events_table = manager.store.tables.events
+        with manager.store.engine.connect() as conn:
+            expired = conn.execute(
+                sa.select(sa.func.count()).where(events_table.c.event_type == "LEASE_EXPIRED")
+            ).scalar_one()
+    assert expired >= stuck, "the killed worker's batches were not taken over through lease expiry"
+    _assert_exactly_once(config, events)
+
+
+def _toml(config: Config) -> str:
+    lines = []
+    for section in ("pipeline", "state", "concurrency", "source", "stage", "target"):
+        value = getattr(config, section)
+        data = value if isinstance(value, dict) else value.model_dump(by_alias=True, exclude_none=True)
+        lines.append(f"[{section}]")
+        for key, item in data.items():
+            if item == "" and key == "schema":
+                continue
+            lines.append(f"{key} = {_toml_value(item)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(item: Any) -> str:
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    if isinstance(item, int | float):
+        return str(item)
+    return '"' + str(item).replace("\\", "\\\\").replace('"', '\\"') + '"'
