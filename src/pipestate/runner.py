@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -217,6 +219,9 @@ def _worker_process(
     results: Any,
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # Own process group: a Ctrl-C in the terminal reaches the parent only, which
+    # forwards one SIGTERM per Ctrl-C (first: finish the batch; second: release it).
+    os.setpgrp()
     with PipelineStateManager(config) as manager:
         runner = PipelineRunner(manager, inject_failures=inject_failures, seed=seed)
         summary = Worker(manager, worker_id).run(
@@ -320,17 +325,24 @@ def _run_processes(
     ]
     for process in processes:
         process.start()
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         while any(process.is_alive() for process in processes):
-            if progress is not None:
-                progress(manager.counts())
-            for process in processes:
-                process.join(timeout=0.5)
-    except KeyboardInterrupt:
-        for process in processes:
-            process.terminate()  # SIGTERM: each finishes its batch, then stops
-        for process in processes:
-            process.join()
+            try:
+                if progress is not None:
+                    progress(manager.counts())
+                for process in processes:
+                    process.join(timeout=0.5)
+            except KeyboardInterrupt:
+                for process in processes:
+                    if process.is_alive():
+                        process.terminate()  # SIGTERM: finish the batch (a second one: release it)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     summary = RunSummary()
     while not results.empty():
         completed, failed, lost, released = results.get()
