@@ -12,7 +12,6 @@ import multiprocessing
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from pipestate.errors import LeaseLost, UsageError
 from pipestate.manager import PipelineStateManager
 
 MakeManager = Callable[..., PipelineStateManager]
+shared_url = ws.shared_url  # the fixture: a SQLite file or the local PostgreSQL
 
 
 @pytest.fixture
@@ -41,21 +41,6 @@ def make(db_url: str, table_name: str) -> Iterator[MakeManager]:
     yield factory
     for manager in made:
         manager.close()
-
-
-@pytest.fixture(
-    params=[pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgres)],
-)
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path, table_name: str) -> Iterator[str]:
-    """A state database several processes can share: a SQLite file, or the local PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state.db'}"
-        return
-    problem = support.pg_reachable(support.PG_URL)
-    if problem:
-        pytest.skip(problem)
-    yield support.PG_URL
-    support.drop_pg_tables(support.PG_URL, table_name)
 
 
 def starts(batches: list[Any]) -> list[int]:

@@ -14,10 +14,13 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+import support
 from sqlalchemy import func, select
 
 from pipestate.config import Config
@@ -95,6 +98,21 @@ def toml_text(config: dict[str, Any]) -> str:
             lines.append(f"{key} = {json.dumps(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+@pytest.fixture(
+    params=[pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path, table_name: str) -> Iterator[str]:
+    """A state database several processes can share: a SQLite file, or the local PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    problem = support.pg_reachable(support.PG_URL)
+    if problem:
+        pytest.skip(problem)
+    yield support.PG_URL
+    support.drop_pg_tables(support.PG_URL, table_name)
 
 
 # -- reading the tables ---------------------------------------------------------------------
