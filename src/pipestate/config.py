@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .windows import UTC, Step, day_bounds, format_step, parse_granularity, zone
@@ -192,7 +200,12 @@ class Config(_Section):
     source: dict[str, Any] = Field(default_factory=dict)
     stage: dict[str, Any] = Field(default_factory=dict)
     target: dict[str, Any] = Field(default_factory=dict)
-    origin: str = Field(default="<memory>", exclude=True)
+    _origin: str = PrivateAttr(default="<memory>")
+
+    @property
+    def origin(self) -> str:
+        """Where the config came from (file, env), for error messages."""
+        return self._origin
 
     def config_hash(self) -> str:
         """A short hash of what decides the windows: stored on every new row."""
@@ -211,7 +224,7 @@ class Config(_Section):
     def from_dict(cls, data: dict[str, Any], origin: str = "<memory>") -> Config:
         """Validate a merged mapping; ConfigError naming the first offending key."""
         try:
-            config = cls.model_validate({**data, "origin": origin})
+            config = cls.model_validate(data)
         except ValidationError as err:
             raise ConfigError(_describe(err, origin)) from err
         from .connectors.base import check_options
@@ -223,6 +236,7 @@ class Config(_Section):
                     check_options(kind, section)  # type: ignore[arg-type]
                 except ConfigError as err:
                     raise ConfigError(f"{origin}: {err}") from err
+        config._origin = origin
         return config
 
 
