@@ -425,7 +425,11 @@ class _Planner:
             else:
                 step = settings.step
             if piece_end == settings.stop and not settings.cut_at_stop:
-                piece_end = _floor_to_grid(piece_end, day_start, day_end, step)
+                # Leave the unfinished cell for a later run. Floor on the configured
+                # grid, not the fill's: the fill's step follows the day's dominant
+                # duration, which this very fill can change, and a floor that moves
+                # would make the next run with the same clock create more windows.
+                piece_end = _floor_to_grid(piece_end, day_start, day_end, settings.step)
             if piece_start < piece_end:
                 fills.append(Fill(day, piece_start, piece_end, day_start, day_end, step, origin))
 
