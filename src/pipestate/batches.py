@@ -95,14 +95,19 @@ def claim(manager: PipelineStateManager, worker: str) -> Batch | None:
         raise UsageError("--worker: a worker id is required")
     store, settings = manager.store, manager.config.concurrency
     lease = parse_duration(settings.lease)
-    if settings.max_in_flight:
+    # PostgreSQL locks the one row it claims; SQLite and DuckDB serialize writers
+    # anyway. Elsewhere (Snowflake has no SELECT FOR UPDATE), and for a
+    # max_in_flight count that must not race, claims queue on the pipeline's lock row.
+    pipeline_lock = bool(settings.max_in_flight) or store.dialect not in ("postgresql", "sqlite", "duckdb")
+    if pipeline_lock:
         store.ensure_lock_row(manager.pipeline)
     with store.transaction(write=True) as conn:
         now = manager.now(conn)
-        if settings.max_in_flight:
+        if pipeline_lock:
             store.lock_pipeline(conn, manager.pipeline, holder=f"claim {worker}")
-            if count_in_flight(store, conn, manager.pipeline, now) >= settings.max_in_flight:
-                return None
+        in_flight = count_in_flight(store, conn, manager.pipeline, now) if settings.max_in_flight else 0
+        if settings.max_in_flight and in_flight >= settings.max_in_flight:
+            return None
         events: list[dict[str, Any]] = []
         try:
             while True:
