@@ -410,7 +410,7 @@ class PipelineStateManager:
                 ).all()
             )
             covered, first, last, active = _coverage(
-                self.store.iter_candidates(conn, self.pipeline), settings.start, settings.stop
+                self.store.iter_candidates(conn, self.pipeline), settings.start, settings.covered_stop
             )
             oldest_pending = conn.execute(
                 select(state.c.batch_id, state.c.source_query_window_start_time, state.c.created_at)
@@ -431,11 +431,11 @@ class PipelineStateManager:
                 .limit(50)
             ).all()
             lease_view = batches.leases(self, conn, now)
-        total = max((settings.stop - settings.start).total_seconds(), 0.0)
+        total = max((settings.covered_stop - settings.start).total_seconds(), 0.0)
         return {
             "pipeline": self.pipeline,
             "now": iso(now),
-            "range": {"start": iso(settings.start), "end": iso(settings.stop)},
+            "range": {"start": iso(settings.start), "end": iso(settings.covered_stop)},
             "counts": {status: int(counts.get(status, 0)) for status in _STATUS_ORDER}
             | {str(k): int(v) for k, v in counts.items() if k not in _STATUS_ORDER},
             "total_rows": int(sum(counts.values())),

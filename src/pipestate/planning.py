@@ -60,6 +60,16 @@ class Settings:
         return self.horizon if self.end is None else min(self.end, self.horizon)
 
     @property
+    def covered_stop(self) -> datetime:
+        """Where a fully populated pipeline's windows end: `stop`, or the last
+        boundary of the configured grid before the horizon."""
+        if self.cut_at_stop:
+            return self.stop
+        day = local_date_of(self.stop, self.tz)
+        day_start, day_end = day_bounds(day, self.tz)
+        return max(_floor_to_grid(self.stop, day_start, day_end, self.step), self.start)
+
+    @property
     def cut_at_stop(self) -> bool:
         """True when `stop` is the configured end (cut the last window there);
         False when it is the horizon (leave the unfinished grid cell for later)."""
