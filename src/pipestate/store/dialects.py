@@ -10,6 +10,7 @@ share a lock.
 from __future__ import annotations
 
 import threading
+import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -110,6 +111,17 @@ def set_lock_timeout(conn: Connection, timeout: timedelta) -> None:
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = {millis}")
 
 
+def serialize_schema_changes(conn: Connection, key: str) -> None:
+    """Make concurrent init-db transactions on `key` run one after the other (PostgreSQL).
+
+    Two processes creating the same missing table at once otherwise collide in
+    PostgreSQL's catalog (duplicate key in pg_type) instead of one waiting.
+    SQLite's BEGIN IMMEDIATE and DuckDB's single writer serialize already.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(key.encode())})
+
+
 def is_lock_timeout(err: BaseException) -> bool:
     """Whether a driver error means 'someone else holds the lock'."""
     message = str(getattr(err, "orig", err)).lower()
@@ -148,6 +160,7 @@ __all__ = [
     "normalize_url",
     "now_sql",
     "process_lock",
+    "serialize_schema_changes",
     "set_lock_timeout",
     "text",
 ]

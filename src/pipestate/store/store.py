@@ -21,6 +21,7 @@ from .dialects import (
     is_lock_timeout,
     make_engine,
     process_lock,
+    serialize_schema_changes,
     set_lock_timeout,
 )
 from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION, StateTables, build_tables
@@ -115,6 +116,7 @@ class StateStore:
         """Create missing tables and columns (idempotent); returns what it did."""
         actions: list[str] = []
         with self.transaction() as conn:
+            serialize_schema_changes(conn, f"pipestate init-db {self.tables.state.fullname}")
             inspector = inspect(conn)
             schema = self.tables.state.schema
             for table in (self.tables.state, self.tables.events, self.tables.meta):
