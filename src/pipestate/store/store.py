@@ -58,7 +58,7 @@ class StateStore:
         engine: Engine | None = None,
     ) -> None:
         self.engine = engine or make_engine(url, lock_timeout)
-        self.tables: StateTables = build_tables(table, schema or None)
+        self.tables: StateTables = build_tables(table, schema or None, self.engine.dialect.name)
         self.lock_timeout = lock_timeout
         self._thread_lock: threading.Lock | None = process_lock(self.engine)
 
