@@ -1,17 +1,21 @@
 """Source `files`: NDJSON, CSV or Parquet files on the local disk, filtered by a timestamp field.
 
-Meant for local use and the demo. Every matching file is read for every batch (there is no
-index), so it suits thousands of records per file, not billions.
+Meant for local use and the demo. There is no index: each file is parsed once per process and
+kept sorted in memory (up to half a million records), and a file whose time span misses a
+window is skipped, so one file per day or hour suits; billions of records do not.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import glob
 import gzip
 import io
 import json
+from collections import OrderedDict
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -24,6 +28,7 @@ __all__ = ["FilesSource"]
 
 _FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv"}
 _FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
+_CACHE_RECORDS = 500_000  # parsed records kept per process, whole files at a time
 
 
 class FilesOptions(Options):
@@ -64,6 +69,10 @@ class FilesSource:
     def __init__(self, options: FilesOptions) -> None:
         self.options = options
         self._tz = zone(options.naive_timezone)
+        self._spans: dict[tuple[str, int, int], tuple[datetime, datetime]] = {}
+        self._cache: OrderedDict[tuple[str, int, int], tuple[list[datetime], list[dict[str, Any]]]] = (
+            OrderedDict()
+        )
         if options.format == "parquet":
             require("pyarrow.parquet", "parquet", "source")
 
@@ -93,9 +102,41 @@ class FilesSource:
             kind = self.options.format if self.options.format != "auto" else _format_of(path)
             if kind is None:
                 raise ConnectorError(f"{path}: unknown file type (set [source] format)")
-            for number, record in enumerate(self._records(path, kind), start=1):
-                if batch.start <= self._time(record, path, number) < batch.end:
-                    yield record
+            stat = path.stat()
+            key = (str(path), stat.st_mtime_ns, stat.st_size)
+            span = self._spans.get(key)
+            if span is not None and (span[1] < batch.start or span[0] >= batch.end):
+                continue  # read before: none of its records is in this window
+            cached = self._cache.get(key)
+            if cached is None:
+                cached = self._read(path, kind, key)
+            times, records = cached
+            low, high = bisect.bisect_left(times, batch.start), bisect.bisect_left(times, batch.end)
+            yield from records[low:high]
+
+    def _read(
+        self, path: Path, kind: str, key: tuple[str, int, int]
+    ) -> tuple[list[datetime], list[dict[str, Any]]]:
+        # Each file is parsed once per process and kept sorted by time (the most
+        # recent ones, up to _CACHE_RECORDS records), so the windows of one file
+        # cost one parse instead of one each; its time span lets later windows
+        # skip it without opening it.
+        timed = sorted(
+            (
+                (self._time(record, path, number), number, record)
+                for number, record in enumerate(self._records(path, kind), start=1)
+            ),
+            key=lambda item: (item[0], item[1]),
+        )
+        times = [item[0] for item in timed]
+        records = [item[2] for item in timed]
+        if times:
+            self._spans[key] = (times[0], times[-1])
+        self._cache[key] = (times, records)
+        self._cache.move_to_end(key)
+        while sum(len(value[1]) for value in self._cache.values()) > _CACHE_RECORDS and len(self._cache) > 1:
+            self._cache.popitem(last=False)
+        return times, records
 
     def _time(self, record: dict[str, Any], path: Path, number: int) -> Any:
         field = self.options.time_field
