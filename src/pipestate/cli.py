@@ -208,9 +208,10 @@ def claim(worker: str, as_json: bool) -> None:
     elif batch is None:
         click.echo("nothing to claim")
     else:
+        shown = batch.to_dict()
         click.echo(
-            f"claimed {batch.batch_id} [{data['batch']['start']} .. {data['batch']['end']}) "
-            f"lease until {data['batch']['lease_expires_at']} token {batch.claim_token}"
+            f"claimed {batch.batch_id} [{shown['start']} .. {shown['end']}) "
+            f"lease until {shown['lease_expires_at']} token {batch.claim_token}"
         )
 
 

@@ -402,7 +402,7 @@ class PipelineStateManager:
         with self.store.transaction(write=False) as conn:
             now = self.now(conn)
             settings = self._settings(now)
-            counts = dict(
+            counts: dict[str, int] = dict(
                 conn.execute(
                     select(state.c.pipeline_status, func.count())
                     .where(state.c.pipeline_name == self.pipeline)

@@ -397,15 +397,15 @@ class _Planner:
             day: unit for day, counter in self.kept_units.items() if (unit := _dominant_unit(counter))
         }
         fills: list[Fill] = []
-        if analysis.first_start is None or analysis.last_end is None:
+        if self.kept_first is None or self.kept_cursor is None:
             self._fill(fills, low, stop, "SCHEDULED", None, {})
         else:
             # The span of the windows kept after resolution: a superseded window no
             # longer marks history, and the next run sees only the kept ones.
             span_start, span_end = self.kept_first, self.kept_cursor
-            uncovered = [(low, self.kept_first)] + self.holes + [(self.kept_cursor, stop)]
-            for start, end in uncovered:
-                start, end = max(start, low), min(end, stop)  # type: ignore[type-var]
+            uncovered = [(low, span_start), *self.holes, (span_end, stop)]
+            for first, last in uncovered:
+                start, end = max(first, low), min(last, stop)
                 if start >= end:
                     continue
                 # Inside the history's span: gap fill; outside: new scheduled work.
