@@ -15,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,18 @@ def toml_text(config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def postgres_url(table: str) -> Iterator[str]:
+    """The local PostgreSQL's URL (the test is skipped, saying why, when it is down); drops `table` after."""
+    problem = support.pg_reachable(support.PG_URL)
+    if problem:
+        pytest.skip(problem)
+    try:
+        yield support.PG_URL
+    finally:
+        support.drop_pg_tables(support.PG_URL, table)
+
+
 @pytest.fixture(
     params=[pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgres)],
 )
@@ -108,11 +121,8 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path, table_name: str) 
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state.db'}"
         return
-    problem = support.pg_reachable(support.PG_URL)
-    if problem:
-        pytest.skip(problem)
-    yield support.PG_URL
-    support.drop_pg_tables(support.PG_URL, table_name)
+    with postgres_url(table_name) as url:
+        yield url
 
 
 # -- reading the tables ---------------------------------------------------------------------
