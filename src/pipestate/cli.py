@@ -350,10 +350,11 @@ def history(batch_id: str, as_json: bool) -> None:
 
 
 class _Progress:
-    """A progress bar on a terminal, a plain line every few seconds elsewhere."""
+    """A progress bar on a terminal, a plain line every few seconds elsewhere; on stderr,
+    so that stdout stays for the result (--json prints exactly one object there)."""
 
     def __init__(self) -> None:
-        self.tty = sys.stdout.isatty()
+        self.tty = sys.stderr.isatty()
         self.last_line = 0.0
         self.bar: Any = None
 
@@ -365,16 +366,17 @@ class _Progress:
         failed = counts.get("FAILED", 0)
         if self.tty:
             if self.bar is None:
-                self.bar = click.progressbar(length=max(total, 1), label="batches", show_pos=True)
+                self.bar = click.progressbar(
+                    length=max(total, 1), label="batches", show_pos=True, file=sys.stderr
+                )
                 self.bar.__enter__()
             self.bar.length = max(total, 1)
             self.bar.update(done - self.bar.pos)
             self.bar.label = f"batches (failed {failed})" if failed else "batches"
         elif time.monotonic() - self.last_line >= 5:
             self.last_line = time.monotonic()
-            click.echo(
-                f"progress: {done}/{total} completed, {failed} failed, {counts.get('PENDING', 0)} pending"
-            )
+            pending = counts.get("PENDING", 0)
+            click.echo(f"progress: {done}/{total} completed, {failed} failed, {pending} pending", err=True)
 
     def close(self) -> None:
         if self.bar is not None:
