@@ -59,18 +59,41 @@ def _driver_params(
         for index, name in enumerate(order)
         if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
     ]
+    # Timestamps repeat from row to row (a window's start is the previous end,
+    # created_at/updated_at are one `now`): convert each distinct value once.
+    memos: list[dict[Any, Any]] = [{} for _ in processors]
     values: list[Any] = []
     for row in chunk:
         picked = getter(row)
         row_values = list(picked) if len(order) > 1 else [picked]
-        for index, processor in processors:
-            row_values[index] = processor(row_values[index])
+        for (index, processor), memo in zip(processors, memos, strict=True):
+            value = row_values[index]
+            try:
+                row_values[index] = memo[value]
+            except KeyError:
+                row_values[index] = memo[value] = processor(value)
+            except TypeError:  # unhashable (a dict for a JSON column): no memo
+                row_values[index] = processor(value)
         values.append(row_values)
     if compiled.positional:
         params: list[Any] = [tuple(row_values) for row_values in values]
     else:
         params = [dict(zip(order, row_values, strict=True)) for row_values in values]
     return compiled.string, params
+
+
+def _details_json(details: Any, encoded: dict[Any, str]) -> str:
+    """`details` as sorted-key JSON, memoized for flat dicts of hashable values."""
+    try:
+        key = tuple(sorted(details.items())) if isinstance(details, dict) else None
+        if key is not None and key in encoded:
+            return encoded[key]
+    except TypeError:  # unhashable or unorderable values
+        key = None
+    text = json.dumps(details, default=str, sort_keys=True)
+    if key is not None and len(encoded) < 1024:
+        encoded[key] = text
+    return text
 
 
 def _chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
@@ -377,10 +400,11 @@ class StateStore:
 
     def insert_events(self, conn: Connection, events: Iterable[dict[str, Any]]) -> int:
         count = 0
+        encoded: dict[Any, str] = {}  # populate's CREATED events share their details
         for chunk in _chunks(events):
             for event in chunk:
                 details = event.get("details")
                 if details is not None and not isinstance(details, str):
-                    event["details"] = json.dumps(details, default=str, sort_keys=True)
+                    event["details"] = _details_json(details, encoded)
             count += self._bulk_insert(conn, self.tables.events, chunk)
         return count
