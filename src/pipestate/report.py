@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from .planning import Plan, dominant, seconds_to_minutes
-from .plugins import default_batch_id
+from .plugins import _stamp, default_batch_id  # _stamp: the id's format of one instant
 from .windows import format_step
 
 __all__ = ["CreatedLog", "PopulateReport", "iso"]
@@ -40,14 +40,25 @@ class CreatedLog:
         self._ends = array("q")
         self._origins = array("b")
         self._ids: dict[int, str] = {}
+        self._last: tuple[datetime, str] | None = None  # the previous window's end and its stamp
 
     def add(self, batch_id: str, start: datetime, end: datetime, origin: str) -> None:
         index = len(self._starts)
         self._starts.append(int(start.timestamp() * 1_000_000))
         self._ends.append(int(end.timestamp() * 1_000_000))
         self._origins.append(self._ORIGINS.index(origin))
-        if batch_id != default_batch_id(self.pipeline, start, end):
+        if batch_id != self._default_id(start, end):
             self._ids[index] = batch_id
+
+    def _default_id(self, start: datetime, end: datetime) -> str:
+        # default_batch_id, reusing the previous end's stamp for this start: new
+        # windows arrive in time order, so that halves the strftime calls. Were
+        # the two ever to differ, ids would just be stored, not recomputed.
+        last = self._last
+        start_stamp = last[1] if last is not None and last[0] == start else _stamp(start)
+        end_stamp = _stamp(end)
+        self._last = (end, end_stamp)
+        return f"{self.pipeline}-{start_stamp}-{end_stamp}"
 
     def __len__(self) -> int:
         return len(self._starts)
