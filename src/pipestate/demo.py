@@ -48,7 +48,7 @@ url = "sqlite:///{absolute / "state.db"}"
 
 [concurrency]
 lease = "30s"
-max_retries = 5
+max_retries = 10
 retry_backoff = "0s"
 
 [source]

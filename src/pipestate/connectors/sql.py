@@ -16,6 +16,7 @@ batch again replaces its rows and a failed load leaves the previous ones in plac
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import datetime
 from itertools import islice
@@ -43,6 +44,7 @@ __all__ = ["SqlTarget", "target_table"]
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = {"pipestate_batch_id", "pipestate_loaded_at", "record"}
 _EXTRA_FOR = {"duckdb": "duckdb", "postgresql": "postgres"}
+_BUSY_WAIT_SECONDS = 60.0
 
 
 class SqlOptions(Options):
@@ -101,7 +103,10 @@ class SqlTarget:
         self.options = options
         self._tz = zone(options.naive_timezone)
         try:
-            self.engine = sa.create_engine(options.url)
+            # DuckDB lets one process at a time open a file for writing: hold it only
+            # for the length of a load, so workers in other processes can take turns.
+            duckdb = options.url.startswith("duckdb")
+            self.engine = sa.create_engine(options.url, poolclass=sa.pool.NullPool if duckdb else None)
         except sa.exc.NoSuchModuleError as err:
             backend = options.url.split(":", 1)[0].split("+", 1)[0]
             extra = _EXTRA_FOR.get(backend)
@@ -130,11 +135,29 @@ class SqlTarget:
             self.table.metadata.create_all(self.engine, checkfirst=True)
         except sa.exc.DBAPIError as err:
             # Two workers may create it at once: only fail if it is still not there.
-            if not sa.inspect(self.engine).has_table(self.table.name, schema=self.table.schema):
+            try:
+                present = sa.inspect(self.engine).has_table(self.table.name, schema=self.table.schema)
+            except sa.exc.DBAPIError:
+                present = False
+            if not present:
                 raise _wrap(err, "create the target table") from err
         self._created = True
 
     def load(self, batch: BatchContext, staged: StagedData, stage: Stage) -> LoadResult:
+        # Another process holding a DuckDB file (or a SQLite write lock past its
+        # timeout) is a wait, not a failure: retry for a while before giving up.
+        deadline = time.monotonic() + _BUSY_WAIT_SECONDS
+        pause = 0.05
+        while True:
+            try:
+                return self._load_once(batch, staged, stage)
+            except TransientConnectorError:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    def _load_once(self, batch: BatchContext, staged: StagedData, stage: Stage) -> LoadResult:
         self.ensure_table()
         load_id = uuid.uuid4().hex
         loaded_at = datetime.now(UTC)
