@@ -13,12 +13,21 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 
 from .config import parse_duration
 from .errors import LeaseLost, UsageError
 from .report import iso
-from .store.claims import backoff_delay, count_in_flight, current_claim, find_candidate, guarded_update
+from .store.claims import (
+    backoff_delay,
+    can_fence_in_update,
+    count_in_flight,
+    current_claim,
+    fenced_update,
+    find_candidate,
+    guarded_update,
+)
+from .store.types import UTCDateTime
 
 if TYPE_CHECKING:
     from .manager import PipelineStateManager
@@ -247,6 +256,13 @@ def heartbeat(
     store = manager.store
     lease = parse_duration(manager.config.concurrency.lease)
     with store.transaction(write=True) as conn:
+        if can_fence_in_update(conn):
+            now = manager.now(conn)
+            expires = now + lease
+            values = {"lease_expires_at": expires, "heartbeat_at": now, "updated_at": now}
+            if fenced_update(store, conn, manager.pipeline, batch_id, worker, token, values, ()) is None:
+                raise LeaseLost(_why_not(manager, conn, batch_id, worker))
+            return expires
         row = _fenced(manager, conn, batch_id, worker, token)
         now = manager.now(conn)
         expires = now + lease
@@ -308,28 +324,41 @@ def complete(
     """Mark the batch COMPLETED (fenced)."""
     store = manager.store
     with store.transaction(write=True) as conn:
-        row = _fenced(manager, conn, batch_id, worker, token)
         now = manager.now(conn)
-        claimed = row["claimed_at"]
-        seconds = (now - claimed).total_seconds() if claimed else None
-        guarded_update(
-            store,
-            conn,
-            manager.pipeline,
-            batch_id,
-            "IN_PROGRESS",
-            row["claim_token"],
-            {
-                **(values or {}),
-                "pipeline_status": "COMPLETED",
-                "current_step": "done",
-                "completed_at": now,
-                "processing_seconds": seconds,
-                "lease_expires_at": None,
-                "updated_at": now,
-                "updated_by": worker,
-            },
-        )
+        update = {
+            **(values or {}),
+            "pipeline_status": "COMPLETED",
+            "current_step": "done",
+            "completed_at": now,
+            "lease_expires_at": None,
+            "updated_at": now,
+            "updated_by": worker,
+        }
+        if can_fence_in_update(conn):
+            c = store.tables.state.c
+            # processing_seconds from the stored claimed_at, in the same statement.
+            update["processing_seconds"] = func.extract(
+                "epoch", bindparam("now", now, UTCDateTime()) - c.claimed_at
+            )
+            row = fenced_update(
+                store,
+                conn,
+                manager.pipeline,
+                batch_id,
+                worker,
+                token,
+                update,
+                ("claim_token", "processing_seconds"),
+            )
+            if row is None:
+                raise LeaseLost(_why_not(manager, conn, batch_id, worker))
+            seconds = None if row["processing_seconds"] is None else float(row["processing_seconds"])
+        else:
+            row = _fenced(manager, conn, batch_id, worker, token)
+            claimed = row["claimed_at"]
+            seconds = (now - claimed).total_seconds() if claimed else None
+            update["processing_seconds"] = seconds
+            guarded_update(store, conn, manager.pipeline, batch_id, "IN_PROGRESS", row["claim_token"], update)
         store.insert_events(
             conn,
             [

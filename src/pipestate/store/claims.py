@@ -51,6 +51,9 @@ def find_candidate(
     pending = base.where(c.pipeline_status == "PENDING").order_by(order, c.batch_id).limit(1)
     retryable = (
         base.where(
+            # The IN lets the (pipeline, status, start) index skip COMPLETED rows;
+            # without it the OR below is checked on every row of the pipeline.
+            c.pipeline_status.in_(("FAILED", "IN_PROGRESS")),
             or_(
                 and_(
                     c.pipeline_status == "FAILED",
@@ -61,7 +64,7 @@ def find_candidate(
                     c.pipeline_status == "IN_PROGRESS",
                     or_(c.lease_expires_at.is_(None), c.lease_expires_at <= now),
                 ),
-            )
+            ),
         )
         .order_by(order, c.batch_id)
         .limit(1)
@@ -137,6 +140,42 @@ def current_claim(
         stmt = stmt.with_for_update()
     row = conn.execute(stmt).first()
     return None if row is None else row._asdict()
+
+
+def fenced_update(
+    store: StateStore,
+    conn: Connection,
+    pipeline: str,
+    batch_id: str,
+    worker: str,
+    token: str | None,
+    values: dict[str, Any],
+    returning: tuple[str, ...],
+) -> dict[str, Any] | None:
+    """Check the claim and write in one statement: UPDATE ... WHERE <caller holds the
+    current claim> RETURNING `returning`; None (nothing written) if it does not.
+
+    Saves the locking SELECT of the whole row that `current_claim` costs; only for
+    databases with UPDATE ... RETURNING (see `can_fence_in_update`).
+    """
+    c = store.tables.state.c
+    stmt = update(store.tables.state).where(
+        c.batch_id == batch_id,
+        c.pipeline_name == pipeline,
+        c.pipeline_status == "IN_PROGRESS",
+        c.worker_id == worker,
+    )
+    if token is not None:
+        stmt = stmt.where(c.claim_token == token)
+    row = conn.execute(stmt.values(**values).returning(c.batch_id, *(c[name] for name in returning))).first()
+    return None if row is None else row._asdict()
+
+
+def can_fence_in_update(conn: Connection) -> bool:
+    # PostgreSQL only: its UPDATE takes the row lock and re-checks the WHERE on the
+    # newest version, which is the whole fence. SQLite and DuckDB keep the
+    # SELECT-then-guarded-UPDATE path inside their serialized write transaction.
+    return conn.dialect.name == "postgresql"
 
 
 def backoff_delay(retry_backoff: timedelta, retry_count: int) -> timedelta:
