@@ -80,6 +80,11 @@ def _measure(url: str, table: str, windows: int, dry_run: bool = False) -> dict:
         sys.exit(f"child failed ({url}):\n{done.stderr}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     figures["process_wall"] = process_wall
+    print(
+        f"  populate {figures['wall']:.2f} s, CPU {figures['cpu']:.2f} s, "
+        f"peak RSS {figures['rss_mb']:.1f} MB, created {figures['created']}",
+        flush=True,
+    )
     return figures
 
 
