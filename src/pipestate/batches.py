@@ -573,7 +573,8 @@ def leases(manager: PipelineStateManager, conn: Any, now: datetime) -> dict[str,
         .where(c.pipeline_name == manager.pipeline, c.pipeline_status == "IN_PROGRESS")
         .order_by(c.claimed_at)
     ).all()
-    in_flight, expired = [], []
+    in_flight: list[dict[str, Any]] = []
+    expired: list[dict[str, Any]] = []
     for row in in_progress:
         entry = {
             "batch_id": row.batch_id,
