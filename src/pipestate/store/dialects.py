@@ -44,6 +44,11 @@ def make_engine(url: str, lock_timeout: timedelta) -> Engine:
     connect_args: dict[str, Any] = {}
     if backend == "sqlite":
         connect_args = {"timeout": lock_timeout.total_seconds(), "check_same_thread": False}
+    elif backend == "postgresql":
+        # Bound every wait for a row lock (the pipeline lock row), per session:
+        # a SET LOCAL in each transaction would cost a round trip per claim.
+        millis = max(1, int(lock_timeout.total_seconds() * 1000))
+        connect_args = {"options": f"-c lock_timeout={millis}"}
     try:
         engine = create_engine(parsed, connect_args=connect_args)
     except (NoSuchModuleError, ModuleNotFoundError) as err:
@@ -104,13 +109,6 @@ def db_now(conn: Connection) -> datetime:
     return value
 
 
-def set_lock_timeout(conn: Connection, timeout: timedelta) -> None:
-    """Bound how long this transaction waits for a row lock (PostgreSQL)."""
-    if conn.dialect.name == "postgresql":
-        millis = max(1, int(timeout.total_seconds() * 1000))
-        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {millis}")
-
-
 def serialize_schema_changes(conn: Connection, key: str) -> None:
     """Make concurrent init-db transactions on `key` run one after the other (PostgreSQL).
 
@@ -161,6 +159,5 @@ __all__ = [
     "now_sql",
     "process_lock",
     "serialize_schema_changes",
-    "set_lock_timeout",
     "text",
 ]

@@ -381,7 +381,15 @@ def build_tables(
         if snowflake
         else [
             Index(f"ix_{name}_window", "pipeline_name", "source_query_window_start_time"),
-            Index(f"ix_{name}_status", "pipeline_name", "pipeline_status", "source_query_window_start_time"),
+            # batch_id last: claims order by (start, batch_id), which the index then
+            # serves directly instead of sorting every PENDING row per claim.
+            Index(
+                f"ix_{name}_status",
+                "pipeline_name",
+                "pipeline_status",
+                "source_query_window_start_time",
+                "batch_id",
+            ),
         ]
     )
     state = Table(

@@ -24,7 +24,6 @@ from .dialects import (
     make_engine,
     process_lock,
     serialize_schema_changes,
-    set_lock_timeout,
 )
 from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION, StateTables, build_tables
 from .types import parse_instant
@@ -140,8 +139,6 @@ class StateStore:
                 connection = connection.execution_options(pipestate_write=write)
                 try:
                     with connection.begin():
-                        if write:
-                            set_lock_timeout(connection, self.lock_timeout)
                         yield connection
                 except SQLAlchemyError as err:
                     raise self._translate(err) from err
