@@ -18,10 +18,10 @@ from sqlalchemy import Interval, and_, bindparam, func, or_, select
 from .config import parse_duration
 from .errors import LeaseLost, UsageError
 from .report import iso
+from .store import pg_claims
 from .store.claims import (
     backoff_delay,
     can_fence_in_update,
-    claim_in_one_statement,
     count_in_flight,
     current_claim,
     fenced_update,
@@ -111,13 +111,13 @@ def claim(manager: PipelineStateManager, worker: str) -> Batch | None:
     pipeline_lock = bool(settings.max_in_flight) or store.dialect not in ("postgresql", "sqlite", "duckdb")
     if pipeline_lock:
         store.ensure_lock_row(manager.pipeline)
+    if store.dialect == "postgresql" and not pipeline_lock:
+        fast = _claim_in_one_statement(manager, worker, lease)
+        if fast is not None:
+            return fast
+        # Nothing the fast path may take: the general path below also retires
+        # expired leases that have run out of retries.
     with store.transaction(write=True) as conn:
-        if store.dialect == "postgresql" and not pipeline_lock:
-            fast = _claim_in_one_statement(manager, conn, worker, lease)
-            if fast is not None:
-                return fast
-            # Nothing the fast path may take: the slow path below also retires
-            # expired leases that have run out of retries.
         now = manager.now(conn)
         if pipeline_lock:
             store.lock_pipeline(conn, manager.pipeline, holder=f"claim {worker}")
@@ -238,59 +238,26 @@ def _now_sql(manager: PipelineStateManager) -> Any:
     return func.statement_timestamp(type_=UTCDateTime())
 
 
-def _claim_in_one_statement(
-    manager: PipelineStateManager, conn: Any, worker: str, lease: Any
-) -> Batch | None:
-    """PostgreSQL's claim: one UPDATE picks, locks and stamps the row, one INSERT
-    writes its events; two round trips where the general path takes six."""
+def _claim_in_one_statement(manager: PipelineStateManager, worker: str, lease: Any) -> Batch | None:
+    """PostgreSQL: claim and log in one autocommitted statement (see pg_claims)."""
     settings = manager.config.concurrency
     token = uuid.uuid4().hex
-    clock = manager._clock() if manager._clock is not None else None
-    row = claim_in_one_statement(
-        manager.store,
-        conn,
-        manager.pipeline,
-        worker,
-        token,
-        lease,
-        settings.max_retries,
-        settings.claim_order == "newest_first",
-        clock,
-    )
-    if row is None:
-        return None
-    old_status, now, expires = row.pop("old_status"), row["claimed_at"], row["lease_expires_at"]
-    old_worker, old_token, old_lease = row.pop("old_worker"), row.pop("old_token"), row.pop("old_lease")
-    retries, attempts = int(row["retry_count"]), int(row["attempt_count"])
-    events = []
-    if old_status == "IN_PROGRESS":
-        events.append(
-            _event(
-                manager,
-                row["batch_id"],
-                "LEASE_EXPIRED",
-                now,
-                old_status,
-                old_status,
-                old_worker,
-                old_token,
-                {"retry_count": retries, "lease_expired_at": iso(old_lease)},
-            )
-        )
-    events.append(
-        _event(
-            manager,
-            row["batch_id"],
-            "CLAIMED",
-            now,
-            old_status,
-            "IN_PROGRESS",
+    with pg_claims.autocommit(manager.store) as conn:
+        row = pg_claims.claim(
+            manager.store,
+            conn,
+            manager.pipeline,
             worker,
             token,
-            {"attempt": attempts, "retry_count": retries, "lease_expires_at": iso(expires)},
+            lease,
+            settings.max_retries,
+            settings.claim_order == "newest_first",
+            manager._clock() if manager._clock is not None else None,
         )
-    )
-    manager.store.insert_events(conn, events)
+    if row is None:
+        return None
+    for extra in ("old_status", "old_worker", "old_token", "old_lease"):
+        row.pop(extra)
     return Batch(
         batch_id=row["batch_id"],
         pipeline=manager.pipeline,
@@ -298,12 +265,12 @@ def _claim_in_one_statement(
         end=row["source_query_window_end_time"],
         duration_minutes=int(row["source_query_window_duration_minutes"]),
         local_date=row["window_local_date"],
-        retry_count=retries,
-        attempt_count=attempts,
+        retry_count=int(row["retry_count"]),
+        attempt_count=int(row["attempt_count"]),
         worker_id=worker,
         claim_token=token,
-        claimed_at=now,
-        lease_expires_at=expires,
+        claimed_at=row["claimed_at"],
+        lease_expires_at=row["lease_expires_at"],
         row=row,
     )
 
@@ -412,6 +379,12 @@ def complete(
 ) -> None:
     """Mark the batch COMPLETED (fenced)."""
     store = manager.store
+    if store.dialect == "postgresql" and not values:
+        with pg_claims.autocommit(store) as conn:
+            clock = manager._clock() if manager._clock is not None else None
+            if pg_claims.complete(store, conn, manager.pipeline, batch_id, worker, token, clock) is None:
+                raise LeaseLost(_why_not(manager, conn, batch_id, worker))
+        return
     with store.transaction(write=True) as conn:
         fence_in_update = can_fence_in_update(conn)
         # PostgreSQL: the clock is read inside the fenced UPDATE (one round trip less).

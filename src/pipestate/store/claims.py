@@ -13,11 +13,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, String, and_, bindparam, column, func, or_, select, text, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from .store import StateStore
-from .types import UTCDateTime
 
 CLAIMABLE_NOW = ("PENDING", "FAILED", "IN_PROGRESS")
 
@@ -82,93 +81,6 @@ def find_candidate(
         return None
     key = lambda row: row["source_query_window_start_time"]  # noqa: E731
     return max(found, key=key) if newest_first else min(found, key=key)
-
-
-_ONE_STATEMENT_CLAIM = """
-WITH pending AS (
-    SELECT batch_id, source_query_window_start_time AS start_time, pipeline_status AS old_status,
-           worker_id AS old_worker, claim_token AS old_token, lease_expires_at AS old_lease
-      FROM {table}
-     WHERE pipeline_name = :pipeline AND pipeline_status = 'PENDING'
-       AND source_query_window_end_time > source_query_window_start_time
-     ORDER BY source_query_window_start_time {direction}, batch_id {direction}
-     LIMIT 1 FOR UPDATE SKIP LOCKED
-),
-retryable AS (
-    SELECT batch_id, source_query_window_start_time AS start_time, pipeline_status AS old_status,
-           worker_id AS old_worker, claim_token AS old_token, lease_expires_at AS old_lease
-      FROM {table}
-     WHERE pipeline_name = :pipeline AND pipeline_status IN ('FAILED', 'IN_PROGRESS')
-       AND source_query_window_end_time > source_query_window_start_time
-       AND ((pipeline_status = 'FAILED' AND coalesce(retry_count, 0) < :max_retries
-             AND (next_attempt_at IS NULL OR next_attempt_at <= {now}))
-         OR (pipeline_status = 'IN_PROGRESS' AND coalesce(retry_count, 0) + 1 < :max_retries
-             AND (lease_expires_at IS NULL OR lease_expires_at <= {now})))
-     ORDER BY source_query_window_start_time {direction}, batch_id {direction}
-     LIMIT 1 FOR UPDATE SKIP LOCKED
-),
-candidates AS (SELECT * FROM pending UNION ALL SELECT * FROM retryable),
-chosen AS (
-    SELECT * FROM candidates ORDER BY start_time {direction}, batch_id {direction} LIMIT 1
-)
-UPDATE {table} AS claimed SET
-    pipeline_status = 'IN_PROGRESS', worker_id = :worker, claim_token = :token,
-    claimed_at = {now}, lease_expires_at = {now} + :lease, heartbeat_at = {now},
-    retry_count = coalesce(claimed.retry_count, 0)
-        + CASE WHEN chosen.old_status = 'IN_PROGRESS' THEN 1 ELSE 0 END,
-    attempt_count = coalesce(claimed.attempt_count, 0) + 1,
-    first_started_at = coalesce(claimed.first_started_at, {now}),
-    next_attempt_at = NULL, updated_at = {now}, updated_by = :worker
-FROM chosen
-WHERE claimed.batch_id = chosen.batch_id
-RETURNING claimed.*, chosen.old_status, chosen.old_worker, chosen.old_token, chosen.old_lease
-"""
-
-
-def claim_in_one_statement(
-    store: StateStore,
-    conn: Connection,
-    pipeline: str,
-    worker: str,
-    token: str,
-    lease: timedelta,
-    max_retries: int,
-    newest_first: bool,
-    now: datetime | None,
-) -> dict[str, Any] | None:
-    """PostgreSQL: pick, lock and stamp the next claimable row in one statement.
-
-    Returns the claimed row plus `old_status`, `old_worker`, `old_token` and
-    `old_lease` (what it was before), or None. An expired lease whose expiry
-    would exhaust the retries is left to `find_candidate`'s slower path, which
-    marks it FAILED for good. `now` None means the database clock
-    (statement_timestamp(), one value for the whole statement).
-    """
-    state = store.tables.state
-    sql = _ONE_STATEMENT_CLAIM.format(
-        table=conn.dialect.identifier_preparer.format_table(state),
-        direction="DESC" if newest_first else "ASC",
-        now="statement_timestamp()" if now is None else "CAST(:now AS TIMESTAMPTZ)",
-    )
-    extra = [
-        column("old_status", String()),
-        column("old_worker", String()),
-        column("old_token", String()),
-        column("old_lease", UTCDateTime()),
-    ]
-    stmt = text(sql).columns(*(column(c.name, c.type) for c in state.columns), *extra)
-    params: dict[str, Any] = {
-        "pipeline": pipeline,
-        "max_retries": max_retries,
-        "worker": worker,
-        "token": token,
-        "lease": lease,
-    }
-    if now is not None:
-        stmt = stmt.bindparams(bindparam("now", type_=UTCDateTime()))
-        params["now"] = now
-    row = conn.execute(stmt, params).first()
-    return None if row is None else row._asdict()
 
 
 def count_in_flight(store: StateStore, conn: Connection, pipeline: str, now: datetime) -> int:

@@ -1,0 +1,260 @@
+"""PostgreSQL's fast path for workers: claim and complete each in ONE autocommitted statement.
+
+A single statement is its own transaction, so a claim costs one round trip and
+one WAL flush: the UPDATE picks, locks (FOR UPDATE SKIP LOCKED) and stamps the
+row, and a data-modifying CTE appends its audit events in the same atomic
+statement. The general path in batches.py (SELECT, UPDATE, INSERT in an explicit
+transaction) remains for every other database and for the rare cases this one
+leaves to it (an expired lease that has run out of retries; max_in_flight).
+Event details are written as the same JSON text the general path writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Float, String, Table, bindparam, column, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import TextClause
+
+from .store import StateStore
+from .types import UTCDateTime
+
+# Python's datetime.isoformat() in UTC, as every JSON output writes instants.
+_ISO = (
+    "CASE WHEN {x} IS NULL THEN 'null' ELSE '\"' || to_char({x} AT TIME ZONE 'UTC', "
+    "CASE WHEN extract(microseconds FROM {x})::bigint % 1000000 = 0 "
+    "THEN 'YYYY-MM-DD\"T\"HH24:MI:SS' ELSE 'YYYY-MM-DD\"T\"HH24:MI:SS.US' END) || '+00:00\"' END"
+)
+
+_CANDIDATE = """
+    SELECT batch_id, source_query_window_start_time AS start_time, pipeline_status AS old_status,
+           worker_id AS old_worker, claim_token AS old_token, lease_expires_at AS old_lease
+      FROM {table}
+     WHERE pipeline_name = :pipeline AND source_query_window_end_time > source_query_window_start_time
+       AND {condition}
+     ORDER BY source_query_window_start_time {direction}, batch_id {direction}
+     LIMIT 1 FOR UPDATE SKIP LOCKED"""
+
+_RETRYABLE = """pipeline_status IN ('FAILED', 'IN_PROGRESS')
+       AND ((pipeline_status = 'FAILED' AND coalesce(retry_count, 0) < :max_retries
+             AND (next_attempt_at IS NULL OR next_attempt_at <= {now}))
+         OR (pipeline_status = 'IN_PROGRESS' AND coalesce(retry_count, 0) + 1 < :max_retries
+             AND (lease_expires_at IS NULL OR lease_expires_at <= {now})))"""
+
+# Columns a claim returns: the window, the counters, and what a resumed run reads.
+CLAIM_COLUMNS = (
+    "batch_id",
+    "pipeline_name",
+    "source_query_window_start_time",
+    "source_query_window_end_time",
+    "source_query_window_duration_minutes",
+    "window_local_date",
+    "window_timezone",
+    "source_id",
+    "stage_id",
+    "target_id",
+    "source_category",
+    "stage_category",
+    "target_category",
+    "current_step",
+    "source_extract_status",
+    "stage_write_status",
+    "target_load_status",
+    "stage_location",
+    "retry_count",
+    "attempt_count",
+    "first_started_at",
+    "claimed_at",
+    "lease_expires_at",
+    "worker_id",
+    "claim_token",
+    "pipeline_status",
+)
+
+_CLAIM = """
+WITH pending AS ({pending}),
+retryable AS ({retryable}),
+chosen AS (
+    SELECT * FROM (SELECT * FROM pending UNION ALL SELECT * FROM retryable) AS candidates
+     ORDER BY start_time {direction}, batch_id {direction} LIMIT 1
+),
+claimed AS (
+    UPDATE {table} AS claimed SET
+        pipeline_status = 'IN_PROGRESS', worker_id = :worker, claim_token = :token,
+        claimed_at = {now}, lease_expires_at = {now} + :lease, heartbeat_at = {now},
+        retry_count = coalesce(claimed.retry_count, 0)
+            + CASE WHEN chosen.old_status = 'IN_PROGRESS' THEN 1 ELSE 0 END,
+        attempt_count = coalesce(claimed.attempt_count, 0) + 1,
+        first_started_at = coalesce(claimed.first_started_at, {now}),
+        next_attempt_at = NULL, updated_at = {now}, updated_by = :worker
+      FROM chosen
+     WHERE claimed.batch_id = chosen.batch_id
+    RETURNING {returning}, chosen.old_status, chosen.old_worker, chosen.old_token, chosen.old_lease
+),
+logged AS (
+    INSERT INTO {events}
+        (batch_id, pipeline_name, event_type, worker_id, claim_token, event_time,
+         old_status, new_status, details)
+    SELECT batch_id, :pipeline, 'LEASE_EXPIRED', old_worker, old_token, claimed_at,
+           'IN_PROGRESS', 'IN_PROGRESS',
+           '{{"lease_expired_at": ' || {old_lease_iso} || ', "retry_count": ' || retry_count || '}}'
+      FROM claimed WHERE old_status = 'IN_PROGRESS'
+    UNION ALL
+    SELECT batch_id, :pipeline, 'CLAIMED', :worker, :token, claimed_at, old_status, 'IN_PROGRESS',
+           '{{"attempt": ' || attempt_count || ', "lease_expires_at": ' || {lease_iso}
+           || ', "retry_count": ' || retry_count || '}}'
+      FROM claimed
+)
+SELECT * FROM claimed
+"""
+
+_COMPLETE = """
+WITH done AS (
+    UPDATE {table} SET
+        pipeline_status = 'COMPLETED', current_step = 'done', completed_at = {now},
+        processing_seconds = extract(epoch FROM {now} - claimed_at),
+        lease_expires_at = NULL, updated_at = {now}, updated_by = :worker
+     WHERE batch_id = :batch_id AND pipeline_name = :pipeline
+       AND pipeline_status = 'IN_PROGRESS' AND worker_id = :worker {token_condition}
+    RETURNING batch_id, claim_token, completed_at, processing_seconds
+),
+logged AS (
+    INSERT INTO {events}
+        (batch_id, pipeline_name, event_type, worker_id, claim_token, event_time,
+         old_status, new_status, details)
+    SELECT batch_id, :pipeline, 'COMPLETED', :worker, claim_token, completed_at,
+           'IN_PROGRESS', 'COMPLETED',
+           '{{"processing_seconds": ' || coalesce(processing_seconds::float8::text, 'null') || '}}'
+      FROM done
+)
+SELECT * FROM done
+"""
+
+
+def _now(clock: bool) -> str:
+    return "CAST(:now AS TIMESTAMPTZ)" if clock else "statement_timestamp()"
+
+
+@lru_cache(maxsize=64)
+def _claim_statement(
+    table: Table, events: Table, quoted: str, quoted_events: str, newest_first: bool, clock: bool
+) -> TextClause:
+    direction = "DESC" if newest_first else "ASC"
+    now = _now(clock)
+    sql = _CLAIM.format(
+        pending=_CANDIDATE.format(table=quoted, condition="pipeline_status = 'PENDING'", direction=direction),
+        retryable=_CANDIDATE.format(table=quoted, condition=_RETRYABLE.format(now=now), direction=direction),
+        table=quoted,
+        events=quoted_events,
+        direction=direction,
+        now=now,
+        returning=", ".join(f"claimed.{name}" for name in CLAIM_COLUMNS),
+        old_lease_iso=_ISO.format(x="old_lease"),
+        lease_iso=_ISO.format(x="lease_expires_at"),
+    )
+    typed = [column(name, table.c[name].type) for name in CLAIM_COLUMNS]
+    extra = [
+        column("old_status", String()),
+        column("old_worker", String()),
+        column("old_token", String()),
+        column("old_lease", UTCDateTime()),
+    ]
+    stmt = text(sql).columns(*typed, *extra)
+    if clock:
+        stmt = stmt.bindparams(bindparam("now", type_=UTCDateTime()))
+    return stmt
+
+
+@lru_cache(maxsize=64)
+def _complete_statement(quoted: str, quoted_events: str, with_token: bool, clock: bool) -> TextClause:
+    sql = _COMPLETE.format(
+        table=quoted,
+        events=quoted_events,
+        now=_now(clock),
+        token_condition="AND claim_token = :token" if with_token else "",
+    )
+    stmt = text(sql).columns(
+        column("batch_id", String()),
+        column("claim_token", String()),
+        column("completed_at", UTCDateTime()),
+        column("processing_seconds", Float()),
+    )
+    if clock:
+        stmt = stmt.bindparams(bindparam("now", type_=UTCDateTime()))
+    return stmt
+
+
+@contextmanager
+def autocommit(store: StateStore) -> Iterator[Connection]:
+    """A connection whose every statement is its own transaction."""
+    try:
+        with store.engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+    except SQLAlchemyError as err:
+        raise store._translate(err) from err
+
+
+def _names(store: StateStore, conn: Connection) -> tuple[str, str]:
+    preparer = conn.dialect.identifier_preparer
+    return preparer.format_table(store.tables.state), preparer.format_table(store.tables.events)
+
+
+def claim(
+    store: StateStore,
+    conn: Connection,
+    pipeline: str,
+    worker: str,
+    token: str,
+    lease: timedelta,
+    max_retries: int,
+    newest_first: bool,
+    now: datetime | None,
+) -> dict[str, Any] | None:
+    """Claim the next row and log CLAIMED (and LEASE_EXPIRED) in one statement.
+
+    Returns the CLAIM_COLUMNS plus `old_status`, `old_worker`, `old_token` and
+    `old_lease`, or None when this path finds nothing to take.
+    """
+    quoted, quoted_events = _names(store, conn)
+    stmt = _claim_statement(
+        store.tables.state, store.tables.events, quoted, quoted_events, newest_first, now is not None
+    )
+    params: dict[str, Any] = {
+        "pipeline": pipeline,
+        "max_retries": max_retries,
+        "worker": worker,
+        "token": token,
+        "lease": lease,
+    }
+    if now is not None:
+        params["now"] = now
+    row = conn.execute(stmt, params).first()
+    return None if row is None else row._asdict()
+
+
+def complete(
+    store: StateStore,
+    conn: Connection,
+    pipeline: str,
+    batch_id: str,
+    worker: str,
+    token: str | None,
+    now: datetime | None,
+) -> dict[str, Any] | None:
+    """Mark the caller's batch COMPLETED and log it in one statement; None if the
+    caller does not hold the current claim (nothing written)."""
+    quoted, quoted_events = _names(store, conn)
+    stmt = _complete_statement(quoted, quoted_events, token is not None, now is not None)
+    params: dict[str, Any] = {"pipeline": pipeline, "batch_id": batch_id, "worker": worker}
+    if token is not None:
+        params["token"] = token
+    if now is not None:
+        params["now"] = now
+    row = conn.execute(stmt, params).first()
+    return None if row is None else row._asdict()
