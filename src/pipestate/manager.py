@@ -17,12 +17,10 @@ from sqlalchemy.engine import Connection, Engine
 from . import batches, plugins
 from .batches import Batch
 from .config import Config, load_config, parse_duration
-from .errors import ConfigError
-from .planning import NewWindow, Plan, Settings, UnsortedInput, plan
+from .planning import Plan, Settings, UnsortedInput, plan
 from .report import CreatedLog, PopulateReport, iso
-from .store.schema import SCHEMA_VERSION
+from .rows import RowBuilder
 from .store.store import StateStore
-from .windows import format_step
 
 __all__ = ["PipelineStateManager"]
 
@@ -214,16 +212,24 @@ class PipelineStateManager:
         sink: Connection | None,
         conn: Connection | None = None,
     ) -> None:
-        """Give each new window its ids and categories; insert them when `sink` is set."""
-        custom_ids = self.config.ids.batch_id != "deterministic"
+        """Give each new window its ids and categories; insert them when `sink` is set.
+
+        The CREATED events are then written by one INSERT ... SELECT of the rows
+        this run made, not one Python object per event.
+        """
+        builder = RowBuilder(self.config, self._ids, self._categories, self.actor, run_id, now)
+        custom_ids = not builder.default_ids
         seen: set[str] = set()
         windows = the_plan.new_windows()
+        created = 0
         while chunk := list(islice(windows, _CHUNK)):
-            rows = [self._new_row(window, now, run_id) for window in chunk]
+            rows = [builder.row(window) for window in chunk]
             if custom_ids and conn is not None:
                 taken = taken | self.store.existing_ids(conn, [row["batch_id"] for row in rows])
             for row in rows:
-                row["batch_id"] = _unique(row["batch_id"], taken, seen)
+                batch_id = row["batch_id"]
+                if batch_id in taken or batch_id in seen:
+                    row["batch_id"] = _unique(batch_id, taken, seen)
                 if custom_ids:
                     seen.add(row["batch_id"])
                 log.add(
@@ -231,74 +237,12 @@ class PipelineStateManager:
                     row["source_query_window_start_time"],
                     row["source_query_window_end_time"],
                     row["record_origin"],
+                    default_id=builder.default_ids and row["batch_id"] == batch_id,
                 )
             if sink is not None:
-                self.store.insert_rows(sink, rows)
-                self.store.insert_events(
-                    sink,
-                    (
-                        self._event(
-                            row["batch_id"],
-                            "CREATED",
-                            now,
-                            None,
-                            "PENDING",
-                            {"record_origin": row["record_origin"], "run_id": run_id},
-                        )
-                        for row in rows
-                    ),
-                )
-
-    def _new_row(self, window: NewWindow, now: datetime, run_id: str) -> dict[str, Any]:
-        pipeline = self.config.pipeline
-        tz = pipeline.tz
-        minutes = int((window.end - window.start).total_seconds() // 60)
-        info = plugins.WindowInfo(
-            pipeline=pipeline.name,
-            start=window.start,
-            end=window.end,
-            local_date=window.local_date,
-            timezone=pipeline.timezone,
-            sequence_in_day=window.sequence_in_day,
-            duration_minutes=minutes,
-            granularity=format_step(window.step),
-            record_origin=window.origin,
-        )
-        ids = {key: _text(function(info), f"[ids] {key}") for key, function in self._ids.items()}
-        if not ids["batch_id"]:
-            raise ConfigError("[ids] batch_id: the function returned an empty id")
-        categories = {
-            key: _text(function(info), f"[categories] {key}") for key, function in self._categories.items()
-        }
-        return {
-            **ids,
-            **categories,
-            "pipeline_name": pipeline.name,
-            "source_type": self.config.source.get("type"),
-            "stage_type": self.config.stage.get("type"),
-            "target_type": self.config.target.get("type"),
-            "source_query_window_start_time": window.start,
-            "source_query_window_end_time": window.end,
-            "source_query_window_duration_minutes": minutes,
-            "window_local_date": window.local_date,
-            "window_timezone": pipeline.timezone,
-            "window_local_start": window.start.astimezone(tz).isoformat(),
-            "window_local_end": window.end.astimezone(tz).isoformat(),
-            "window_sequence_in_day": window.sequence_in_day,
-            "window_granularity": info.granularity,
-            "pipeline_status": "PENDING",
-            "retry_count": 0,
-            "attempt_count": 0,
-            "requeue_count": 0,
-            "record_origin": window.origin,
-            "populate_run_id": run_id,
-            "created_at": now,
-            "updated_at": now,
-            "created_by": self.actor,
-            "updated_by": self.actor,
-            "config_hash": self.config.config_hash(),
-            "schema_version": SCHEMA_VERSION,
-        }
+                created += self.store.insert_rows(sink, rows)
+        if sink is not None and created:
+            self.store.insert_created_events(sink, self.pipeline, run_id, self.actor)
 
     def _event(
         self,
@@ -485,14 +429,6 @@ def _unique(batch_id: str, taken: set[str], seen: set[str]) -> str:
     while f"{batch_id}-r{n}" in taken or f"{batch_id}-r{n}" in seen:
         n += 1
     return f"{batch_id}-r{n}"
-
-
-def _text(value: Any, key: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: the function returned {type(value).__name__}, not a string")
-    return value
 
 
 def _coverage(

@@ -42,12 +42,15 @@ class CreatedLog:
         self._ids: dict[int, str] = {}
         self._last: tuple[datetime, str] | None = None  # the previous window's end and its stamp
 
-    def add(self, batch_id: str, start: datetime, end: datetime, origin: str) -> None:
+    def add(
+        self, batch_id: str, start: datetime, end: datetime, origin: str, default_id: bool = False
+    ) -> None:
+        """Record a created window; `default_id`: the caller knows the id is the default one."""
         index = len(self._starts)
         self._starts.append(int(start.timestamp() * 1_000_000))
         self._ends.append(int(end.timestamp() * 1_000_000))
         self._origins.append(self._ORIGINS.index(origin))
-        if batch_id != self._default_id(start, end):
+        if not default_id and batch_id != self._default_id(start, end):
             self._ids[index] = batch_id
 
     def _default_id(self, start: datetime, end: datetime) -> str:

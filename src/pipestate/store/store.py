@@ -11,7 +11,7 @@ from itertools import islice
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Table, insert, inspect, select, type_coerce, update
+from sqlalchemy import String, Table, insert, inspect, literal, select, type_coerce, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import NullType
@@ -54,18 +54,20 @@ def _driver_params(
     order = list(compiled.positiontup) if compiled.positional and compiled.positiontup else list(keys)
     getter = itemgetter(*order)
     processors = [
-        (index, processor)
+        (index, processor, type(table.c[name].type))
         for index, name in enumerate(order)
         if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
     ]
     # Timestamps repeat from row to row (a window's start is the previous end,
-    # created_at/updated_at are one `now`): convert each distinct value once.
-    memos: list[dict[Any, Any]] = [{} for _ in processors]
+    # created_at/updated_at are one `now`): convert each distinct value once,
+    # sharing one memo among the columns of one type.
+    shared: dict[type, dict[Any, Any]] = {}
+    memos: list[dict[Any, Any]] = [shared.setdefault(kind, {}) for _, _, kind in processors]
     values: list[Any] = []
     for row in chunk:
         picked = getter(row)
         row_values = list(picked) if len(order) > 1 else [picked]
-        for (index, processor), memo in zip(processors, memos, strict=True):
+        for (index, processor, _), memo in zip(processors, memos, strict=True):
             value = row_values[index]
             try:
                 row_values[index] = memo[value]
@@ -394,6 +396,44 @@ class StateStore:
                 )
             changed += 1
         return changed
+
+    def insert_created_events(self, conn: Connection, pipeline: str, run_id: str, actor: str) -> int:
+        """One CREATED event per row that populate run `run_id` inserted, in one
+        INSERT ... SELECT (details: the same JSON text insert_events writes)."""
+        state, events = self.tables.state, self.tables.events
+        details = (
+            literal('{"record_origin": "', String())
+            + state.c.record_origin
+            + literal(f'", "run_id": "{run_id}"}}', String())
+        )
+        rows = (
+            select(
+                state.c.batch_id,
+                state.c.pipeline_name,
+                literal("CREATED", String()),
+                literal(actor, String()),
+                state.c.created_at,
+                literal("PENDING", String()),
+                details,
+            )
+            .where(
+                state.c.pipeline_name == pipeline,
+                state.c.populate_run_id == run_id,
+                state.c.pipeline_status == "PENDING",
+            )
+            .order_by(state.c.source_query_window_start_time)
+        )
+        columns = [
+            "batch_id",
+            "pipeline_name",
+            "event_type",
+            "worker_id",
+            "event_time",
+            "new_status",
+            "details",
+        ]
+        result = conn.execute(insert(events).from_select(columns, rows))
+        return int(result.rowcount or 0)
 
     def insert_events(self, conn: Connection, events: Iterable[dict[str, Any]]) -> int:
         count = 0
