@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from .windows import DAY, DayStep, Step, day_bounds, day_cells, local_date_of, split_at_midnights
+from .windows import (
+    DAY,
+    DayStep,
+    Step,
+    day_bounds,
+    day_cells,
+    local_date_of,
+    parse_instant,
+    split_at_midnights,
+)
 
 __all__ = [
     "Fill",
@@ -309,7 +318,12 @@ class _Planner:
             row = cluster[0]
             self._keep(row[1], row[2])
             return
-        windows = [Window(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6]) for r in cluster]
+        # updated_at, created_at and the lease may arrive unparsed (stores skip
+        # that work for the vast majority of rows, which overlap nothing).
+        windows = [
+            Window(str(r[0]), r[1], r[2], r[3], parse_instant(r[4]), parse_instant(r[5]), parse_instant(r[6]))
+            for r in cluster
+        ]
         ranked = sorted(windows, key=self._rank)
         position = {id(w): i for i, w in enumerate(ranked)}
         kept: list[Window] = []  # disjoint, sorted by start

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "grid_cells",
     "local_date_of",
     "parse_granularity",
+    "parse_instant",
     "require_utc",
     "split_at_midnights",
     "step_minutes",
@@ -96,6 +98,28 @@ def require_utc(value: datetime, what: str = "instant") -> datetime:
     """`value` converted to UTC; naive datetimes are refused, not guessed."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware, got naive {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def parse_instant(value: Any) -> datetime | None:
+    """A stored instant as aware UTC; None when it cannot be read.
+
+    Naive values are UTC (how pipestate and the contract store them). Text is
+    read leniently (`T` or space, optional fraction, `Z` or an offset) because
+    other tools write these tables too; unreadable text becomes None, which the
+    planner reports as an invalid row instead of guessing.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
 
 

@@ -300,9 +300,9 @@ class StateStore:
                     instant(start_at),
                     instant(end_at),
                     status,
-                    instant(updated),
-                    instant(created),
-                    instant(lease),
+                    updated,  # the planner parses these three only for overlapping windows
+                    created,
+                    lease,
                 )
 
     def inactive_ids(self, conn: Connection, pipeline: str) -> set[str]:

@@ -10,27 +10,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-
-def parse_instant(value: Any) -> datetime | None:
-    """A stored instant as aware UTC; None when it cannot be read.
-
-    Naive values are UTC (how pipestate and the contract store them). Text is
-    read leniently (`T` or space, optional fraction, `Z` or an offset) because
-    other tools write these tables too; unreadable text becomes None, which the
-    planner reports as an invalid row instead of guessing.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    if not isinstance(value, datetime):
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+from ..windows import parse_instant
 
 
 class _SQLiteInstant(sqlite.DATETIME):
