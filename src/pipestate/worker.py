@@ -91,7 +91,9 @@ class Worker:
         ceiling = lease / 3
         self.heartbeat_interval = min(heartbeat_interval or ceiling, ceiling)
         self.stopping = False
+        self.released = 0  # batches given back unfinished by a second stop signal
         self._signals = 0
+        self._interruptible = False
 
     # -- one batch ----------------------------------------------------------------
 
@@ -110,10 +112,18 @@ class Worker:
         beat = _Heartbeat(self.manager, claimed, self.heartbeat_interval)
         beat.start()
         try:
-            yield claimed
+            # Only the caller's code may be interrupted by a second stop signal:
+            # during a claim, complete, fail or release it would leave the batch
+            # held until its lease ran out.
+            self._interruptible = True
+            try:
+                yield claimed
+            finally:
+                self._interruptible = False
         except WorkerStopped:
             beat.stop()
             self.manager.release(claimed.batch_id, self.worker_id, claimed.claim_token)
+            self.released += 1
             raise
         except BaseException as err:
             beat.stop()
@@ -142,6 +152,7 @@ class Worker:
         loop goes on.
         """
         summary = RunSummary()
+        released_before = self.released
         restore = self._install_signal_handlers()
         try:
             while not self.stopping and (limit is None or summary.processed < limit):
@@ -157,7 +168,6 @@ class Worker:
                         handler(claimed)
                     summary.completed += 1
                 except WorkerStopped:
-                    summary.released += 1
                     break
                 except LeaseLost as err:
                     summary.lost += 1
@@ -167,6 +177,7 @@ class Worker:
                     log.warning("batch failed: %s: %s", type(err).__name__, err)
         finally:
             restore()
+        summary.released = self.released - released_before
         return summary
 
     def _install_signal_handlers(self) -> Callable[[], None]:
@@ -176,7 +187,7 @@ class Worker:
         def on_signal(signum: int, frame: FrameType | None) -> None:
             self._signals += 1
             self.stopping = True
-            if self._signals > 1:
+            if self._signals > 1 and self._interruptible:
                 raise WorkerStopped(f"stopped by signal {signum}")
             log.info("signal %s: finishing the current batch, then stopping", signum)
 
