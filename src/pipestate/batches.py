@@ -60,6 +60,25 @@ class Batch:
     lease_expires_at: datetime
     row: dict[str, Any]
 
+    @classmethod
+    def from_row(cls, pipeline: str, row: dict[str, Any]) -> Batch:
+        """The batch a claim just stamped, from its row (as the claim left it)."""
+        return cls(
+            batch_id=row["batch_id"],
+            pipeline=pipeline,
+            start=row["source_query_window_start_time"],
+            end=row["source_query_window_end_time"],
+            duration_minutes=int(row["source_query_window_duration_minutes"]),
+            local_date=row["window_local_date"],
+            retry_count=int(row["retry_count"]),
+            attempt_count=int(row["attempt_count"]),
+            worker_id=row["worker_id"],
+            claim_token=row["claim_token"],
+            claimed_at=row["claimed_at"],
+            lease_expires_at=row["lease_expires_at"],
+            row=row,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "batch_id": self.batch_id,
@@ -210,21 +229,7 @@ def claim(manager: PipelineStateManager, worker: str) -> Batch | None:
                     )
                 )
                 row.update(values)
-                return Batch(
-                    batch_id=row["batch_id"],
-                    pipeline=manager.pipeline,
-                    start=row["source_query_window_start_time"],
-                    end=row["source_query_window_end_time"],
-                    duration_minutes=int(row["source_query_window_duration_minutes"]),
-                    local_date=row["window_local_date"],
-                    retry_count=retries,
-                    attempt_count=attempts,
-                    worker_id=worker,
-                    claim_token=token,
-                    claimed_at=now,
-                    lease_expires_at=expires,
-                    row=row,
-                )
+                return Batch.from_row(manager.pipeline, row)
         finally:
             if events:
                 store.insert_events(conn, events)
@@ -258,21 +263,7 @@ def _claim_in_one_statement(manager: PipelineStateManager, worker: str, lease: A
         return None
     for extra in ("old_status", "old_worker", "old_token", "old_lease"):
         row.pop(extra)
-    return Batch(
-        batch_id=row["batch_id"],
-        pipeline=manager.pipeline,
-        start=row["source_query_window_start_time"],
-        end=row["source_query_window_end_time"],
-        duration_minutes=int(row["source_query_window_duration_minutes"]),
-        local_date=row["window_local_date"],
-        retry_count=int(row["retry_count"]),
-        attempt_count=int(row["attempt_count"]),
-        worker_id=worker,
-        claim_token=token,
-        claimed_at=row["claimed_at"],
-        lease_expires_at=row["lease_expires_at"],
-        row=row,
-    )
+    return Batch.from_row(manager.pipeline, row)
 
 
 def _fenced(
