@@ -104,8 +104,9 @@ def render() -> str:
         lines.append(f"| `{name}` | {_type_name(column_type)} | {'yes' if notnull else ''} | {comment} |")
     lines += [
         "",
-        "Primary key: `batch_id`. Indexes: `(pipeline_name, source_query_window_start_time)` for",
-        "populate's sorted scan, `(pipeline_name, pipeline_status, source_query_window_start_time,",
+        "Primary key: `batch_id`. Indexes: `(pipeline_name, source_query_window_start_time,",
+        "source_query_window_end_time, batch_id)` for populate's sorted scan (its whole ORDER BY),",
+        "`(pipeline_name, pipeline_status, source_query_window_start_time,",
         "batch_id)` for claims (which order by window start, then batch_id) and status. On",
         "Snowflake the tables have no indexes (standard tables do not support them) and no column",
         "comments (fakesnow, the local stand-in it is tested on, cannot run `COMMENT ON COLUMN`).",
