@@ -1,7 +1,7 @@
 """Source `files`: NDJSON, CSV or Parquet files on the local disk, filtered by a timestamp field.
 
 Meant for local use and the demo. There is no index: each file is parsed once per process and
-kept sorted in memory (up to half a million records), and a file whose time span misses a
+kept sorted in memory (up to 100,000 records), and a file whose time span misses a
 window is skipped, so one file per day or hour suits; billions of records do not.
 """
 
@@ -28,7 +28,7 @@ __all__ = ["FilesSource"]
 
 _FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv"}
 _FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
-_CACHE_RECORDS = 500_000  # parsed records kept per process, whole files at a time
+_CACHE_RECORDS = 100_000  # parsed records kept per process, whole files at a time
 
 
 class FilesOptions(Options):
