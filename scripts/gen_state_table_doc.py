@@ -114,7 +114,8 @@ def render() -> str:
         "## `<table>_events`: the audit trail",
         "",
         "One row per change of a batch's state (populate writes `CREATED` and `SUPERSEDED`;",
-        "workers add `CLAIMED`, `HEARTBEAT`, `COMPLETED`, `FAILED`, ...). `details` is JSON.",
+        "workers add `CLAIMED`, `LEASE_EXPIRED`, `STEP`, `COMPLETED`, `FAILED`, `RELEASED` and",
+        "`REQUEUED`; a heartbeat only moves the lease). `details` is JSON.",
         "",
     ]
     lines += _other_table(tables.events)

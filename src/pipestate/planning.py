@@ -12,7 +12,7 @@ import bisect
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from .windows import (
@@ -487,6 +487,3 @@ def plan(rows: Iterable[tuple], settings: Settings) -> Plan:
 def seconds_to_minutes(seconds: int) -> int | float:
     minutes = seconds / 60
     return int(minutes) if minutes.is_integer() else round(minutes, 4)
-
-
-_ = timedelta  # used in annotations of callers

@@ -18,8 +18,6 @@ from sqlalchemy.engine import Connection
 
 from .store import StateStore
 
-CLAIMABLE_NOW = ("PENDING", "FAILED", "IN_PROGRESS")
-
 
 def _lockable(stmt: Select[Any], conn: Connection) -> Select[Any]:
     if conn.dialect.name == "postgresql":

@@ -146,10 +146,6 @@ def busy_error(engine: Engine, err: BaseException) -> StoreBusyError:
     return StoreBusyError(f"state database is locked by another process ({engine.dialect.name}); try again")
 
 
-def quoted(conn: Connection, name: str) -> str:
-    return conn.dialect.identifier_preparer.quote(name)
-
-
 __all__ = [
     "busy_error",
     "db_now",
@@ -159,5 +155,4 @@ __all__ = [
     "now_sql",
     "process_lock",
     "serialize_schema_changes",
-    "text",
 ]

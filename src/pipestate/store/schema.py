@@ -28,8 +28,6 @@ from .types import UTCDateTime
 
 SCHEMA_VERSION = 1
 
-STATUSES = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
-ORIGINS = ("SCHEDULED", "GAP_FILL", "EXTERNAL", "REQUEUE", "MANUAL")
 
 # (group, name, type, NOT NULL, comment). Only the contract's core columns are NOT NULL,
 # so rows that other tools write with just those set are valid.
@@ -340,19 +338,6 @@ COLUMNS: list[tuple[str, str, object, bool, str]] = [
     ("audit", "batch_metadata", Text(), False, "Free-form JSON for the user's own notes and tags"),
 ]
 
-EVENT_TYPES = (
-    "CREATED",
-    "SUPERSEDED",
-    "CLAIMED",
-    "HEARTBEAT",
-    "COMPLETED",
-    "FAILED",
-    "LEASE_EXPIRED",
-    "RELEASED",
-    "REQUEUED",
-    "STEP",
-)
-
 
 @dataclass(frozen=True)
 class StateTables:
@@ -381,14 +366,14 @@ def build_tables(
         if snowflake
         else [
             # populate reads a pipeline ordered by (start, end, batch_id): all of it in the
-        # index, so no database sorts a million rows per run.
-        Index(
-            f"ix_{name}_window",
-            "pipeline_name",
-            "source_query_window_start_time",
-            "source_query_window_end_time",
-            "batch_id",
-        ),
+            # index, so no database sorts a million rows per run.
+            Index(
+                f"ix_{name}_window",
+                "pipeline_name",
+                "source_query_window_start_time",
+                "source_query_window_end_time",
+                "batch_id",
+            ),
             # batch_id last: claims order by (start, batch_id), which the index then
             # serves directly instead of sorting every PENDING row per claim.
             Index(
