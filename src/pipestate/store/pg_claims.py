@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Float, String, Table, bindparam, column, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import TextualSelect
 
 from .store import StateStore
 from .types import UTCDateTime
@@ -144,7 +144,7 @@ def _now(clock: bool) -> str:
 @lru_cache(maxsize=64)
 def _claim_statement(
     table: Table, events: Table, quoted: str, quoted_events: str, newest_first: bool, clock: bool
-) -> TextClause:
+) -> TextualSelect:
     direction = "DESC" if newest_first else "ASC"
     now = _now(clock)
     sql = _CLAIM.format(
@@ -158,8 +158,8 @@ def _claim_statement(
         old_lease_iso=_ISO.format(x="old_lease"),
         lease_iso=_ISO.format(x="lease_expires_at"),
     )
-    typed = [column(name, table.c[name].type) for name in CLAIM_COLUMNS]
-    extra = [
+    typed: list[Any] = [column(name, table.c[name].type) for name in CLAIM_COLUMNS]
+    extra: list[Any] = [
         column("old_status", String()),
         column("old_worker", String()),
         column("old_token", String()),
@@ -172,7 +172,7 @@ def _claim_statement(
 
 
 @lru_cache(maxsize=64)
-def _complete_statement(quoted: str, quoted_events: str, with_token: bool, clock: bool) -> TextClause:
+def _complete_statement(quoted: str, quoted_events: str, with_token: bool, clock: bool) -> TextualSelect:
     sql = _COMPLETE.format(
         table=quoted,
         events=quoted_events,

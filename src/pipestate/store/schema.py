@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.types import TypeEngine
 
 from .types import UTCDateTime
 
@@ -32,7 +33,7 @@ SCHEMA_VERSION = 1
 # (group, name, type, NOT NULL, comment). Only the contract's core columns are NOT NULL,
 # so rows that other tools write with just those set are valid.
 _T = UTCDateTime
-COLUMNS: list[tuple[str, str, object, bool, str]] = [
+COLUMNS: list[tuple[str, str, TypeEngine[Any], bool, str]] = [
     # identity
     (
         "identity",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from itertools import islice
@@ -262,7 +262,7 @@ class StateStore:
 
     # -- reads ------------------------------------------------------------------
 
-    def iter_candidates(self, conn: Connection, pipeline: str) -> Iterator[tuple[Any, ...]]:
+    def iter_candidates(self, conn: Connection, pipeline: str) -> Generator[tuple[Any, ...], None, None]:
         """Every non-SUPERSEDED row of the pipeline, sorted by window, streamed."""
         state = self.tables.state
         start = state.c.source_query_window_start_time
@@ -294,7 +294,8 @@ class StateStore:
                 return parse_instant(value)
 
         for partition in conn.execute(stmt).partitions():
-            for batch_id, start_at, end_at, status, updated, created, lease in partition:
+            for row in partition:
+                batch_id, start_at, end_at, status, updated, created, lease = tuple(row)
                 yield (
                     batch_id,
                     instant(start_at),
