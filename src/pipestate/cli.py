@@ -83,7 +83,10 @@ def init(force: bool) -> None:
     path = Path(_config_path() or DEFAULT_CONFIG_PATH)
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists (use --force to overwrite)")
-    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    try:
+        path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"--config: cannot write {path}: {err.strerror}") from err
     click.echo(f"wrote {path}; next: pipestate populate --dry-run")
 
 
