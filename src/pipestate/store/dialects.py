@@ -52,11 +52,9 @@ def make_engine(url: str, lock_timeout: timedelta) -> Engine:
     try:
         engine = create_engine(parsed, connect_args=connect_args)
     except (NoSuchModuleError, ModuleNotFoundError) as err:
-        extra = _EXTRAS.get(backend, backend)
-        raise ConfigError(
-            f"[state] url: no driver for {parsed.drivername!r}; "
-            f'install it with pip install "pipestate[{extra}]"'
-        ) from err
+        extra = _EXTRAS.get(backend)
+        how = f'pip install "pipestate[{extra}]"' if extra else f"install a SQLAlchemy driver for {backend}"
+        raise ConfigError(f"[state] url: no driver for {parsed.drivername!r}; {how}") from err
     if backend == "sqlite":
         _setup_sqlite(engine)
     return engine
