@@ -44,13 +44,6 @@ def make_engine(url: str, lock_timeout: timedelta) -> Engine:
     connect_args: dict[str, Any] = {}
     if backend == "sqlite":
         connect_args = {"timeout": lock_timeout.total_seconds(), "check_same_thread": False}
-    elif backend == "duckdb":
-        # DuckDB keeps an uncommitted transaction in memory up to its limit (80% of
-        # RAM by default), then spills to disk: bound it, so a first populate of a
-        # long history stays within a small machine's budget.
-        # A URL that sets it (duckdb:///state.duckdb?memory_limit=2GB) wins.
-        if "memory_limit" not in parsed.query:
-            connect_args = {"config": {"memory_limit": "128MB"}}
     elif backend == "postgresql":
         # Bound every wait for a row lock (the pipeline lock row), per session:
         # a SET LOCAL in each transaction would cost a round trip per claim.
