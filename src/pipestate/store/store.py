@@ -293,9 +293,8 @@ class StateStore:
             except TypeError:  # an unhashable driver value: parse it uncached
                 return parse_instant(value)
 
-        for partition in conn.execute(stmt).partitions():
-            for row in partition:
-                batch_id, start_at, end_at, status, updated, created, lease = tuple(row)
+        for partition in self._partitions(conn, stmt):
+            for batch_id, start_at, end_at, status, updated, created, lease in partition:
                 yield (
                     batch_id,
                     instant(start_at),
@@ -305,6 +304,27 @@ class StateStore:
                     created,
                     lease,
                 )
+
+    def _partitions(self, conn: Connection, stmt: Any) -> Iterator[Sequence[Any]]:
+        """The statement's rows as plain tuples, in chunks.
+
+        On SQLite the compiled statement runs on the transaction's own sqlite3
+        connection: SQLAlchemy's result rows cost more per row than the scan
+        itself, and a no-op populate reads every row of the pipeline.
+        """
+        if conn.dialect.name != "sqlite":
+            for partition in conn.execute(stmt).partitions():
+                yield [tuple(row) for row in partition]
+            return
+        compiled = stmt.compile(dialect=conn.dialect)
+        names = compiled.positiontup or []
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(compiled.string, [compiled.params[name] for name in names])
+            while rows := cursor.fetchmany(_CHUNK):
+                yield rows
+        finally:
+            cursor.close()
 
     def inactive_ids(self, conn: Connection, pipeline: str) -> set[str]:
         """batch_ids of this pipeline's SUPERSEDED rows (new ids must not reuse them)."""
