@@ -266,6 +266,15 @@ def _claim_in_one_statement(manager: PipelineStateManager, worker: str, lease: A
     return Batch.from_row(manager.pipeline, row)
 
 
+def _write_claimed(
+    manager: PipelineStateManager, conn: Any, row: dict[str, Any], values: dict[str, Any]
+) -> None:
+    """Write `values` to the row read by `_fenced`, still guarded by its claim token."""
+    guarded_update(
+        manager.store, conn, manager.pipeline, row["batch_id"], "IN_PROGRESS", row["claim_token"], values
+    )
+
+
 def _fenced(
     manager: PipelineStateManager, conn: Any, batch_id: str, worker: str, token: str | None
 ) -> dict[str, Any]:
@@ -313,13 +322,10 @@ def heartbeat(
         row = _fenced(manager, conn, batch_id, worker, token)
         now = manager.now(conn)
         expires = now + lease
-        guarded_update(
-            store,
+        _write_claimed(
+            manager,
             conn,
-            manager.pipeline,
-            batch_id,
-            "IN_PROGRESS",
-            row["claim_token"],
+            row,
             {"lease_expires_at": expires, "heartbeat_at": now, "updated_at": now},
         )
     return expires
@@ -341,7 +347,7 @@ def record_step(
         update = {**values, "updated_at": now}
         if step is not None:
             update["current_step"] = step
-        guarded_update(store, conn, manager.pipeline, batch_id, "IN_PROGRESS", row["claim_token"], update)
+        _write_claimed(manager, conn, row, update)
         if step is not None:
             store.insert_events(
                 conn,
@@ -377,42 +383,25 @@ def complete(
                 raise LeaseLost(_why_not(manager, conn, batch_id, worker))
         return
     with store.transaction(write=True) as conn:
-        fence_in_update = can_fence_in_update(conn)
-        # PostgreSQL: the clock is read inside the fenced UPDATE (one round trip less).
-        now = _now_sql(manager) if fence_in_update else manager.now(conn)
-        update = {
-            **(values or {}),
-            "pipeline_status": "COMPLETED",
-            "current_step": "done",
-            "completed_at": now,
-            "lease_expires_at": None,
-            "updated_at": now,
-            "updated_by": worker,
-        }
-        if fence_in_update:
-            c = store.tables.state.c
-            # processing_seconds from the stored claimed_at, in the same statement.
-            update["processing_seconds"] = func.extract("epoch", now - c.claimed_at)
-            row = fenced_update(
-                store,
-                conn,
-                manager.pipeline,
-                batch_id,
-                worker,
-                token,
-                update,
-                ("claim_token", "processing_seconds", "completed_at"),
-            )
-            if row is None:
-                raise LeaseLost(_why_not(manager, conn, batch_id, worker))
-            now = row["completed_at"]
-            seconds = None if row["processing_seconds"] is None else float(row["processing_seconds"])
-        else:
-            row = _fenced(manager, conn, batch_id, worker, token)
-            claimed = row["claimed_at"]
-            seconds = (now - claimed).total_seconds() if claimed else None
-            update["processing_seconds"] = seconds
-            guarded_update(store, conn, manager.pipeline, batch_id, "IN_PROGRESS", row["claim_token"], update)
+        row = _fenced(manager, conn, batch_id, worker, token)
+        now = manager.now(conn)
+        claimed = row["claimed_at"]
+        seconds = (now - claimed).total_seconds() if claimed else None
+        _write_claimed(
+            manager,
+            conn,
+            row,
+            {
+                **(values or {}),
+                "pipeline_status": "COMPLETED",
+                "current_step": "done",
+                "completed_at": now,
+                "processing_seconds": seconds,
+                "lease_expires_at": None,
+                "updated_at": now,
+                "updated_by": worker,
+            },
+        )
         store.insert_events(
             conn,
             [
@@ -454,13 +443,10 @@ def fail(
             None if permanent else now + backoff_delay(parse_duration(settings.retry_backoff), retries)
         )
         failed_step = step or row["current_step"]
-        guarded_update(
-            store,
+        _write_claimed(
+            manager,
             conn,
-            manager.pipeline,
-            batch_id,
-            "IN_PROGRESS",
-            row["claim_token"],
+            row,
             {
                 **(values or {}),
                 "pipeline_status": "FAILED",
@@ -500,13 +486,10 @@ def release(manager: PipelineStateManager, batch_id: str, worker: str, token: st
     with store.transaction(write=True) as conn:
         row = _fenced(manager, conn, batch_id, worker, token)
         now = manager.now(conn)
-        guarded_update(
-            store,
+        _write_claimed(
+            manager,
             conn,
-            manager.pipeline,
-            batch_id,
-            "IN_PROGRESS",
-            row["claim_token"],
+            row,
             {"pipeline_status": "PENDING", "lease_expires_at": None, "updated_at": now, "updated_by": worker},
         )
         store.insert_events(

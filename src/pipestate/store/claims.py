@@ -119,6 +119,20 @@ def guarded_update(
     return result.rowcount == 1
 
 
+def holds_claim(store: StateStore, pipeline: str, batch_id: str, worker: str, token: str | None) -> list[Any]:
+    """The WHERE conditions of "`worker` (with `token`, when given) holds the batch's current claim"."""
+    c = store.tables.state.c
+    conditions = [
+        c.batch_id == batch_id,
+        c.pipeline_name == pipeline,
+        c.pipeline_status == "IN_PROGRESS",
+        c.worker_id == worker,
+    ]
+    if token is not None:
+        conditions.append(c.claim_token == token)
+    return conditions
+
+
 def current_claim(
     store: StateStore,
     conn: Connection,
@@ -128,15 +142,7 @@ def current_claim(
     token: str | None,
 ) -> dict[str, Any] | None:
     """The row if `worker` (and `token`, when given) holds its current claim, locked."""
-    c = store.tables.state.c
-    stmt = select(store.tables.state).where(
-        c.batch_id == batch_id,
-        c.pipeline_name == pipeline,
-        c.pipeline_status == "IN_PROGRESS",
-        c.worker_id == worker,
-    )
-    if token is not None:
-        stmt = stmt.where(c.claim_token == token)
+    stmt = select(store.tables.state).where(*holds_claim(store, pipeline, batch_id, worker, token))
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     row = conn.execute(stmt).first()
@@ -160,14 +166,7 @@ def fenced_update(
     databases with UPDATE ... RETURNING (see `can_fence_in_update`).
     """
     c = store.tables.state.c
-    stmt = update(store.tables.state).where(
-        c.batch_id == batch_id,
-        c.pipeline_name == pipeline,
-        c.pipeline_status == "IN_PROGRESS",
-        c.worker_id == worker,
-    )
-    if token is not None:
-        stmt = stmt.where(c.claim_token == token)
+    stmt = update(store.tables.state).where(*holds_claim(store, pipeline, batch_id, worker, token))
     row = conn.execute(stmt.values(**values).returning(c.batch_id, *(c[name] for name in returning))).first()
     return None if row is None else row._asdict()
 
