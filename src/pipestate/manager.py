@@ -7,7 +7,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -148,17 +148,23 @@ class PipelineStateManager:
 
     def _plan(self, conn: Connection, now: datetime) -> Plan:
         settings = self._settings(now)
-        rows = self.store.iter_candidates(conn, self.pipeline)
+        chunks = self.store.candidate_chunks(conn, self.pipeline)
+        ranks = None
+        if self.store.ranks_read_apart:
+
+            def ranks(batch_ids: list[str]) -> dict[str, tuple]:
+                return self.store.rank_values(conn, self.pipeline, batch_ids)
+
         try:
-            return plan(rows, settings)
+            return plan(chain.from_iterable(chunks), settings, ranks)
         except UnsortedInput:
             # Text timestamps in mixed formats (written by other tools) can sort
             # wrongly in SQL; sort the parsed values here instead.
-            rows.close()
+            chunks.close()
             everything = sorted(self.store.iter_candidates(conn, self.pipeline), key=_sort_key)
-            return plan(everything, settings)
+            return plan(everything, settings, ranks)
         finally:
-            rows.close()
+            chunks.close()
 
     @staticmethod
     def _superseded_entries(the_plan: Plan) -> list[dict[str, Any]]:

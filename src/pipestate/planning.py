@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from .windows import (
@@ -23,8 +23,11 @@ from .windows import (
     day_cells,
     local_date_of,
     parse_instant,
+    read_instant,
     split_at_midnights,
 )
+
+_fromisoformat = datetime.fromisoformat
 
 __all__ = [
     "Fill",
@@ -45,7 +48,8 @@ _RANK_NAMES = (
     "a window in progress under a live lease ranks before one that is not",
     "",
 )
-_FAR_PAST = datetime.min.replace(tzinfo=ZoneInfo("UTC"))
+_FAR_PAST = datetime.min.replace(tzinfo=UTC)
+_NO_VALUE = object()  # equal to no stored value, None included
 
 
 class UnsortedInput(Exception):
@@ -224,9 +228,13 @@ class _DayCache:
         return self.day, bounds[0], bounds[1]
 
 
+RankLookup = Callable[[list[str]], Mapping[str, tuple]]
+
+
 class _Planner:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, ranks: RankLookup | None = None) -> None:
         self.settings = settings
+        self.ranks = ranks
         self.analysis = Analysis()
         self.invalid: list[InvalidRow] = []
         self.resolutions: list[Resolution] = []
@@ -243,6 +251,96 @@ class _Planner:
         self.kept_first: datetime | None = None
         self.kept_cursor: datetime | None = None
         self.holes: list[tuple[datetime, datetime]] = []
+        # Counted by `consume`'s fast path, merged in `finish`: (day, length) of the
+        # windows it saw; each was kept, alone in its cluster, except the ones it
+        # handed back to the general path as the open cluster (`fast_unkept`).
+        self.fast_seen: Counter[tuple[date, timedelta]] = Counter()
+        self.fast_unkept: Counter[tuple[date, timedelta]] = Counter()
+
+    def consume(self, rows: Iterable[tuple]) -> None:
+        """Plan every row; instants may be datetimes or the text a database stores.
+
+        A clean history is one window after another, each starting exactly where
+        the previous one ended. Such a row cannot overlap anything, and the one
+        before it is then alone in its cluster and kept: the fast path below only
+        counts it. It compares the raw stored start with the previous raw end
+        (no parse), parses one instant per row and counts runs of windows of the
+        same day and length. Anything else (a gap, an overlap, an unreadable or
+        unknown value, a whole-day window) goes through `add`, the general path,
+        with the same result (a property test holds the two paths equal).
+        """
+        add = self.add
+        known = KNOWN_STATUSES
+        seen = self.fast_seen
+        lookup = self.days.lookup
+        fromiso = _fromisoformat
+        tail: tuple = ()  # the open cluster's only window, as read
+        tail_raw: object = _NO_VALUE  # its raw end, where the next fast row must start
+        tail_start = tail_end = _FAR_PAST
+        fast_tail = False  # the tail came through the fast path (else through `add`)
+        run_day: date | None = None  # the current run: `run_n` fast rows of one day and length
+        run_length: timedelta | None = None
+        run_n = 0
+        day: date | None = None
+        day_start = day_end = _FAR_PAST
+        for row in rows:
+            if row[1] == tail_raw and row[3] in known:
+                raw = row[2]
+                end: datetime | None
+                if type(raw) is str:
+                    try:
+                        end = fromiso(raw + "+00:00")
+                    except ValueError:
+                        end = read_instant(raw)
+                    else:
+                        if end.tzinfo is not UTC:  # a date alone, say: the lenient path
+                            end = read_instant(raw)
+                else:
+                    end = read_instant(raw)
+                start = tail_end
+                if end is not None and end > start:
+                    if not day_start <= start < day_end:
+                        day, day_start, day_end = lookup(start)
+                    if start != day_start or end != day_end:  # a whole local day counts as a DAY unit
+                        if not fast_tail:  # the tail came through `add`: take it over
+                            self.cluster = []
+                            self._keep(tail_start, tail_end)
+                            fast_tail = True
+                        length = end - start
+                        if length != run_length or day is not run_day:
+                            if run_n:
+                                seen[(run_day, run_length)] += run_n  # type: ignore[index]
+                            run_day, run_length, run_n = day, length, 0
+                        run_n += 1
+                        tail, tail_raw, tail_start, tail_end = row, raw, start, end
+                        continue
+            if fast_tail:
+                seen[(run_day, run_length)] += run_n  # type: ignore[index]
+                self._flush_fast(tail, tail_start, tail_end, (run_day, run_length))  # type: ignore[arg-type]
+                run_length, run_n, fast_tail = None, 0, False
+            parsed = (row[0], read_instant(row[1]), read_instant(row[2]), *row[3:])
+            add(parsed)
+            cluster = self.cluster
+            if len(cluster) == 1 and cluster[0] is parsed and self.covered_until == parsed[2]:
+                tail, tail_raw, tail_start, tail_end = parsed, row[2], parsed[1], parsed[2]
+            else:
+                tail_raw = _NO_VALUE
+        if fast_tail:
+            seen[(run_day, run_length)] += run_n  # type: ignore[index]
+            self._flush_fast(tail, tail_start, tail_end, (run_day, run_length))  # type: ignore[arg-type]
+
+    def _flush_fast(self, tail: tuple, start: datetime, end: datetime, key: tuple[date, timedelta]) -> None:
+        """Bring the general path's state up to the fast path's last row, `tail`,
+        which becomes the open cluster again (so it is not kept by the fast path)."""
+        self.fast_unkept[key] += 1
+        analysis = self.analysis
+        if analysis.last_end is None or end > analysis.last_end:
+            analysis.last_end = end
+        self.covered_until = end
+        self.last_key = (start, end)
+        self.kept_cursor = start  # the window before the tail was kept and ends here
+        self.cluster = [(tail[0], start, end, *tail[3:])]
+        self.cluster_end = end
 
     def add(self, row: tuple) -> None:
         batch_id, start, end, status = row[0], row[1], row[2], row[3]
@@ -318,8 +416,11 @@ class _Planner:
             row = cluster[0]
             self._keep(row[1], row[2])
             return
-        # updated_at, created_at and the lease may arrive unparsed (stores skip
-        # that work for the vast majority of rows, which overlap nothing).
+        # updated_at, created_at and the lease arrive unparsed, or not at all
+        # (stores skip them for the vast majority of rows, which overlap nothing).
+        if self.ranks is not None and len(cluster[0]) < 7:
+            found = self.ranks([r[0] for r in cluster])
+            cluster = [(*r[:4], *found.get(r[0], (None, None, None))) for r in cluster]
         windows = [
             Window(str(r[0]), r[1], r[2], r[3], parse_instant(r[4]), parse_instant(r[5]), parse_instant(r[6]))
             for r in cluster
@@ -389,6 +490,20 @@ class _Planner:
             self._resolve()
         settings = self.settings
         analysis = self.analysis
+        analysis.active_windows += self.fast_seen.total()
+        for (day, length), count in self.fast_seen.items():
+            seconds = int(length.total_seconds())
+            analysis.distribution[seconds] += count
+            per_day = analysis.by_day.get(day)
+            if per_day is None:
+                per_day = analysis.by_day[day] = Counter()
+            per_day[seconds] += count
+        for (day, length), count in (self.fast_seen - self.fast_unkept).items():
+            units = self.kept_units.get(day)
+            if units is None:
+                units = self.kept_units[day] = Counter()
+            units[length] += count
+            self.kept_overall[length] += count
         low, stop = settings.start, settings.stop
 
         gaps: list[Gap] = []
@@ -471,16 +586,18 @@ def _iso(value: datetime | None) -> str:
     return value.isoformat() if value is not None else "never"
 
 
-def plan(rows: Iterable[tuple], settings: Settings) -> Plan:
+def plan(rows: Iterable[tuple], settings: Settings, ranks: RankLookup | None = None) -> Plan:
     """Plan a populate from the pipeline's non-superseded rows sorted by (start, end).
 
     Each row is `(batch_id, start, end, status, updated_at, created_at,
-    lease_expires_at)` with aware UTC datetimes (or None where unreadable).
+    lease_expires_at)`; the instants are datetimes (naive ones are UTC) or
+    stored text, and None or unreadable text makes the row invalid. Rows may
+    stop after the status: `ranks(batch_ids)` then gives the last three of
+    each row of an overlap, by batch_id.
     Raises UnsortedInput if the order is wrong.
     """
-    planner = _Planner(settings)
-    for row in rows:
-        planner.add(row)
+    planner = _Planner(settings, ranks)
+    planner.consume(rows)
     return planner.finish()
 
 

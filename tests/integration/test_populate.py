@@ -229,3 +229,30 @@ def test_external_rows_in_another_zone_and_granularity_keep_their_grid(manager_f
     assert scheduled[0]["source_query_window_start_time"] == D2 + hours(7)
     assert {r["source_query_window_duration_minutes"] for r in scheduled} == {15}
     assert_tiles(active(mine), D1, D3)
+
+
+def test_overlaps_resolved_mid_scan_of_a_long_history(manager_factory):
+    # More rows than one read chunk (5,000): the rank columns of an overlap are
+    # looked up while the ordered scan is still open, early and late in it.
+    manager = manager_factory(start="2026-01-01", end="2026-03-15", granularity="15m")
+    step = hours(0.25)
+    count = int((utc(2026, 3, 15) - D1) / step)  # 7,008 windows
+    rows = [external_row(f"w{i:05d}", D1 + i * step, D1 + (i + 1) * step) for i in range(count)]
+    late = utc(2026, 1, 2)
+    rows += [
+        external_row("early-dup", D1 + 3 * step, D1 + 5 * step, "PENDING", updated_at=late),
+        external_row("late-dup", D1 + 6900 * step, D1 + 6902 * step, "COMPLETED", updated_at=late),
+    ]
+    insert_external(manager, rows)
+    report = manager.populate_pipeline_batches()
+    assert {(e["batch_id"], e["superseded_by"]) for e in report.superseded} == {
+        ("early-dup", "w00003"),
+        ("w06900", "late-dup"),
+        ("w06901", "late-dup"),
+    }
+    assert len(report.created) == 0 and report.plan.analysis.active_windows == count + 2
+    windows = active(all_rows(manager))
+    assert len(windows) == count - 1
+    assert_tiles(windows, D1, utc(2026, 3, 15))
+    again = manager.populate_pipeline_batches()
+    assert not again.plan.changes_anything and again.plan.analysis.active_windows == count - 1

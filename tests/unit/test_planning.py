@@ -548,3 +548,95 @@ def test_horizon_is_never_exceeded(history, minutes_in):
         cfg(start=start, end=None, step=step, tz=zone, now=now, lag=timedelta(minutes=10)),
     )
     assert again.fills == [] and again.resolutions == []
+
+
+# -- the fast path for clean histories gives the general path's plan --------------------------------
+
+
+def _stored_text(instant: datetime | None, style: int) -> object:
+    """An instant as a database or another tool may hand it over."""
+    if instant is None or style == 0:
+        return instant
+    naive = instant.astimezone(UTC).replace(tzinfo=None)
+    if style == 1:
+        return naive.isoformat(" ", "microseconds")  # SQLite, as SQLAlchemy stores it
+    if style == 2:
+        return naive
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@st.composite
+def chains(draw):
+    """Mostly contiguous windows, with the events that break a chain mixed in."""
+    zone = ZoneInfo(draw(st.sampled_from(ZONES)))
+    anchor = draw(st.sampled_from(ANCHORS))
+    cursor = anchor + timedelta(minutes=15 * draw(st.integers(0, 96)))
+    style = draw(st.integers(0, 3))
+    rows = []
+    for index in range(draw(st.integers(0, 60))):
+        event = draw(st.sampled_from(["next"] * 8 + ["gap", "overlap", "bad", "unknown", "day", "mixed"]))
+        length = timedelta(minutes=draw(st.sampled_from([15, 30, 60, 60, 180])))
+        start = cursor
+        status = draw(st.sampled_from(STATUSES))
+        if event == "gap":
+            start = cursor + timedelta(minutes=15 * draw(st.integers(1, 8)))
+        elif event == "overlap":
+            start = cursor - timedelta(minutes=15 * draw(st.integers(1, 8)))
+        elif event == "unknown":
+            status = "DONE?"
+        elif event == "day":
+            day = local_date_of(cursor, zone) + timedelta(days=1)
+            start, day_end = day_bounds(day, zone)
+            length = day_end - start
+        end = start + length
+        if event == "bad":
+            end = draw(st.sampled_from([None, start, start - length]))
+        text_style = draw(st.integers(0, 3)) if event == "mixed" else style
+        updated = anchor - timedelta(minutes=draw(st.integers(0, 3)))
+        rows.append(
+            row(
+                f"c{index:03d}",
+                _stored_text(start, text_style),
+                _stored_text(end, text_style),
+                status,
+                updated,
+                updated,
+                draw(st.sampled_from([None, FAR])),
+            )
+        )
+        if end is not None and end > cursor:
+            cursor = end
+    step = draw(st.sampled_from(GRANULARITIES))
+    return zone, step, anchor, rows
+
+
+def _general_path(rows: list[tuple], settings_: Settings) -> Plan:
+    from pipestate.planning import _Planner
+    from pipestate.windows import read_instant
+
+    planner = _Planner(settings_)
+    for r in rows:
+        planner.add((r[0], read_instant(r[1]), read_instant(r[2]), *r[3:]))
+    return planner.finish()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chains())
+def test_fast_path_plans_exactly_like_the_general_path(history):
+    from pipestate.windows import read_instant
+
+    zone, step, anchor, rows = history
+    settings_ = cfg(start=anchor, end=anchor + timedelta(days=4), step=step, tz=zone)
+
+    def key(r: tuple) -> tuple:
+        start, end = read_instant(r[1]), read_instant(r[2])
+        return (start is not None, start or FAR, end or FAR, r[0])
+
+    ordered = sorted(rows, key=key)
+    fast, general = plan(ordered, settings_), _general_path(ordered, settings_)
+    assert vars(fast.analysis) == vars(general.analysis)
+    assert fast.gaps == general.gaps
+    assert fast.resolutions == general.resolutions
+    assert fast.invalid == general.invalid
+    assert fast.fills == general.fills
+    assert fast.kept_dominant == general.kept_dominant

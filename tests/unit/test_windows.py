@@ -27,6 +27,8 @@ from pipestate.windows import (
     grid_cells,
     local_date_of,
     parse_granularity,
+    parse_instant,
+    read_instant,
     require_utc,
     split_at_midnights,
     step_minutes,
@@ -533,3 +535,36 @@ def test_sweep_every_offset_change_day_2020_2030() -> None:
                 assert cells == expected, f"{where}: {format_step(step)} grid differs"
             checked += 1
     assert checked > 1000, f"only {checked} offset changes found: is tzdata installed?"
+
+
+# -- reading stored instants ------------------------------------------------------------------------
+
+_FORMATS = [
+    lambda d: d.replace(tzinfo=None).isoformat(" ", "microseconds"),  # SQLite, as SQLAlchemy stores it
+    lambda d: d.replace(tzinfo=None).isoformat(" "),
+    lambda d: d.replace(tzinfo=None).isoformat(),
+    lambda d: d.isoformat(),
+    lambda d: d.isoformat().replace("+00:00", "Z"),
+    lambda d: d.astimezone(ZoneInfo("Asia/Kolkata")).isoformat(),
+    lambda d: " " + d.replace(tzinfo=None).isoformat(" ", "seconds") + " ",
+    lambda d: d.date().isoformat(),
+    lambda d: d.replace(tzinfo=None),
+    lambda d: d,
+    lambda d: d.astimezone(ZoneInfo("America/St_Johns")),
+]
+
+
+@given(
+    st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+    st.sampled_from(_FORMATS),
+)
+def test_read_instant_reads_every_stored_form_like_parse_instant(instant, form):
+    value = form(instant)
+    fast = read_instant(value)
+    assert fast == parse_instant(value)
+    assert fast is not None and fast.tzinfo is UTC
+
+
+@given(st.text(alphabet="0123456789-: TZ+.", max_size=32))
+def test_read_instant_agrees_with_parse_instant_on_any_text(text):
+    assert read_instant(text) == parse_instant(text)

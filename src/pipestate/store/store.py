@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import NullType
 
 from ..errors import SchemaError, StateStoreError
+from ..windows import read_instant
 from .dialects import (
     busy_error,
     db_now,
@@ -26,7 +27,6 @@ from .dialects import (
     serialize_schema_changes,
 )
 from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION, StateTables, build_tables
-from .types import parse_instant
 
 _CHUNK = 5000
 
@@ -36,10 +36,9 @@ ACTIVE_COLUMNS = (
     "source_query_window_start_time",
     "source_query_window_end_time",
     "pipeline_status",
-    "updated_at",
-    "created_at",
-    "lease_expires_at",
 )
+# What ranks overlapping windows: read only for the rows of an overlap.
+RANK_COLUMNS = ("updated_at", "created_at", "lease_expires_at")
 
 
 def _driver_params(
@@ -262,50 +261,57 @@ class StateStore:
 
     # -- reads ------------------------------------------------------------------
 
-    def iter_candidates(self, conn: Connection, pipeline: str) -> Generator[tuple[Any, ...], None, None]:
-        """Every non-SUPERSEDED row of the pipeline, sorted by window, streamed."""
+    @property
+    def ranks_read_apart(self) -> bool:
+        """Whether `candidate_chunks` leaves out `RANK_COLUMNS`, to be read with
+        `rank_values` for the few rows that overlap. Only where a query may run
+        while the scan is open: on DuckDB it would silently end the scan."""
+        return self.dialect in ("sqlite", "postgresql")
+
+    def candidate_chunks(self, conn: Connection, pipeline: str) -> Generator[Sequence[Any], None, None]:
+        """Every non-SUPERSEDED row of the pipeline, sorted by window, in chunks.
+
+        Rows are `ACTIVE_COLUMNS` (plus `RANK_COLUMNS` unless `ranks_read_apart`)
+        as the driver returns them: instants are text on SQLite, naive datetimes
+        on DuckDB. The planner parses what it needs (one instant per row for a
+        clean history, the rank columns only for overlapping windows), so no
+        column type parses every value here.
+        """
+        columns = ACTIVE_COLUMNS if self.ranks_read_apart else ACTIVE_COLUMNS + RANK_COLUMNS
         state = self.tables.state
         start = state.c.source_query_window_start_time
         end = state.c.source_query_window_end_time
-        # The five instants are read raw and parsed here through a small cache:
-        # sorted windows share boundaries (a row's start is the previous row's
-        # end) and rows made by one populate share created_at/updated_at, so a
-        # million rows cost about a million parses instead of ten million (the
-        # column type would parse each value twice, for every row).
         stmt = (
-            select(*(type_coerce(state.c[name], NullType()).label(name) for name in ACTIVE_COLUMNS))
+            select(*(type_coerce(state.c[name], NullType()).label(name) for name in columns))
             .where(state.c.pipeline_name == pipeline)
             .where(state.c.pipeline_status != "SUPERSEDED")
             .order_by(start, end, state.c.batch_id)
             .execution_options(yield_per=_CHUNK)
         )
-        cache: dict[Any, datetime | None] = {None: None}
+        return self._partitions(conn, stmt)
 
-        def instant(value: Any) -> datetime | None:
-            try:
-                return cache[value]
-            except KeyError:
-                if len(cache) > 10_000:
-                    cache.clear()
-                    cache[None] = None
-                parsed = cache[value] = parse_instant(value)
-                return parsed
-            except TypeError:  # an unhashable driver value: parse it uncached
-                return parse_instant(value)
+    def rank_values(self, conn: Connection, pipeline: str, batch_ids: Sequence[str]) -> dict[str, tuple]:
+        """`RANK_COLUMNS` of the given rows of the pipeline, raw, by batch_id."""
+        state = self.tables.state
+        found: dict[str, tuple] = {}
+        for chunk in _chunks(batch_ids, 500):
+            stmt = select(
+                state.c.batch_id, *(type_coerce(state.c[name], NullType()) for name in RANK_COLUMNS)
+            ).where(state.c.pipeline_name == pipeline, state.c.batch_id.in_(chunk))
+            found.update((row[0], tuple(row[1:])) for row in conn.execute(stmt))
+        return found
 
-        for partition in self._partitions(conn, stmt):
-            for batch_id, start_at, end_at, status, updated, created, lease in partition:
-                yield (
-                    batch_id,
-                    instant(start_at),
-                    instant(end_at),
-                    status,
-                    updated,  # the planner parses these three only for overlapping windows
-                    created,
-                    lease,
-                )
+    def iter_candidates(self, conn: Connection, pipeline: str) -> Iterator[tuple[Any, ...]]:
+        """`candidate_chunks` row by row, with start and end parsed (aware UTC or None)."""
+        chunks = self.candidate_chunks(conn, pipeline)
+        try:
+            for chunk in chunks:
+                for row in chunk:
+                    yield (row[0], read_instant(row[1]), read_instant(row[2]), *row[3:])
+        finally:
+            chunks.close()
 
-    def _partitions(self, conn: Connection, stmt: Any) -> Iterator[Sequence[Any]]:
+    def _partitions(self, conn: Connection, stmt: Any) -> Generator[Sequence[Any], None, None]:
         """The statement's rows as plain tuples, in chunks.
 
         On SQLite the compiled statement runs on the transaction's own sqlite3
