@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from datetime import datetime
 from itertools import chain, islice
 from pathlib import Path
@@ -25,6 +26,7 @@ from .store.store import StateStore
 __all__ = ["PipelineStateManager"]
 
 _CHUNK = 5000
+_LARGE_WRITE = 50_000  # rows created by one populate after which SQLite's log is emptied
 
 
 class PipelineStateManager:
@@ -109,6 +111,8 @@ class PipelineStateManager:
             the_plan = self._plan(conn, now)
             report = PopulateReport(self.pipeline, False, run_id, now, the_plan, CreatedLog(self.pipeline))
             self._apply(conn, report)
+        if len(report.created) >= _LARGE_WRITE:
+            self.store.release_log()
         return report
 
     def validate(self) -> PopulateReport:
@@ -223,32 +227,41 @@ class PipelineStateManager:
         The CREATED events are then written by one INSERT ... SELECT of the rows
         this run made, not one Python object per event.
         """
-        builder = RowBuilder(self.config, self._ids, self._categories, self.actor, run_id, now)
+        store = self.store
+        builder = RowBuilder(
+            self.config,
+            self._ids,
+            self._categories,
+            self.actor,
+            run_id,
+            now,
+            text_instants=store.dialect == "sqlite",
+        )
         custom_ids = not builder.default_ids
         seen: set[str] = set()
-        windows = the_plan.new_windows()
-        created = 0
-        while chunk := list(islice(windows, _CHUNK)):
-            rows = [builder.row(window) for window in chunk]
-            if custom_ids and conn is not None:
-                taken = taken | self.store.existing_ids(conn, [row["batch_id"] for row in rows])
-            for row in rows:
-                batch_id = row["batch_id"]
-                if batch_id in taken or batch_id in seen:
-                    row["batch_id"] = _unique(batch_id, taken, seen)
-                if custom_ids:
-                    seen.add(row["batch_id"])
-                log.add(
-                    row["batch_id"],
-                    row["source_query_window_start_time"],
-                    row["source_query_window_end_time"],
-                    row["record_origin"],
-                    default_id=builder.default_ids and row["batch_id"] == batch_id,
-                )
-            if sink is not None:
-                created += self.store.insert_rows(sink, rows)
-        if sink is not None and created:
-            self.store.insert_created_events(sink, self.pipeline, run_id, self.actor)
+        new_rows = builder.rows(the_plan.fills)
+        index = 0
+        load = store.bulk_load(sink, the_plan.estimated_new_windows()) if sink is not None else nullcontext()
+        with load:
+            while rows := list(islice(new_rows, _CHUNK)):
+                if custom_ids and conn is not None:
+                    taken = taken | store.existing_ids(conn, [row[0] for row in rows])
+                for offset, row in enumerate(rows):
+                    batch_id = row[0]
+                    if batch_id in taken or batch_id in seen:
+                        batch_id = _unique(batch_id, taken, seen)
+                        rows[offset] = (batch_id, *row[1:])
+                        log.set_id(index + offset, batch_id)
+                    elif custom_ids:
+                        log.set_id(index + offset, batch_id)
+                    if custom_ids:
+                        seen.add(batch_id)
+                index += len(rows)
+                if sink is not None:
+                    store.insert_windows(sink, builder.columns, builder.constant, rows, builder.derived)
+        log.record(the_plan.fills, index)
+        if sink is not None and index:
+            store.insert_created_events(sink, self.pipeline, run_id, self.actor)
 
     def _event(
         self,

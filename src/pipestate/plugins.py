@@ -10,7 +10,7 @@ import importlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from .errors import ConfigError
 
@@ -37,8 +37,13 @@ IdFunction = Callable[[WindowInfo], "str | None"]
 _NAMESPACE = uuid.UUID("6f0b5f3c-7d9b-4d1e-9a55-2f5b1c3e8a10")
 
 
+def stamp_from_iso(text: str) -> str:
+    """`YYYYMMDDTHHMMSSZ` from an instant's ISO text in UTC (either separator)."""
+    return f"{text[:4]}{text[5:7]}{text[8:10]}T{text[11:13]}{text[14:16]}{text[17:19]}Z"
+
+
 def _stamp(instant: datetime) -> str:
-    return instant.strftime("%Y%m%dT%H%M%SZ")
+    return stamp_from_iso(instant.astimezone(UTC).isoformat(" "))
 
 
 def default_batch_id(pipeline: str, start: datetime, end: datetime) -> str:

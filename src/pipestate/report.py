@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from .planning import Plan, dominant, seconds_to_minutes
-from .plugins import _stamp, default_batch_id  # _stamp: the id's format of one instant
+from .planning import Fill, Plan, dominant, fill_cells, seconds_to_minutes
+from .plugins import default_batch_id
 from .windows import format_step
 
 __all__ = ["CreatedLog", "PopulateReport", "iso"]
@@ -26,62 +25,41 @@ def _distribution(counter: Any) -> dict[str, int]:
 
 
 class CreatedLog:
-    """The windows a populate created, stored compactly (a million cost ~20 MB).
-
-    Ids equal to the default `<pipeline>-<start>-<end>` are recomputed when read
-    instead of being kept.
+    """The windows a populate created, kept as the plan's fills (a few per day):
+    a million windows cost nothing per window. They are recomputed, in the same
+    order, when read. Ids that differ from the default `<pipeline>-<start>-<end>`
+    (custom id functions, `-rN` suffixes) are kept by position.
     """
-
-    _ORIGINS = ("SCHEDULED", "GAP_FILL")
 
     def __init__(self, pipeline: str) -> None:
         self.pipeline = pipeline
-        self._starts = array("q")
-        self._ends = array("q")
-        self._origins = array("b")
+        self._fills: list[Fill] = []
+        self._count = 0
         self._ids: dict[int, str] = {}
-        self._last: tuple[datetime, str] | None = None  # the previous window's end and its stamp
 
-    def add(
-        self, batch_id: str, start: datetime, end: datetime, origin: str, default_id: bool = False
-    ) -> None:
-        """Record a created window; `default_id`: the caller knows the id is the default one."""
-        index = len(self._starts)
-        self._starts.append(int(start.timestamp() * 1_000_000))
-        self._ends.append(int(end.timestamp() * 1_000_000))
-        self._origins.append(self._ORIGINS.index(origin))
-        if not default_id and batch_id != self._default_id(start, end):
-            self._ids[index] = batch_id
+    def record(self, fills: list[Fill], count: int) -> None:
+        """The run created the `count` windows of `fills`, in order."""
+        self._fills, self._count = fills, count
 
-    def _default_id(self, start: datetime, end: datetime) -> str:
-        # default_batch_id, reusing the previous end's stamp for this start: new
-        # windows arrive in time order, so that halves the strftime calls. Were
-        # the two ever to differ, ids would just be stored, not recomputed.
-        last = self._last
-        start_stamp = last[1] if last is not None and last[0] == start else _stamp(start)
-        end_stamp = _stamp(end)
-        self._last = (end, end_stamp)
-        return f"{self.pipeline}-{start_stamp}-{end_stamp}"
+    def set_id(self, index: int, batch_id: str) -> None:
+        """The `index`-th window (from 0) got `batch_id`, not the default id."""
+        self._ids[index] = batch_id
 
     def __len__(self) -> int:
-        return len(self._starts)
+        return self._count
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for index in range(len(self._starts)):
-            start = _from_micros(self._starts[index])
-            end = _from_micros(self._ends[index])
-            seconds = (self._ends[index] - self._starts[index]) // 1_000_000
+        ids = self._ids
+        for index, (_, _, start, end, _, origin) in enumerate(fill_cells(self._fills)):
+            if index >= self._count:
+                return
             yield {
-                "batch_id": self._ids.get(index) or default_batch_id(self.pipeline, start, end),
+                "batch_id": ids.get(index) or default_batch_id(self.pipeline, start, end),
                 "start": iso(start),
                 "end": iso(end),
-                "duration_minutes": seconds_to_minutes(seconds),
-                "record_origin": self._ORIGINS[self._origins[index]],
+                "duration_minutes": seconds_to_minutes(int((end - start).total_seconds())),
+                "record_origin": origin,
             }
-
-
-def _from_micros(micros: int) -> datetime:
-    return datetime.fromtimestamp(micros / 1_000_000, UTC)
 
 
 @dataclass

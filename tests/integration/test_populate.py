@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import func, select
 from support import NOW, active, all_rows, assert_tiles, events, external_row, hours, insert_external, utc
@@ -256,3 +258,37 @@ def test_overlaps_resolved_mid_scan_of_a_long_history(manager_factory):
     assert_tiles(windows, D1, utc(2026, 3, 15))
     again = manager.populate_pipeline_batches()
     assert not again.plan.changes_anything and again.plan.analysis.active_windows == count - 1
+
+
+def _sqlite_indexes(manager) -> set[str]:
+    with manager.store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"PRAGMA index_list('{manager.store.tables.state.name}')").all()
+    return {row[1] for row in rows if not row[1].startswith("sqlite_autoindex")}
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_large_sqlite_populate_builds_its_indexes_after_the_rows(manager_factory, backend, monkeypatch, fail):
+    # 70,176 new windows into an empty table: the two secondary indexes are
+    # dropped and built again inside the transaction; a failure restores them.
+    if backend != "sqlite":
+        pytest.skip("the deferred index build is SQLite's")
+    manager = manager_factory(start="2024-01-01", end="2026-01-01", granularity="15m")
+    manager.init_db()
+    expected = {index.name for index in manager.store.tables.state.indexes}
+    assert _sqlite_indexes(manager) == expected
+    if fail:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("disk full")
+
+        monkeypatch.setattr(manager.store, "insert_created_events", broken)
+        with pytest.raises(RuntimeError):
+            manager.populate_pipeline_batches()
+        assert _counts(manager) == (0, 0)
+    else:
+        report = manager.populate_pipeline_batches()
+        assert len(report.created) == 70_176 == _counts(manager)[0] == _counts(manager)[1]
+        wal = Path(manager.store.engine.url.database + "-wal")
+        assert not wal.exists() or wal.stat().st_size < 1_000_000, "the write-ahead log was not emptied"
+        assert not manager.populate_pipeline_batches().plan.changes_anything
+    assert _sqlite_indexes(manager) == expected

@@ -23,6 +23,7 @@ from ..errors import ConfigError, StoreBusyError
 _DUCKDB_LOCKS: dict[str, threading.Lock] = {}
 _DUCKDB_LOCKS_GUARD = threading.Lock()
 
+_SQLITE_CACHE_KIB = -65536  # negative: KiB, not pages
 _EXTRAS = {"postgresql": "postgres", "duckdb": "duckdb", "snowflake": "snowflake"}
 
 
@@ -70,6 +71,9 @@ def _setup_sqlite(engine: Engine) -> None:
         if engine.url.database not in (None, "", ":memory:"):
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # 64 MB of page cache (the default is 2 MB): a populate writing a million
+        # rows then spills far fewer pages to the log before it commits.
+        cursor.execute(f"PRAGMA cache_size={_SQLITE_CACHE_KIB}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -11,7 +11,19 @@ from itertools import islice
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import String, Table, insert, inspect, literal, select, type_coerce, update
+from sqlalchemy import (
+    Index,
+    Integer,
+    String,
+    Table,
+    func,
+    insert,
+    inspect,
+    literal,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import NullType
@@ -29,6 +41,9 @@ from .dialects import (
 from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION, StateTables, build_tables
 
 _CHUNK = 5000
+# A SQLite populate creating at least this many rows, more than the table holds,
+# builds the secondary indexes after the inserts instead of during them.
+_DEFER_INDEXES_AT = 50_000
 
 # What the planner reads of each non-superseded row, in this order.
 ACTIVE_COLUMNS = (
@@ -117,6 +132,7 @@ class StateStore:
         self.tables: StateTables = build_tables(table, schema or None, self.engine.dialect.name)
         self.lock_timeout = lock_timeout
         self._thread_lock: threading.Lock | None = process_lock(self.engine)
+        self._insert_sql: dict[Any, str] = {}
 
     @property
     def dialect(self) -> str:
@@ -350,9 +366,102 @@ class StateStore:
 
     # -- writes -------------------------------------------------------------------
 
-    def insert_rows(self, conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
-        """Insert new state rows (dicts keyed by column name) in bulk; returns how many."""
-        return self._bulk_insert(conn, self.tables.state, rows)
+    def insert_windows(
+        self,
+        conn: Connection,
+        columns: Sequence[str],
+        constant: dict[str, Any],
+        rows: list[tuple[Any, ...]],
+        derived: dict[str, str] | None = None,
+    ) -> int:
+        """Insert new state rows: `constant` plus each tuple's values for `columns`,
+        plus each `derived` column as its prefix followed by the row's batch_id
+        (`columns` then starts with batch_id).
+
+        On SQLite the tuples must already hold what the driver stores (text
+        instants, see RowBuilder); the constants are rendered into the
+        statement as literals and the derived ids computed by it, so sqlite3
+        binds only the values that change. Elsewhere SQLAlchemy's executemany
+        batches the rows into multi-row INSERTs.
+        """
+        derived = derived or {}
+        if not rows:
+            return 0
+        if conn.dialect.name == "sqlite":
+            sql = self._sqlite_window_insert(conn, tuple(columns), constant, derived)
+            conn.exec_driver_sql(sql, rows)
+            return len(rows)
+        names = tuple(columns)
+        dicts = []
+        for row in rows:
+            values = constant | dict(zip(names, row, strict=True))
+            for name, prefix in derived.items():
+                values[name] = prefix + row[0]
+            dicts.append(values)
+        conn.execute(insert(self.tables.state), dicts)
+        return len(rows)
+
+    def _sqlite_window_insert(
+        self, conn: Connection, columns: tuple[str, ...], constant: dict[str, Any], derived: dict[str, str]
+    ) -> str:
+        key = (columns, tuple(constant.items()), tuple(derived.items()))
+        cached = self._insert_sql.get(key)
+        if cached is not None:
+            return cached
+        state, dialect = self.tables.state, conn.dialect
+        preparer = dialect.identifier_preparer
+
+        def render(value: Any) -> str:
+            kind = Integer() if isinstance(value, int) else String()
+            return str(literal(value, kind).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+        literals = []
+        for name, value in constant.items():
+            # The value the column type would bind (text for instants), as a SQL literal.
+            processor = state.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            literals.append(render(processor(value) if processor is not None else value))
+        literals += [f"{render(prefix)} || ?1" for prefix in derived.values()]
+        names = ", ".join(preparer.quote(name) for name in (*columns, *constant, *derived))
+        # ?1 is the batch_id; the plain ? after it number on from 2.
+        values = ", ".join(["?1"] + ["?"] * (len(columns) - 1) + literals)
+        sql = f"INSERT INTO {preparer.format_table(state)} ({names}) VALUES ({values})"
+        self._insert_sql = {key: sql}
+        return sql
+
+    @contextmanager
+    def bulk_load(self, conn: Connection, expected_rows: int) -> Iterator[None]:
+        """Around the inserts of a populate that creates `expected_rows` rows.
+
+        On SQLite a large load into a table that holds fewer rows drops the two
+        secondary indexes and builds them again at the end (one sort instead of
+        a B-tree insert per row and index), inside the same transaction: a
+        failure rolls the indexes back with everything else.
+        """
+        defer: list[Index] = []
+        if conn.dialect.name == "sqlite" and expected_rows >= _DEFER_INDEXES_AT:
+            present = conn.execute(select(func.count()).select_from(self.tables.state)).scalar() or 0
+            if expected_rows > present:
+                defer = sorted(self.tables.state.indexes, key=lambda index: str(index.name))
+        for index in defer:
+            index.drop(conn)
+        yield
+        for index in defer:
+            index.create(conn)
+
+    def release_log(self) -> None:
+        """After a large commit on SQLite: empty the write-ahead log, so later
+        readers do not look pages up in a log of a gigabyte. Skipped (and left
+        to SQLite's automatic checkpoints) when a reader holds it for 0.2 s."""
+        if self.dialect != "sqlite":
+            return
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            raw.execute("PRAGMA busy_timeout = 200")
+            try:
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                raw.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout.total_seconds() * 1000)}")
 
     def _bulk_insert(self, conn: Connection, table: Table, rows: Iterable[dict[str, Any]]) -> int:
         # On SQLite, SQLAlchemy's executemany spends ~50 us per 65-column row
