@@ -240,10 +240,11 @@ class PipelineStateManager:
         custom_ids = not builder.default_ids
         seen: set[str] = set()
         new_rows = builder.rows(the_plan.fills)
+        chunks: Iterator[list[tuple[Any, ...]]] = iter(lambda: list(islice(new_rows, _CHUNK)), [])
         index = 0
         load = store.bulk_load(sink, the_plan.estimated_new_windows()) if sink is not None else nullcontext()
         with load:
-            while rows := list(islice(new_rows, _CHUNK)):
+            for rows in chunks:
                 if custom_ids and conn is not None:
                     taken = taken | store.existing_ids(conn, [row[0] for row in rows])
                 for offset, row in enumerate(rows):
