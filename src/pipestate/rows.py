@@ -89,9 +89,9 @@ class RowBuilder:
         self.constant = {key: value for key, value in constant.items() if value is not None}
         # Default source/stage/target ids are `<prefix>-<batch_id>`: `derived`
         # tells the store to compute them from the batch_id it writes.
-        self.derived: dict[str, str] = {key: f"{prefix}-" for key, prefix in _ID_PREFIX.items()}
-        if not self.default_ids:
-            self.derived = {}
+        self.derived: dict[str, str] = (
+            {key: f"{prefix}-" for key, prefix in _ID_PREFIX.items()} if self.default_ids else {}
+        )
         other_ids = () if self.default_ids else tuple(k for k in self.ids if k != "batch_id")
         id_columns = ("batch_id", *other_ids)
         category_columns = () if self.no_categories else tuple(self.categories)
