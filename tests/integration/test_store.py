@@ -101,6 +101,32 @@ def test_sqlite_stores_naive_utc_text(sqlite_manager, table_name):
     assert values[0][2] == "2026-03-01 12:00:00.000000"
 
 
+def test_sqlite_new_file_gets_16k_pages_and_an_old_file_keeps_its_own(tmp_path, table_name):
+    fresh = support.make_manager(f"sqlite:///{tmp_path / 'new.db'}", table_name)
+    try:
+        fresh.populate_pipeline_batches()
+    finally:
+        fresh.close()
+    with sqlite3.connect(tmp_path / "new.db") as raw:
+        assert raw.execute("PRAGMA page_size").fetchone()[0] == 16384
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    old_path = tmp_path / "old.db"
+    with sqlite3.connect(old_path) as raw:  # a file another tool made with SQLite's default pages
+        raw.execute("CREATE TABLE other_tool (x INTEGER)")
+        raw.execute("INSERT INTO other_tool VALUES (1)")
+    old = support.make_manager(f"sqlite:///{old_path}", table_name)
+    try:
+        report = old.populate_pipeline_batches()
+        assert report.summary()["created"] > 0
+        assert old.validate().summary()["gaps"] == 0
+    finally:
+        old.close()
+    with sqlite3.connect(old_path) as raw:
+        assert raw.execute("PRAGMA page_size").fetchone()[0] == 4096
+        assert raw.execute("SELECT x FROM other_tool").fetchall() == [(1,)]
+
+
 def test_sqlite_external_text_without_fraction_is_read(sqlite_manager, table_name):
     sqlite_manager.init_db()
     path = _sqlite_path(str(sqlite_manager.store.engine.url))

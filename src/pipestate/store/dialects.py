@@ -24,6 +24,7 @@ _DUCKDB_LOCKS: dict[str, threading.Lock] = {}
 _DUCKDB_LOCKS_GUARD = threading.Lock()
 
 _SQLITE_CACHE_KIB = -65536  # negative: KiB, not pages
+_SQLITE_PAGE_SIZE = 16384  # bytes; applies to files created from now on
 _EXTRAS = {"postgresql": "postgres", "duckdb": "duckdb", "snowflake": "snowflake"}
 
 
@@ -69,6 +70,12 @@ def _setup_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         if engine.url.database not in (None, "", ":memory:"):
+            # A state row is ~560 bytes: 4 KiB pages (SQLite's default) hold
+            # seven, 16 KiB pages about thirty, and a first populate of a
+            # million windows runs ~25% faster. SQLite applies this only to a
+            # file with no tables yet (and only before WAL mode is set);
+            # on an existing file it is a no-op.
+            cursor.execute(f"PRAGMA page_size={_SQLITE_PAGE_SIZE}")
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         # 64 MB of page cache (the default is 2 MB): a populate writing a million
