@@ -38,6 +38,20 @@ def test_first_populate_creates_the_exact_windows(manager):
     assert {e["new_status"] for e in created_events} == {"PENDING"}
 
 
+def test_created_instants_do_not_depend_on_the_database_session_time_zone(manager_factory, monkeypatch):
+    # PostgreSQL reads an instant written without an offset in the session's
+    # TimeZone (PGTZ sets it for libpq): new rows must be written with theirs.
+    monkeypatch.setenv("PGTZ", "Asia/Kathmandu")
+    manager = manager_factory()
+    manager.populate_pipeline_batches()
+    rows = all_rows(manager)
+    assert [(r["source_query_window_start_time"], r["source_query_window_end_time"]) for r in rows] == [
+        (D1 + hours(i), D1 + hours(i + 1)) for i in range(24)
+    ]
+    assert all(r["created_at"] == NOW and r["updated_at"] == NOW for r in rows)
+    assert not manager.populate_pipeline_batches().plan.changes_anything
+
+
 def test_second_run_changes_nothing(manager):
     manager.populate_pipeline_batches()
     before_rows, before = all_rows(manager), _counts(manager)

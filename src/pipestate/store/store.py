@@ -391,6 +391,8 @@ class StateStore:
             sql = self._sqlite_window_insert(conn, tuple(columns), constant, derived)
             conn.exec_driver_sql(sql, rows)
             return len(rows)
+        if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+            return self._copy_windows(conn, tuple(columns), constant, rows, derived)
         names = tuple(columns)
         dicts = []
         for row in rows:
@@ -399,6 +401,41 @@ class StateStore:
                 values[name] = prefix + row[0]
             dicts.append(values)
         conn.execute(insert(self.tables.state), dicts)
+        return len(rows)
+
+    def _copy_windows(
+        self,
+        conn: Connection,
+        columns: tuple[str, ...],
+        constant: dict[str, Any],
+        rows: list[tuple[Any, ...]],
+        derived: dict[str, str],
+    ) -> int:
+        """PostgreSQL: the rows through COPY ... FROM STDIN on the transaction's
+        own connection (psycopg 3), about five times faster than multi-row INSERTs.
+        The constants go through their columns' bind processors once, as
+        SQLAlchemy would send them; instants are aware UTC datetimes, which
+        psycopg writes with their offset, so the session time zone plays no part."""
+        state, dialect = self.tables.state, conn.dialect
+        preparer = dialect.identifier_preparer
+        fixed = []
+        for name, value in constant.items():
+            processor = state.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            fixed.append(processor(value) if processor is not None else value)
+        tail = tuple(fixed)
+        prefixes = tuple(derived.values())
+        names = ", ".join(preparer.quote(name) for name in (*columns, *constant, *derived))
+        sql = f"COPY {preparer.format_table(state)} ({names}) FROM STDIN"
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        with raw.cursor() as cursor, cursor.copy(sql) as copy:
+            write = copy.write_row
+            if prefixes:
+                for row in rows:
+                    write((*row, *tail, *[prefix + row[0] for prefix in prefixes]))
+            else:
+                for row in rows:
+                    write(row + tail)
         return len(rows)
 
     def _sqlite_window_insert(
