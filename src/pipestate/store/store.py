@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from itertools import islice
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     Index,
@@ -39,6 +39,9 @@ from .dialects import (
     serialize_schema_changes,
 )
 from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION, StateTables, build_tables
+
+if TYPE_CHECKING:
+    import psycopg
 
 _CHUNK = 5000
 # A SQLite populate creating at least this many rows, more than the table holds,
@@ -426,8 +429,7 @@ class StateStore:
         prefixes = tuple(derived.values())
         names = ", ".join(preparer.quote(name) for name in (*columns, *constant, *derived))
         sql = f"COPY {preparer.format_table(state)} ({names}) FROM STDIN"
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
+        raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
         with raw.cursor() as cursor, cursor.copy(sql) as copy:
             write = copy.write_row
             if prefixes:
