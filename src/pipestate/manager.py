@@ -235,7 +235,7 @@ class PipelineStateManager:
             self.actor,
             run_id,
             now,
-            text_instants=store.dialect == "sqlite",
+            instant_text=store.instant_text,
         )
         custom_ids = not builder.default_ids
         seen: set[str] = set()

@@ -42,9 +42,11 @@ class RowBuilder:
     """Turns planned windows into state-table rows for one populate run.
 
     A row is `constant` (the same for every row of the run) plus a tuple of
-    values for `columns`, in that order. With `text_instants` the start, end
-    and local date are the text SQLite stores (what SQLAlchemy's `DateTime`
-    and `Date` would bind), so the rows go to the driver as they are.
+    values for `columns`, in that order. With `instant_text` set, the start
+    and end are text, `YYYY-MM-DD HH:MM:SS.ffffff` in UTC followed by
+    `instant_text` ("" for SQLite: what SQLAlchemy's `DateTime` binds there;
+    "+00:00" for PostgreSQL's COPY), and the local date ISO text, so the rows
+    go to the driver as they are; otherwise they are datetimes and dates.
     """
 
     def __init__(
@@ -55,7 +57,7 @@ class RowBuilder:
         actor: str,
         run_id: str,
         now: datetime,
-        text_instants: bool = False,
+        instant_text: str | None = None,
     ) -> None:
         pipeline = config.pipeline
         self.pipeline = pipeline.name
@@ -64,7 +66,7 @@ class RowBuilder:
         self.utc = pipeline.timezone in ("UTC", "Etc/UTC")
         self.ids = id_functions
         self.categories = category_functions
-        self.text_instants = text_instants
+        self.instant_text = instant_text
         # Built-in defaults are computed inline; anything else gets a WindowInfo.
         self.default_ids = all(name == "deterministic" for name in config.ids.model_dump().values())
         self.no_categories = all(name == "none" for name in config.categories.model_dump().values())
@@ -113,7 +115,7 @@ class RowBuilder:
         text = instant.isoformat(" ", "microseconds")  # "YYYY-MM-DD HH:MM:SS.ffffff+00:00"
         stamp = plugins.stamp_from_iso(text)
         local = f"{text[:10]}T{text[11:19]}+00:00" if self.utc else instant.astimezone(self.tz).isoformat()
-        value = text[:26] if self.text_instants else instant
+        value = instant if self.instant_text is None else text[:26] + self.instant_text
         return value, stamp, local
 
     def _step(self, step: Any) -> str:
@@ -123,7 +125,7 @@ class RowBuilder:
         return label
 
     def _day(self, day: date) -> Any:
-        if not self.text_instants:
+        if self.instant_text is None:
             return day
         text = self._days.get(day)
         if text is None:
@@ -134,7 +136,7 @@ class RowBuilder:
 
     def rows(self, fills: Iterable[Fill]) -> Iterator[tuple[Any, ...]]:
         """The rows of every window of `fills`, in order (`values` of each cell)."""
-        fast = self.text_instants and self.default_ids and self.no_categories
+        fast = self.instant_text is not None and self.default_ids and self.no_categories
         for fill in fills:
             if fast and _whole_seconds(fill):
                 yield from self._text_rows(fill)
@@ -144,7 +146,7 @@ class RowBuilder:
 
     def _text_rows(self, fill: Fill) -> Iterator[tuple[Any, ...]]:
         """`values` of each cell of `fill`, for default ids, no categories and
-        text instants, in integer seconds since the epoch: the same grid as
+        `instant_text`, in integer seconds since the epoch: the same grid as
         `windows.day_cells` (a test holds them equal), without a datetime or a
         strftime per window. The texts of one instant are computed once."""
         day_start, day_end = _epoch_seconds(fill.day_start), _epoch_seconds(fill.day_end)
@@ -196,7 +198,7 @@ class RowBuilder:
             hours, rest = divmod(second, 3600)
             clock = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
             time_texts = self._time_texts[second] = (clock, clock.replace(":", ""))
-        stored = f"{date_texts[0]} {time_texts[0]}.000000"
+        stored = f"{date_texts[0]} {time_texts[0]}.000000{self.instant_text}"
         stamp = f"{date_texts[1]}T{time_texts[1]}Z"
         if self.utc:
             local = f"{date_texts[0]}T{time_texts[0]}+00:00"

@@ -17,14 +17,14 @@ NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 ZONES = ["UTC", "America/New_York", "Europe/London", "Asia/Kolkata", "Australia/Lord_Howe", "America/Havana"]
 
 
-def _builder(zone: str, text_instants: bool = True) -> RowBuilder:
+def _builder(zone: str, instant_text: str | None = "") -> RowBuilder:
     config = Config.from_dict(
         {
             "pipeline": {"name": "orders", "timezone": zone, "granularity": "1h", "start": "2026-01-01"},
             "state": {"url": "sqlite:///unused.db"},
         }
     )
-    return RowBuilder(config, {}, {}, "tester", "run1", NOW, text_instants=text_instants)
+    return RowBuilder(config, {}, {}, "tester", "run1", NOW, instant_text=instant_text)
 
 
 @st.composite
@@ -51,11 +51,12 @@ def fill_lists(draw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(fill_lists())
-def test_integer_path_rows_equal_the_general_rows(case):
+@given(fill_lists(), st.sampled_from(["", "+00:00"]))
+def test_integer_path_rows_equal_the_general_rows(case, suffix):
+    # "" is SQLite's stored text, "+00:00" PostgreSQL's COPY text.
     zone, fills = case
-    fast = list(_builder(zone).rows(fills))
-    general_builder = _builder(zone)
+    fast = list(_builder(zone, suffix).rows(fills))
+    general_builder = _builder(zone, suffix)
     general = [general_builder.values(cell) for cell in fill_cells(fills)]
     assert fast == general
 
@@ -87,3 +88,12 @@ def test_rows_hold_the_stored_text_and_the_default_ids():
         "window_granularity": "1h",
         "record_origin": "SCHEDULED",
     }
+    copy_rows = list(_builder("UTC", "+00:00").rows([fill]))
+    assert copy_rows[1][1:3] == ("2026-01-01 01:00:00.000000+00:00", "2026-01-01 02:00:00.000000+00:00")
+    typed = list(_builder("UTC", None).rows([fill]))
+    assert typed[1][1:5] == (
+        datetime(2026, 1, 1, 1, tzinfo=UTC),
+        datetime(2026, 1, 1, 2, tzinfo=UTC),
+        60,
+        datetime(2026, 1, 1).date(),
+    )

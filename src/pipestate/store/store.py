@@ -141,6 +141,21 @@ class StateStore:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    @property
+    def _copies(self) -> bool:
+        """Whether new windows go in through COPY (PostgreSQL with psycopg 3)."""
+        return self.dialect == "postgresql" and self.engine.dialect.driver == "psycopg"
+
+    @property
+    def instant_text(self) -> str | None:
+        """How `insert_windows` takes instants: None for datetimes, else UTC text
+        `YYYY-MM-DD HH:MM:SS.ffffff` followed by this suffix (see RowBuilder)."""
+        if self.dialect == "sqlite":
+            return ""  # what SQLAlchemy's DateTime binds on SQLite: naive UTC
+        if self._copies:
+            return "+00:00"  # COPY text: the offset makes the session time zone irrelevant
+        return None
+
     # -- transactions -------------------------------------------------------------
 
     @contextmanager
@@ -394,7 +409,7 @@ class StateStore:
             sql = self._sqlite_window_insert(conn, tuple(columns), constant, derived)
             conn.exec_driver_sql(sql, rows)
             return len(rows)
-        if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        if self._copies:
             return self._copy_windows(conn, tuple(columns), constant, rows, derived)
         names = tuple(columns)
         dicts = []
@@ -417,14 +432,16 @@ class StateStore:
         """PostgreSQL: the rows through COPY ... FROM STDIN on the transaction's
         own connection (psycopg 3), about five times faster than multi-row INSERTs.
         The constants go through their columns' bind processors once, as
-        SQLAlchemy would send them; instants are aware UTC datetimes, which
-        psycopg writes with their offset, so the session time zone plays no part."""
+        SQLAlchemy would send them; every instant is written with its offset
+        (the rows' as `instant_text`, the constants' by isoformat), so the
+        session time zone plays no part."""
         state, dialect = self.tables.state, conn.dialect
         preparer = dialect.identifier_preparer
         fixed = []
         for name, value in constant.items():
             processor = state.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            fixed.append(processor(value) if processor is not None else value)
+            value = processor(value) if processor is not None else value
+            fixed.append(value.isoformat(" ") if isinstance(value, datetime) else value)
         tail = tuple(fixed)
         prefixes = tuple(derived.values())
         names = ", ".join(preparer.quote(name) for name in (*columns, *constant, *derived))
