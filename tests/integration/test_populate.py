@@ -6,7 +6,23 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from support import NOW, active, all_rows, assert_tiles, events, external_row, hours, insert_external, utc
+from support import (
+    NOW,
+    active,
+    all_rows,
+    assert_tiles,
+    config_dict,
+    drop_pg_tables,
+    events,
+    external_row,
+    hours,
+    insert_external,
+    utc,
+)
+
+from pipestate.config import Config
+from pipestate.manager import PipelineStateManager
+from pipestate.store.store import StateStore
 
 D1, D2, D3 = utc(2026, 1, 1), utc(2026, 1, 2), utc(2026, 1, 3)
 
@@ -50,6 +66,42 @@ def test_created_instants_do_not_depend_on_the_database_session_time_zone(manage
     ]
     assert all(r["created_at"] == NOW and r["updated_at"] == NOW for r in rows)
     assert not manager.populate_pipeline_batches().plan.changes_anything
+
+
+@pytest.mark.parametrize("named", ["default", "custom"])
+def test_the_bulk_insert_writes_what_sqlalchemy_would(db_url, backend, table_name, monkeypatch, named):
+    # Each database's bulk path (SQLite literals, PostgreSQL COPY, DuckDB Arrow)
+    # against SQLAlchemy's plain INSERT of the same plan: 3 local days of 15m
+    # windows in New York across the spring DST change, custom ids and categories too.
+    pipeline = {"timezone": "America/New_York", "granularity": "15m"}
+    pipeline |= {"start": "2026-03-07", "end": "2026-03-10"}
+    extra = {}
+    if named == "custom":
+        extra = {"ids": {"source_id": "uuid5"}, "categories": {"stage_category": "local_weekday"}}
+    tables = {"bulk": table_name, "plain": f"{table_name}_plain"}
+    found = {}
+    try:
+        for way, table in tables.items():
+            if way == "plain":
+                monkeypatch.setattr(StateStore, "bulk_path", property(lambda self: None))
+            config = Config.from_dict({**config_dict(db_url, table, **pipeline), **extra})
+            manager = PipelineStateManager(config, clock=lambda: utc(2026, 4, 1))
+            try:
+                assert (manager.store.bulk_path is None) == (way == "plain")
+                assert manager.store.bulk_path in (None, backend if backend == "sqlite" else "copy", "arrow")
+                manager.populate_pipeline_batches()
+                rows = [{**row, "populate_run_id": None} for row in all_rows(manager)]
+                made = [(e["batch_id"], e["event_type"], e["new_status"]) for e in events(manager)]
+            finally:
+                manager.close()
+            found[way] = (rows, sorted(made))
+    finally:
+        if backend == "postgresql":
+            drop_pg_tables(db_url, tables["plain"])
+    rows, made = found["bulk"]
+    assert len(rows) == 23 * 4 + 24 * 4 * 2 == len(made)
+    assert rows[0]["source_query_window_start_time"] == utc(2026, 3, 7, 5)
+    assert found["bulk"] == found["plain"]
 
 
 def test_second_run_changes_nothing(manager):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -41,6 +42,7 @@ from .dialects import (
 from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION, StateTables, build_tables
 
 if TYPE_CHECKING:
+    import duckdb
     import psycopg
 
 _CHUNK = 5000
@@ -142,17 +144,29 @@ class StateStore:
         return self.engine.dialect.name
 
     @property
-    def _copies(self) -> bool:
-        """Whether new windows go in through COPY (PostgreSQL with psycopg 3)."""
-        return self.dialect == "postgresql" and self.engine.dialect.driver == "psycopg"
+    def bulk_path(self) -> str | None:
+        """How `insert_windows` writes new windows: "sqlite" (sqlite3's
+        executemany, the run's constants as literals), "copy" (PostgreSQL COPY
+        through psycopg 3), "arrow" (DuckDB, an Arrow table per chunk, with
+        pyarrow installed), or None (SQLAlchemy's multi-row INSERT)."""
+        if self.dialect == "sqlite":
+            return "sqlite"
+        if self.dialect == "postgresql" and self.engine.dialect.driver == "psycopg":
+            return "copy"
+        if self.dialect == "duckdb" and importlib.util.find_spec("pyarrow") is not None:
+            return "arrow"
+        return None
 
     @property
     def instant_text(self) -> str | None:
         """How `insert_windows` takes instants: None for datetimes, else UTC text
         `YYYY-MM-DD HH:MM:SS.ffffff` followed by this suffix (see RowBuilder)."""
-        if self.dialect == "sqlite":
-            return ""  # what SQLAlchemy's DateTime binds on SQLite: naive UTC
-        if self._copies:
+        path = self.bulk_path
+        if path in ("sqlite", "arrow"):
+            # what SQLAlchemy's DateTime binds on SQLite, and what DuckDB casts
+            # to its zone-less TIMESTAMP: naive UTC
+            return ""
+        if path == "copy":
             return "+00:00"  # COPY text: the offset makes the session time zone irrelevant
         return None
 
@@ -396,20 +410,25 @@ class StateStore:
         plus each `derived` column as its prefix followed by the row's batch_id
         (`columns` then starts with batch_id).
 
-        On SQLite the tuples must already hold what the driver stores (text
-        instants, see RowBuilder); the constants are rendered into the
-        statement as literals and the derived ids computed by it, so sqlite3
-        binds only the values that change. Elsewhere SQLAlchemy's executemany
-        batches the rows into multi-row INSERTs.
+        Instants and dates in the tuples are as `instant_text` says (see
+        RowBuilder). The way in is `bulk_path`: on SQLite the constants are
+        rendered into the statement as literals and the derived ids computed
+        by it, so sqlite3 binds only the values that change; PostgreSQL takes
+        COPY, DuckDB an Arrow table; anything else SQLAlchemy's executemany,
+        which batches the rows into multi-row INSERTs. All of them write in
+        the caller's transaction.
         """
         derived = derived or {}
         if not rows:
             return 0
-        if conn.dialect.name == "sqlite":
+        path = self.bulk_path
+        if path == "sqlite":
             sql = self._sqlite_window_insert(conn, tuple(columns), constant, derived)
             conn.exec_driver_sql(sql, rows)
             return len(rows)
-        if self._copies:
+        if path == "arrow":
+            return self._arrow_windows(conn, tuple(columns), constant, rows, derived)
+        if path == "copy":
             return self._copy_windows(conn, tuple(columns), constant, rows, derived)
         names = tuple(columns)
         dicts = []
@@ -419,6 +438,44 @@ class StateStore:
                 values[name] = prefix + row[0]
             dicts.append(values)
         conn.execute(insert(self.tables.state), dicts)
+        return len(rows)
+
+    def _arrow_windows(
+        self,
+        conn: Connection,
+        columns: tuple[str, ...],
+        constant: dict[str, Any],
+        rows: list[tuple[Any, ...]],
+        derived: dict[str, str],
+    ) -> int:
+        """DuckDB: the rows as one Arrow table, inserted by one INSERT ... SELECT
+        on the transaction's own connection; the constants and id prefixes are
+        parameters of the SELECT. DuckDB casts the text instants and dates to
+        its column types. Row by row, DuckDB's INSERTs cost ~0.4 ms a window."""
+        import pyarrow
+
+        state, dialect = self.tables.state, conn.dialect
+        quote = dialect.identifier_preparer.quote
+        params: list[Any] = []
+        for name, value in constant.items():
+            processor = state.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            params.append(processor(value) if processor is not None else value)
+        params += derived.values()
+        picks = [quote(name) for name in columns] + ["?"] * len(constant)
+        picks += [f"? || {quote(columns[0])}"] * len(derived)
+        names = ", ".join(quote(name) for name in (*columns, *constant, *derived))
+        arrays = [pyarrow.array(values) for values in zip(*rows, strict=True)]
+        view = "pipestate_new_windows"
+        raw = cast("duckdb.DuckDBPyConnection", conn.connection.dbapi_connection)
+        raw.register(view, pyarrow.Table.from_arrays(arrays, names=list(columns)))
+        try:
+            raw.execute(
+                f"INSERT INTO {dialect.identifier_preparer.format_table(state)} ({names}) "
+                f"SELECT {', '.join(picks)} FROM {view}",
+                params,
+            )
+        finally:
+            raw.unregister(view)
         return len(rows)
 
     def _copy_windows(
