@@ -19,6 +19,7 @@ import support
 import workers_support as ws
 from workers_support import Clock
 
+from pipestate import batches
 from pipestate.errors import LeaseLost, UsageError
 from pipestate.manager import PipelineStateManager
 
@@ -171,6 +172,40 @@ def test_expired_lease_is_claimable_and_counts_as_a_failed_attempt(make: MakeMan
     assert json.loads(expired["details"])["retry_count"] == 1
     assert claimed["event_type"] == "CLAIMED"
     assert (claimed["worker_id"], claimed["claim_token"]) == ("b", second.claim_token)
+
+
+@pytest.mark.parametrize("micro", [0, 120, 123450])
+def test_one_statement_claims_log_what_the_general_path_logs(
+    db_url: str, table_name: str, monkeypatch: pytest.MonkeyPatch, micro: int
+) -> None:
+    # PostgreSQL claims in one statement that writes its events' JSON in SQL;
+    # it must be the text the general path writes, lease instants with and
+    # without a fraction (Python prints six digits, trailing zeros included).
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the one-statement claim is PostgreSQL's")
+    trails = {}
+    for way, table in (("one statement", table_name), ("general", f"{table_name}_g")):
+        if way == "general":
+            monkeypatch.setattr(batches, "_claim_in_one_statement", lambda *args: None)
+        clock = Clock(ws.NOW + timedelta(microseconds=micro))
+        manager = ws.make_manager(db_url, table, clock=clock, lease="5m", end="2026-01-01T01:00")
+        try:
+            manager.populate_pipeline_batches()
+            first = manager.claim("a")
+            clock.advance(minutes=5)
+            second = manager.claim("b")
+            assert first is not None and second is not None and second.batch_id == first.batch_id
+            trails[way] = [
+                (e["event_type"], e["worker_id"], e["old_status"], e["new_status"], e["details"])
+                for e in ws.events(manager, first.batch_id)
+                if e["event_type"] != "CREATED"
+            ]
+        finally:
+            manager.close()
+            if way == "general":
+                support.drop_pg_tables(db_url, table)
+    assert [event[0] for event in trails["general"]] == ["CLAIMED", "LEASE_EXPIRED", "CLAIMED"]
+    assert trails["one statement"] == trails["general"]
 
 
 def test_expired_lease_at_max_retries_fails_for_good(make: MakeManager) -> None:

@@ -25,11 +25,10 @@ from sqlalchemy.sql.selectable import TextualSelect
 from .store import StateStore
 from .types import UTCDateTime
 
-# Python's datetime.isoformat() in UTC, as every JSON output writes instants.
+# Python's datetime.isoformat() in UTC (JSON text, or null), as every JSON output writes instants.
 _ISO = (
-    "CASE WHEN {x} IS NULL THEN 'null' ELSE '\"' || to_char({x} AT TIME ZONE 'UTC', "
-    "CASE WHEN extract(microseconds FROM {x})::bigint % 1000000 = 0 "
-    "THEN 'YYYY-MM-DD\"T\"HH24:MI:SS' ELSE 'YYYY-MM-DD\"T\"HH24:MI:SS.US' END) || '+00:00\"' END"
+    "coalesce('\"' || to_char({x} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS' || "
+    "CASE WHEN date_trunc('second', {x}) = {x} THEN '' ELSE '.US' END) || '+00:00\"', 'null')"
 )
 
 _CANDIDATE = """
@@ -85,16 +84,16 @@ chosen AS (
      ORDER BY start_time {direction}, batch_id {direction} LIMIT 1
 ),
 claimed AS (
-    UPDATE {table} AS claimed SET
+    UPDATE {table} AS c SET
         pipeline_status = 'IN_PROGRESS', worker_id = :worker, claim_token = :token,
         claimed_at = {now}, lease_expires_at = {now} + :lease, heartbeat_at = {now},
-        retry_count = coalesce(claimed.retry_count, 0)
+        retry_count = coalesce(c.retry_count, 0)
             + CASE WHEN chosen.old_status = 'IN_PROGRESS' THEN 1 ELSE 0 END,
-        attempt_count = coalesce(claimed.attempt_count, 0) + 1,
-        first_started_at = coalesce(claimed.first_started_at, {now}),
+        attempt_count = coalesce(c.attempt_count, 0) + 1,
+        first_started_at = coalesce(c.first_started_at, {now}),
         next_attempt_at = NULL, updated_at = {now}, updated_by = :worker
       FROM chosen
-     WHERE claimed.batch_id = chosen.batch_id
+     WHERE c.batch_id = chosen.batch_id
     RETURNING {returning}, chosen.old_status, chosen.old_worker, chosen.old_token, chosen.old_lease
 ),
 logged AS (
@@ -137,8 +136,16 @@ SELECT * FROM done
 """
 
 
+def _squeeze(sql: str) -> str:
+    """The statement on one line. psycopg caches its conversion of a query of at
+    most 4,096 bytes; the indented claim is longer, and was converted again for
+    every claim. (Our literals hold no runs of spaces, so they do not change.)"""
+    return " ".join(sql.split())
+
+
 def _now(clock: bool) -> str:
-    return "CAST(:now AS TIMESTAMPTZ)" if clock else "statement_timestamp()"
+    # :now is bound as UTCDateTime (a timestamptz parameter)
+    return ":now" if clock else "statement_timestamp()"
 
 
 @lru_cache(maxsize=64)
@@ -154,10 +161,11 @@ def _claim_statement(
         events=quoted_events,
         direction=direction,
         now=now,
-        returning=", ".join(f"claimed.{name}" for name in CLAIM_COLUMNS),
+        returning=", ".join(f"c.{name}" for name in CLAIM_COLUMNS),
         old_lease_iso=_ISO.format(x="old_lease"),
         lease_iso=_ISO.format(x="lease_expires_at"),
     )
+    sql = _squeeze(sql)
     typed: list[Any] = [column(name, table.c[name].type) for name in CLAIM_COLUMNS]
     extra: list[Any] = [
         column("old_status", String()),
@@ -179,6 +187,7 @@ def _complete_statement(quoted: str, quoted_events: str, with_token: bool, clock
         now=_now(clock),
         token_condition="AND claim_token = :token" if with_token else "",
     )
+    sql = _squeeze(sql)
     stmt = text(sql).columns(
         column("batch_id", String()),
         column("claim_token", String()),
