@@ -25,7 +25,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import NullType
 
@@ -440,6 +440,15 @@ class StateStore:
         conn.execute(insert(self.tables.state), dicts)
         return len(rows)
 
+    def _bound(self, dialect: Dialect, constant: dict[str, Any]) -> list[Any]:
+        """The constants as their columns' bind processors make them: what
+        SQLAlchemy itself would hand the driver."""
+        state, bound = self.tables.state, []
+        for name, value in constant.items():
+            processor = state.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            bound.append(processor(value) if processor is not None else value)
+        return bound
+
     def _arrow_windows(
         self,
         conn: Connection,
@@ -456,11 +465,7 @@ class StateStore:
 
         state, dialect = self.tables.state, conn.dialect
         quote = dialect.identifier_preparer.quote
-        params: list[Any] = []
-        for name, value in constant.items():
-            processor = state.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            params.append(processor(value) if processor is not None else value)
-        params += derived.values()
+        params = [*self._bound(dialect, constant), *derived.values()]
         picks = [quote(name) for name in columns] + ["?"] * len(constant)
         picks += [f"? || {quote(columns[0])}"] * len(derived)
         names = ", ".join(quote(name) for name in (*columns, *constant, *derived))
@@ -494,12 +499,10 @@ class StateStore:
         session time zone plays no part."""
         state, dialect = self.tables.state, conn.dialect
         preparer = dialect.identifier_preparer
-        fixed = []
-        for name, value in constant.items():
-            processor = state.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            value = processor(value) if processor is not None else value
-            fixed.append(value.isoformat(" ") if isinstance(value, datetime) else value)
-        tail = tuple(fixed)
+        tail = tuple(
+            value.isoformat(" ") if isinstance(value, datetime) else value
+            for value in self._bound(dialect, constant)
+        )
         prefixes = tuple(derived.values())
         names = ", ".join(preparer.quote(name) for name in (*columns, *constant, *derived))
         sql = f"COPY {preparer.format_table(state)} ({names}) FROM STDIN"
@@ -528,11 +531,8 @@ class StateStore:
             kind = Integer() if isinstance(value, int) else String()
             return str(literal(value, kind).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
-        literals = []
-        for name, value in constant.items():
-            # The value the column type would bind (text for instants), as a SQL literal.
-            processor = state.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            literals.append(render(processor(value) if processor is not None else value))
+        # The values the column types would bind (text for instants), as SQL literals.
+        literals = [render(value) for value in self._bound(dialect, constant)]
         literals += [f"{render(prefix)} || ?1" for prefix in derived.values()]
         names = ", ".join(preparer.quote(name) for name in (*columns, *constant, *derived))
         # ?1 is the batch_id; the plain ? after it number on from 2.
