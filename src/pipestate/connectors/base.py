@@ -11,16 +11,17 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, runtime_checkable
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError, PipestateError
 from ..plugins import default_batch_id
@@ -31,6 +32,8 @@ __all__ = [
     "ConnectorError",
     "TransientConnectorError",
     "Options",
+    "RecordTableOptions",
+    "RESERVED_COLUMNS",
     "Source",
     "Stage",
     "StagedData",
@@ -172,6 +175,48 @@ class Options(BaseModel):
     """Base of each connector's settings: unknown keys are an error."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Columns every record table has besides the record's time: not for time_column.
+RESERVED_COLUMNS = frozenset({"pipestate_batch_id", "pipestate_loaded_at", "record"})
+
+
+class RecordTableOptions(Options):
+    """What the targets that load records into a table share: the table, the
+    record's time field and the column it goes to, the zone of naive times.
+    `identifier` is what the target's database accepts as a plain name."""
+
+    identifier: ClassVar[re.Pattern[str]] = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+    table: str = "pipestate_records"
+    time_field: str = "timestamp"  # the record's key holding its time
+    time_column: str | None = None  # default: time_field when it is a plain identifier
+    naive_timezone: str = "UTC"
+
+    @classmethod
+    def plain_identifier(cls, value: str | None) -> str | None:
+        if value is not None and not cls.identifier.match(value):
+            raise ValueError(f"must be a plain SQL identifier, got {value!r}")
+        return value
+
+    @field_validator("table", "time_column")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        return cls.plain_identifier(value)
+
+    @field_validator("naive_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    @model_validator(mode="after")
+    def _time_column(self) -> Self:
+        if self.time_column is None:
+            plain = self.identifier.match(self.time_field) and self.time_field not in RESERVED_COLUMNS
+            object.__setattr__(self, "time_column", self.time_field if plain else "event_time")
+        if self.time_column in RESERVED_COLUMNS:
+            raise ValueError(f"time_column: {self.time_column!r} is a column pipestate fills")
+        return self
 
 
 def _message(error: Mapping[str, Any]) -> str:

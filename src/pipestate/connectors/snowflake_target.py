@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import islice
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote
 
 from pydantic import Field, field_validator, model_validator
@@ -37,7 +37,7 @@ from .base import (
     BatchContext,
     ConnectorError,
     LoadResult,
-    Options,
+    RecordTableOptions,
     Stage,
     StagedData,
     TransientConnectorError,
@@ -48,13 +48,12 @@ from .base import (
 
 __all__ = ["SnowflakeTarget"]
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _STAGE = re.compile(r"^@[A-Za-z0-9_$.~/\"-]+$")
-_RESERVED = {"pipestate_batch_id", "pipestate_loaded_at", "record"}
 _FILE_FORMAT = {"ndjson.gz": "TYPE = JSON COMPRESSION = GZIP", "parquet": "TYPE = PARQUET"}
 
 
-class SnowflakeOptions(Options):
+class SnowflakeOptions(RecordTableOptions):
+    identifier: ClassVar[re.Pattern[str]] = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")  # $ is allowed
     type: Literal["snowflake"] = "snowflake"
     account: str  # e.g. "myorg-myaccount"
     user: str
@@ -66,10 +65,6 @@ class SnowflakeOptions(Options):
     warehouse: str | None = None
     database: str
     schema_: str = Field(alias="schema")
-    table: str = "pipestate_records"
-    time_field: str = "timestamp"
-    time_column: str | None = None  # default: time_field when it is a plain identifier
-    naive_timezone: str = "UTC"
     load_method: Literal["copy", "insert"] = "copy"
     external_stage: str | None = None  # e.g. "@analytics.raw.pipestate_s3"
     external_stage_url: str | None = None  # the URL that stage points at: s3://bucket/prefix
@@ -77,12 +72,10 @@ class SnowflakeOptions(Options):
     insert_batch_size: int = Field(default=1000, gt=0)
     connect_args: dict[str, Any] = {}  # anything else snowflake.connector.connect takes
 
-    @field_validator("database", "schema_", "table", "time_column")
+    @field_validator("database", "schema_")
     @classmethod
-    def _identifier(cls, value: str | None) -> str | None:
-        if value is not None and not _IDENTIFIER.match(value):
-            raise ValueError(f"must be a plain SQL identifier, got {value!r}")
-        return value
+    def _names(cls, value: str) -> str | None:
+        return cls.plain_identifier(value)
 
     @field_validator("external_stage", "internal_stage")
     @classmethod
@@ -91,19 +84,8 @@ class SnowflakeOptions(Options):
             raise ValueError(f"must be a stage reference such as @db.schema.name, got {value!r}")
         return value
 
-    @field_validator("naive_timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        zone(value)
-        return value
-
     @model_validator(mode="after")
     def _consistent(self) -> SnowflakeOptions:
-        if self.time_column is None:
-            plain = _IDENTIFIER.match(self.time_field) and self.time_field not in _RESERVED
-            object.__setattr__(self, "time_column", self.time_field if plain else "event_time")
-        if self.time_column in _RESERVED:
-            raise ValueError(f"time_column: {self.time_column!r} is a column pipestate fills")
         if (self.external_stage is None) != (self.external_stage_url is None):
             raise ValueError("external_stage_url: external_stage and external_stage_url go together")
         return self

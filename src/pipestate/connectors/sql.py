@@ -15,7 +15,6 @@ batch again replaces its rows and a failed load leaves the previous ones in plac
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from datetime import datetime
@@ -23,7 +22,7 @@ from itertools import islice
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
 from ..errors import ConfigError
 from ..windows import UTC, zone
@@ -31,7 +30,7 @@ from .base import (
     BatchContext,
     ConnectorError,
     LoadResult,
-    Options,
+    RecordTableOptions,
     Stage,
     StagedData,
     TransientConnectorError,
@@ -41,44 +40,16 @@ from .base import (
 
 __all__ = ["SqlTarget", "target_table"]
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RESERVED = {"pipestate_batch_id", "pipestate_loaded_at", "record"}
 _EXTRA_FOR = {"duckdb": "duckdb", "postgresql": "postgres"}
 _BUSY_WAIT_SECONDS = 60.0
 
 
-class SqlOptions(Options):
+class SqlOptions(RecordTableOptions):
     type: Literal["sql"] = "sql"
     url: str = "duckdb:///pipestate-target.duckdb"
-    table: str = "pipestate_records"
     schema_: str | None = Field(default=None, alias="schema")
-    time_field: str = "timestamp"  # the record's key holding its time
-    time_column: str | None = None  # default: time_field when it is a plain identifier
     epoch_unit: Literal["auto", "s", "ms", "us", "ns"] = "auto"
-    naive_timezone: str = "UTC"
     batch_size: int = Field(default=1000, gt=0)
-
-    @field_validator("table", "time_column")
-    @classmethod
-    def _identifier(cls, value: str | None) -> str | None:
-        if value is not None and not _IDENTIFIER.match(value):
-            raise ValueError(f"must be a plain SQL identifier, got {value!r}")
-        return value
-
-    @field_validator("naive_timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        zone(value)
-        return value
-
-    @model_validator(mode="after")
-    def _column(self) -> SqlOptions:
-        if self.time_column is None:
-            plain = _IDENTIFIER.match(self.time_field) and self.time_field not in _RESERVED
-            object.__setattr__(self, "time_column", self.time_field if plain else "event_time")
-        if self.time_column in _RESERVED:
-            raise ValueError(f"time_column: {self.time_column!r} is a column pipestate fills")
-        return self
 
 
 def target_table(metadata: sa.MetaData, name: str, time_column: str, schema: str | None) -> sa.Table:
