@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
-from . import batches, plugins
+from . import batches, operations, plugins
 from .batches import Batch
 from .config import Config, load_config, parse_duration
 from .planning import Plan, Settings, UnsortedInput, plan
@@ -340,11 +340,11 @@ class PipelineStateManager:
         force: bool = False,
     ) -> list[str]:
         """Make batches PENDING again with a fresh retry budget; returns their ids."""
-        return batches.requeue(self, batch_ids, start=start, end=end, statuses=statuses, force=force)
+        return operations.requeue(self, batch_ids, start=start, end=end, statuses=statuses, force=force)
 
     def history(self, batch_id: str) -> list[dict[str, Any]]:
         """The batch's audit trail, oldest first."""
-        return batches.history(self, batch_id)
+        return operations.history(self, batch_id)
 
     # -- status -------------------------------------------------------------------
 
@@ -394,7 +394,7 @@ class PipelineStateManager:
                 .order_by(state.c.source_query_window_start_time)
                 .limit(50)
             ).all()
-            lease_view = batches.leases(self, conn, now)
+            lease_view = operations.leases(self, conn, now)
         total = max((settings.covered_stop - settings.start).total_seconds(), 0.0)
         return {
             "pipeline": self.pipeline,

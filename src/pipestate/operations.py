@@ -1,0 +1,167 @@
+"""What an operator does with batches outside a worker: requeue them, read a
+batch's audit trail, and see the leases (in flight, expired, failed for good)
+that `status` reports. The workers' own calls are in batches.py.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, func, or_, select
+
+from .errors import UsageError
+from .report import iso
+from .store.claims import guarded_update
+
+if TYPE_CHECKING:
+    from .manager import PipelineStateManager
+
+__all__ = ["history", "leases", "requeue"]
+
+
+def requeue(
+    manager: PipelineStateManager,
+    batch_ids: list[str] | None = None,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    statuses: tuple[str, ...] = ("FAILED",),
+    force: bool = False,
+    by: str | None = None,
+) -> list[str]:
+    """Make batches PENDING again with a fresh retry budget; returns their ids.
+
+    Select by id, or by window within [start, end), among `statuses` (FAILED by
+    default; COMPLETED to reprocess). A batch under a live claim is refused
+    unless `force` (its holder then gets LeaseLost on its next call).
+    """
+    allowed = {"FAILED", "COMPLETED", "PENDING", "IN_PROGRESS"}
+    if bad := [s for s in statuses if s not in allowed]:
+        raise UsageError(f"--status: cannot requeue {', '.join(bad)} batches")
+    store = manager.store
+    c = store.tables.state.c
+    who = by or manager.actor
+    with store.transaction(write=True) as conn:
+        now = manager.now(conn)
+        stmt = select(c.batch_id, c.pipeline_status, c.lease_expires_at, c.claim_token).where(
+            c.pipeline_name == manager.pipeline, c.pipeline_status != "SUPERSEDED"
+        )
+        if batch_ids:
+            stmt = stmt.where(c.batch_id.in_(batch_ids))
+        else:
+            stmt = stmt.where(c.pipeline_status.in_(statuses))
+            if start is not None:
+                stmt = stmt.where(c.source_query_window_start_time >= start)
+            if end is not None:
+                stmt = stmt.where(c.source_query_window_end_time <= end)
+        rows = conn.execute(stmt.order_by(c.source_query_window_start_time)).all()
+        if batch_ids:
+            missing = set(batch_ids) - {row[0] for row in rows}
+            if missing:
+                raise UsageError(
+                    f"no such batch in pipeline {manager.pipeline}: {', '.join(sorted(missing))}"
+                )
+        done: list[str] = []
+        events = []
+        for batch_id, status, lease, token in rows:
+            live = status == "IN_PROGRESS" and lease is not None and lease > now
+            if live and not force:
+                raise UsageError(
+                    f"batch {batch_id} is IN_PROGRESS under a live lease; use --force to requeue"
+                )
+            guarded_update(
+                store,
+                conn,
+                manager.pipeline,
+                batch_id,
+                status,
+                token,
+                {
+                    "pipeline_status": "PENDING",
+                    "retry_count": 0,
+                    "next_attempt_at": None,
+                    "lease_expires_at": None,
+                    "claim_token": None,
+                    "requeue_count": func.coalesce(c.requeue_count, 0) + 1,
+                    "last_requeued_at": now,
+                    "updated_at": now,
+                    "updated_by": who,
+                },
+            )
+            events.append(
+                manager._event(batch_id, "REQUEUED", now, status, "PENDING", worker_id=who, claim_token=token)
+            )
+            done.append(batch_id)
+        store.insert_events(conn, events)
+    return done
+
+
+def history(manager: PipelineStateManager, batch_id: str) -> list[dict[str, Any]]:
+    """The batch's audit events, oldest first."""
+    events = manager.store.tables.events
+    with manager.store.transaction(write=False) as conn:
+        rows = conn.execute(
+            select(events)
+            .where(events.c.batch_id == batch_id, events.c.pipeline_name == manager.pipeline)
+            .order_by(events.c.event_id)
+        ).all()
+    return [
+        {
+            "event_id": row.event_id,
+            "event_type": row.event_type,
+            "event_time": iso(row.event_time),
+            "worker_id": row.worker_id,
+            "claim_token": row.claim_token,
+            "old_status": row.old_status,
+            "new_status": row.new_status,
+            "details": row.details,
+        }
+        for row in rows
+    ]
+
+
+def leases(manager: PipelineStateManager, conn: Any, now: datetime) -> dict[str, list[dict[str, Any]]]:
+    """For status: batches in flight, stuck under expired leases, and failed for good."""
+    c = manager.store.tables.state.c
+    max_retries = manager.config.concurrency.max_retries
+    in_progress = conn.execute(
+        select(c.batch_id, c.worker_id, c.claimed_at, c.lease_expires_at, c.heartbeat_at, c.current_step)
+        .where(c.pipeline_name == manager.pipeline, c.pipeline_status == "IN_PROGRESS")
+        .order_by(c.claimed_at)
+    ).all()
+    in_flight: list[dict[str, Any]] = []
+    expired: list[dict[str, Any]] = []
+    for row in in_progress:
+        entry = {
+            "batch_id": row.batch_id,
+            "worker_id": row.worker_id,
+            "lease_age_seconds": round((now - row.claimed_at).total_seconds(), 3) if row.claimed_at else None,
+            "lease_expires_at": iso(row.lease_expires_at),
+            "last_heartbeat": iso(row.heartbeat_at),
+            "current_step": row.current_step,
+        }
+        live = row.lease_expires_at is not None and row.lease_expires_at > now
+        (in_flight if live else expired).append(entry)
+    permanent = conn.execute(
+        select(c.batch_id, c.retry_count, c.last_error, c.last_error_at)
+        .where(
+            c.pipeline_name == manager.pipeline,
+            and_(c.pipeline_status == "FAILED", or_(func.coalesce(c.retry_count, 0) >= max_retries)),
+        )
+        .order_by(c.source_query_window_start_time)
+        .limit(100)
+    ).all()
+    return {
+        "in_flight": in_flight,
+        "expired_leases": expired,
+        "failed_permanently": [
+            {
+                "batch_id": row.batch_id,
+                "retry_count": row.retry_count,
+                "last_error": row.last_error,
+                "last_error_at": iso(row.last_error_at),
+            }
+            for row in permanent
+        ],
+    }
