@@ -112,11 +112,16 @@ class RowBuilder:
         last = self._last
         if last is not None and last[0] == instant:
             return last[1], last[2], last[3]
-        text = instant.isoformat(" ", "microseconds")  # "YYYY-MM-DD HH:MM:SS.ffffff+00:00"
-        stamp = plugins.stamp_from_iso(text)
-        local = f"{text[:10]}T{text[11:19]}+00:00" if self.utc else instant.astimezone(self.tz).isoformat()
-        value = instant if self.instant_text is None else text[:26] + self.instant_text
-        return value, stamp, local
+        if not instant.microsecond:  # whole seconds: the integer path's texts
+            stored, stamp, local = self._texts(_epoch_seconds(instant))
+        else:
+            text = instant.isoformat(" ", "microseconds")  # "YYYY-MM-DD HH:MM:SS.ffffff+00:00"
+            stored, stamp = text[:26] + (self.instant_text or ""), plugins.stamp_from_iso(text)
+            if self.utc:
+                local = f"{text[:10]}T{text[11:19]}+00:00"
+            else:
+                local = instant.astimezone(self.tz).isoformat()
+        return (instant if self.instant_text is None else stored), stamp, local
 
     def _step(self, step: Any) -> str:
         label = self._steps.get(step)
@@ -198,7 +203,7 @@ class RowBuilder:
             hours, rest = divmod(second, 3600)
             clock = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
             time_texts = self._time_texts[second] = (clock, clock.replace(":", ""))
-        stored = f"{date_texts[0]} {time_texts[0]}.000000{self.instant_text}"
+        stored = f"{date_texts[0]} {time_texts[0]}.000000{self.instant_text or ''}"
         stamp = f"{date_texts[1]}T{time_texts[1]}Z"
         if self.utc:
             local = f"{date_texts[0]}T{time_texts[0]}+00:00"

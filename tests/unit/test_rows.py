@@ -97,3 +97,25 @@ def test_rows_hold_the_stored_text_and_the_default_ids():
         60,
         datetime(2026, 1, 1).date(),
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(ZONES),
+    st.sampled_from(["", "+00:00", None]),
+    st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+    st.booleans(),
+)
+def test_instant_texts_match_plain_datetime_formatting(zone, suffix, instant, whole):
+    # The texts of one instant (cached per day and time of day) against
+    # datetime's own isoformat, with and without a fraction of a second.
+    if whole:
+        instant = instant.replace(microsecond=0)
+    value, stamp, local = _builder(zone, suffix)._instant(instant)
+    text = instant.isoformat(" ", "microseconds")
+    assert value == (instant if suffix is None else text[:26] + suffix)
+    assert stamp == instant.strftime("%Y%m%dT%H%M%SZ")
+    if zone == "UTC":
+        assert local == instant.replace(microsecond=0).isoformat()
+    else:
+        assert local == instant.astimezone(ZoneInfo(zone)).isoformat()
