@@ -123,6 +123,12 @@ def assert_tiles(windows: list[tuple[datetime, datetime]], start: datetime, stop
         assert end_a == start_b, f"gap [{end_a}, {start_b})"
 
 
+def awkward_id(window: Any) -> str:
+    """An id/category function whose text holds tab, newline, backslash, quotes,
+    a NUL-free control character and non-ASCII: what bulk loads must escape."""
+    return f"x\t'y'\\N\n\"z\"\r\x07é😀-{window.start:%H%M}"
+
+
 def hours(n: float) -> timedelta:
     return timedelta(hours=n)
 

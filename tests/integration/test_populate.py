@@ -68,16 +68,22 @@ def test_created_instants_do_not_depend_on_the_database_session_time_zone(manage
     assert not manager.populate_pipeline_batches().plan.changes_anything
 
 
-@pytest.mark.parametrize("named", ["default", "custom"])
+@pytest.mark.parametrize("named", ["default", "custom", "awkward text"])
 def test_the_bulk_insert_writes_what_sqlalchemy_would(db_url, backend, table_name, monkeypatch, named):
     # Each database's bulk path (SQLite literals, PostgreSQL COPY, DuckDB Arrow)
     # against SQLAlchemy's plain INSERT of the same plan: 3 local days of 15m
-    # windows in New York across the spring DST change, custom ids and categories too.
+    # windows in New York across the spring DST change; custom ids and
+    # categories; ids holding what COPY's text format must escape.
     pipeline = {"timezone": "America/New_York", "granularity": "15m"}
     pipeline |= {"start": "2026-03-07", "end": "2026-03-10"}
     extra = {}
     if named == "custom":
         extra = {"ids": {"source_id": "uuid5"}, "categories": {"stage_category": "local_weekday"}}
+    elif named == "awkward text":
+        extra = {
+            "ids": {"target_id": "support:awkward_id"},
+            "categories": {"source_category": "support:awkward_id"},
+        }
     tables = {"bulk": table_name, "plain": f"{table_name}_plain"}
     found = {}
     try:
@@ -101,6 +107,8 @@ def test_the_bulk_insert_writes_what_sqlalchemy_would(db_url, backend, table_nam
     rows, made = found["bulk"]
     assert len(rows) == 23 * 4 + 24 * 4 * 2 == len(made)
     assert rows[0]["source_query_window_start_time"] == utc(2026, 3, 7, 5)
+    if named == "awkward text":
+        assert rows[0]["target_id"] == rows[0]["source_category"] == "x\t'y'\\N\n\"z\"\r\x07é😀-0500"
     assert found["bulk"] == found["plain"]
 
 
