@@ -22,6 +22,7 @@ from .planning import Plan, Settings, UnsortedInput, plan
 from .report import CreatedLog, PopulateReport, iso
 from .rows import RowBuilder
 from .store.store import StateStore
+from .windows import parse_instant
 
 __all__ = ["PipelineStateManager"]
 
@@ -376,8 +377,11 @@ class PipelineStateManager:
             covered, first, last, active = _coverage(
                 self.store.iter_candidates(conn, self.pipeline), settings.start, settings.covered_stop
             )
+            # Instants read raw and parsed here: a value another tool wrote that
+            # Python cannot hold shows as null instead of failing status.
+            raw = self.store.raw_column
             oldest_pending = conn.execute(
-                select(state.c.batch_id, state.c.source_query_window_start_time, state.c.created_at)
+                select(state.c.batch_id, raw("source_query_window_start_time"), raw("created_at"))
                 .where(state.c.pipeline_name == self.pipeline, state.c.pipeline_status == "PENDING")
                 .order_by(state.c.source_query_window_start_time)
                 .limit(1)
@@ -385,10 +389,10 @@ class PipelineStateManager:
             failures = conn.execute(
                 select(
                     state.c.batch_id,
-                    state.c.source_query_window_start_time,
+                    raw("source_query_window_start_time"),
                     state.c.retry_count,
                     state.c.last_error,
-                    state.c.last_error_at,
+                    raw("last_error_at"),
                 )
                 .where(state.c.pipeline_name == self.pipeline, state.c.pipeline_status == "FAILED")
                 .order_by(state.c.source_query_window_start_time)
@@ -415,16 +419,16 @@ class PipelineStateManager:
             if oldest_pending is None
             else {
                 "batch_id": oldest_pending[0],
-                "start": iso(oldest_pending[1]),
-                "created_at": iso(oldest_pending[2]),
+                "start": iso(parse_instant(oldest_pending[1])),
+                "created_at": iso(parse_instant(oldest_pending[2])),
             },
             "failures": [
                 {
                     "batch_id": row[0],
-                    "start": iso(row[1]),
+                    "start": iso(parse_instant(row[1])),
                     "retry_count": row[2],
                     "last_error": row[3],
-                    "last_error_at": iso(row[4]),
+                    "last_error_at": iso(parse_instant(row[4])),
                 }
                 for row in failures
             ],

@@ -13,6 +13,7 @@ from sqlalchemy import and_, func, or_, select
 from .errors import UsageError
 from .report import iso
 from .store.claims import guarded_update
+from .windows import parse_instant
 
 if TYPE_CHECKING:
     from .manager import PipelineStateManager
@@ -124,27 +125,36 @@ def history(manager: PipelineStateManager, batch_id: str) -> list[dict[str, Any]
 def leases(manager: PipelineStateManager, conn: Any, now: datetime) -> dict[str, list[dict[str, Any]]]:
     """For status: batches in flight, stuck under expired leases, and failed for good."""
     c = manager.store.tables.state.c
+    raw = manager.store.raw_column  # instants parsed here: unreadable ones show as null
     max_retries = manager.config.concurrency.max_retries
     in_progress = conn.execute(
-        select(c.batch_id, c.worker_id, c.claimed_at, c.lease_expires_at, c.heartbeat_at, c.current_step)
+        select(
+            c.batch_id,
+            c.worker_id,
+            raw("claimed_at"),
+            raw("lease_expires_at"),
+            raw("heartbeat_at"),
+            c.current_step,
+        )
         .where(c.pipeline_name == manager.pipeline, c.pipeline_status == "IN_PROGRESS")
         .order_by(c.claimed_at)
     ).all()
     in_flight: list[dict[str, Any]] = []
     expired: list[dict[str, Any]] = []
     for row in in_progress:
+        claimed, expires = parse_instant(row.claimed_at), parse_instant(row.lease_expires_at)
         entry = {
             "batch_id": row.batch_id,
             "worker_id": row.worker_id,
-            "lease_age_seconds": round((now - row.claimed_at).total_seconds(), 3) if row.claimed_at else None,
-            "lease_expires_at": iso(row.lease_expires_at),
-            "last_heartbeat": iso(row.heartbeat_at),
+            "lease_age_seconds": round((now - claimed).total_seconds(), 3) if claimed else None,
+            "lease_expires_at": iso(expires),
+            "last_heartbeat": iso(parse_instant(row.heartbeat_at)),
             "current_step": row.current_step,
         }
-        live = row.lease_expires_at is not None and row.lease_expires_at > now
+        live = expires is not None and expires > now
         (in_flight if live else expired).append(entry)
     permanent = conn.execute(
-        select(c.batch_id, c.retry_count, c.last_error, c.last_error_at)
+        select(c.batch_id, c.retry_count, c.last_error, raw("last_error_at"))
         .where(
             c.pipeline_name == manager.pipeline,
             and_(c.pipeline_status == "FAILED", or_(func.coalesce(c.retry_count, 0) >= max_retries)),
@@ -160,7 +170,7 @@ def leases(manager: PipelineStateManager, conn: Any, now: datetime) -> dict[str,
                 "batch_id": row.batch_id,
                 "retry_count": row.retry_count,
                 "last_error": row.last_error,
-                "last_error_at": iso(row.last_error_at),
+                "last_error_at": iso(parse_instant(row.last_error_at)),
             }
             for row in permanent
         ],

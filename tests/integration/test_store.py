@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import support
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 from support import active, all_rows, assert_tiles, events, external_row, hours, insert_external, utc
 
 from pipestate.errors import StoreBusyError
@@ -271,3 +271,51 @@ def test_duckdb_second_process_gets_a_clear_busy_error(tmp_path, table_name):
     finally:
         release.touch()
         holder.join(timeout=30)
+
+
+@pytest.mark.postgres
+def test_postgres_instants_python_cannot_hold_are_invalid_rows(table_name):
+    # PostgreSQL stores BC years, years past 9999 and +-infinity; Python cannot.
+    # Rows another tool wrote with them are reported as invalid and left alone,
+    # and the rest of the range is still filled.
+    problem = support.pg_reachable()
+    if problem:
+        pytest.skip(problem)
+    manager = support.make_manager(support.PG_URL, table_name)
+    try:
+        manager.init_db()
+        odd = {
+            "bc": ("0044-03-15 00:00+00 BC", "2026-01-01 03:00+00"),
+            "infinite": ("2026-01-01 05:00+00", "infinity"),
+            "before-time": ("-infinity", "2026-01-01 01:00+00"),
+            "far": ("2026-01-01 07:00+00", "12026-01-01 00:00+00"),
+        }
+        with manager.store.engine.begin() as conn:
+            for batch_id, (start, end) in odd.items():
+                conn.execute(
+                    text(
+                        f"INSERT INTO {table_name} (batch_id, pipeline_name, "
+                        "source_query_window_start_time, source_query_window_end_time, "
+                        "source_query_window_duration_minutes, pipeline_status, created_at, updated_at) "
+                        "VALUES (:id, 'orders', CAST(:start AS TIMESTAMPTZ), CAST(:end AS TIMESTAMPTZ), "
+                        "60, 'PENDING', now(), now())"
+                    ),
+                    {"id": batch_id, "start": start, "end": end},
+                )
+        checked = manager.validate()
+        assert sorted(row.batch_id for row in checked.plan.invalid) == sorted(odd)
+        report = manager.populate_pipeline_batches()
+        assert sorted(row.batch_id for row in report.plan.invalid) == sorted(odd)
+        assert len(report.created) == 24
+        with manager.store.engine.connect() as conn:
+            kept = conn.execute(
+                text(f"SELECT batch_id, pipeline_status FROM {table_name} WHERE batch_id IN :ids").bindparams(
+                    bindparam("ids", expanding=True)
+                ),
+                {"ids": list(odd)},
+            ).all()
+        assert sorted(kept) == sorted((batch_id, "PENDING") for batch_id in odd)
+        assert manager.status()["pipeline"] == "orders"
+    finally:
+        manager.close()
+        support.drop_pg_tables(support.PG_URL, table_name)

@@ -13,14 +13,19 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Index,
     Integer,
     String,
     Table,
+    Text,
+    and_,
+    case,
     func,
     insert,
     inspect,
     literal,
+    literal_column,
     select,
     type_coerce,
     update,
@@ -40,6 +45,7 @@ from .dialects import (
     serialize_schema_changes,
 )
 from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION, StateTables, build_tables
+from .types import UTCDateTime
 
 if TYPE_CHECKING:
     import duckdb
@@ -59,6 +65,9 @@ ACTIVE_COLUMNS = (
 )
 # What ranks overlapping windows: read only for the rows of an overlap.
 RANK_COLUMNS = ("updated_at", "created_at", "lease_expires_at")
+# The instants Python's datetime can hold (years 1 to 9999), on PostgreSQL.
+_PG_FIRST_INSTANT: ColumnElement[Any] = literal_column("TIMESTAMPTZ '0001-01-01 00:00:00+00'")
+_PG_PAST_LAST_INSTANT: ColumnElement[Any] = literal_column("TIMESTAMPTZ '10000-01-01 00:00:00+00'")
 
 
 def _driver_params(
@@ -330,7 +339,7 @@ class StateStore:
         start = state.c.source_query_window_start_time
         end = state.c.source_query_window_end_time
         stmt = (
-            select(*(type_coerce(state.c[name], NullType()).label(name) for name in columns))
+            select(*(self.raw_column(name) for name in columns))
             .where(state.c.pipeline_name == pipeline)
             .where(state.c.pipeline_status != "SUPERSEDED")
             .order_by(start, end, state.c.batch_id)
@@ -343,11 +352,26 @@ class StateStore:
         state = self.tables.state
         found: dict[str, tuple] = {}
         for chunk in _chunks(batch_ids, 500):
-            stmt = select(
-                state.c.batch_id, *(type_coerce(state.c[name], NullType()) for name in RANK_COLUMNS)
-            ).where(state.c.pipeline_name == pipeline, state.c.batch_id.in_(chunk))
+            stmt = select(state.c.batch_id, *(self.raw_column(name) for name in RANK_COLUMNS)).where(
+                state.c.pipeline_name == pipeline, state.c.batch_id.in_(chunk)
+            )
             found.update((row[0], tuple(row[1:])) for row in conn.execute(stmt))
         return found
+
+    def raw_column(self, name: str) -> Any:
+        """Column `name` as the planner (and `status`) read it, to be parsed with
+        `parse_instant` or `read_instant`: untyped, so no column type parses every
+        value. On PostgreSQL an instant comes as UTC text in SQLite's form
+        (`YYYY-MM-DD HH:MM:SS.ffffff`): psycopg's timestamptz values cost ~2 us a
+        row to bring to UTC, and one that Python cannot hold (BC, year 10000 and
+        later, +-infinity) would fail the whole read; it comes as PostgreSQL's
+        own text instead, which the planner reports as an invalid row."""
+        column = self.tables.state.c[name]
+        if self.dialect != "postgresql" or not isinstance(column.type, UTCDateTime):
+            return type_coerce(column, NullType()).label(name)
+        readable = and_(column >= _PG_FIRST_INSTANT, column < _PG_PAST_LAST_INSTANT)
+        utc_text = func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS.US")
+        return case((readable, utc_text), else_=column.cast(Text())).label(name)
 
     def iter_candidates(self, conn: Connection, pipeline: str) -> Iterator[tuple[Any, ...]]:
         """`candidate_chunks` row by row, with start and end parsed (aware UTC or None)."""
