@@ -8,14 +8,14 @@ import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from functools import cached_property
 from itertools import islice
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     ColumnElement,
     Index,
-    Integer,
     String,
     Table,
     Text,
@@ -30,12 +30,13 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import NullType
 
 from ..errors import SchemaError, StateStoreError
 from ..windows import read_instant
+from . import bulk
 from .dialects import (
     busy_error,
     db_now,
@@ -48,8 +49,7 @@ from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION, StateTables, build_ta
 from .types import UTCDateTime
 
 if TYPE_CHECKING:
-    import duckdb
-    import psycopg
+    pass
 
 _CHUNK = 5000
 # A SQLite populate creating at least this many rows, more than the table holds,
@@ -152,7 +152,7 @@ class StateStore:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    @property
+    @cached_property
     def bulk_path(self) -> str | None:
         """How `insert_windows` writes new windows: "sqlite" (sqlite3's
         executemany, the run's constants as literals), "copy" (PostgreSQL COPY
@@ -451,9 +451,9 @@ class StateStore:
             conn.exec_driver_sql(sql, rows)
             return len(rows)
         if path == "arrow":
-            return self._arrow_windows(conn, tuple(columns), constant, rows, derived)
+            return bulk.arrow_insert(self.tables.state, conn, tuple(columns), constant, rows, derived)
         if path == "copy":
-            return self._copy_windows(conn, tuple(columns), constant, rows, derived)
+            return bulk.copy_insert(self.tables.state, conn, tuple(columns), constant, rows, derived)
         names = tuple(columns)
         dicts = []
         for row in rows:
@@ -464,106 +464,16 @@ class StateStore:
         conn.execute(insert(self.tables.state), dicts)
         return len(rows)
 
-    def _bound(self, dialect: Dialect, constant: dict[str, Any]) -> list[Any]:
-        """The constants as their columns' bind processors make them: what
-        SQLAlchemy itself would hand the driver."""
-        state, bound = self.tables.state, []
-        for name, value in constant.items():
-            processor = state.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            bound.append(processor(value) if processor is not None else value)
-        return bound
-
-    def _arrow_windows(
-        self,
-        conn: Connection,
-        columns: tuple[str, ...],
-        constant: dict[str, Any],
-        rows: list[tuple[Any, ...]],
-        derived: dict[str, str],
-    ) -> int:
-        """DuckDB: the rows as one Arrow table, inserted by one INSERT ... SELECT
-        on the transaction's own connection; the constants and id prefixes are
-        parameters of the SELECT. DuckDB casts the text instants and dates to
-        its column types. Row by row, DuckDB's INSERTs cost ~0.4 ms a window."""
-        import pyarrow
-
-        state, dialect = self.tables.state, conn.dialect
-        quote = dialect.identifier_preparer.quote
-        params = [*self._bound(dialect, constant), *derived.values()]
-        picks = [quote(name) for name in columns] + ["?"] * len(constant)
-        picks += [f"? || {quote(columns[0])}"] * len(derived)
-        names = ", ".join(quote(name) for name in (*columns, *constant, *derived))
-        arrays = [pyarrow.array(values) for values in zip(*rows, strict=True)]
-        view = "pipestate_new_windows"
-        raw = cast("duckdb.DuckDBPyConnection", conn.connection.dbapi_connection)
-        raw.register(view, pyarrow.Table.from_arrays(arrays, names=list(columns)))
-        try:
-            raw.execute(
-                f"INSERT INTO {dialect.identifier_preparer.format_table(state)} ({names}) "
-                f"SELECT {', '.join(picks)} FROM {view}",
-                params,
-            )
-        finally:
-            raw.unregister(view)
-        return len(rows)
-
-    def _copy_windows(
-        self,
-        conn: Connection,
-        columns: tuple[str, ...],
-        constant: dict[str, Any],
-        rows: list[tuple[Any, ...]],
-        derived: dict[str, str],
-    ) -> int:
-        """PostgreSQL: the rows through COPY ... FROM STDIN on the transaction's
-        own connection (psycopg 3), about five times faster than multi-row INSERTs.
-        The constants go through their columns' bind processors once, as
-        SQLAlchemy would send them; every instant is written with its offset
-        (the rows' as `instant_text`, the constants' by isoformat), so the
-        session time zone plays no part."""
-        state, dialect = self.tables.state, conn.dialect
-        preparer = dialect.identifier_preparer
-        tail = tuple(
-            value.isoformat(" ") if isinstance(value, datetime) else value
-            for value in self._bound(dialect, constant)
-        )
-        prefixes = tuple(derived.values())
-        names = ", ".join(preparer.quote(name) for name in (*columns, *constant, *derived))
-        sql = f"COPY {preparer.format_table(state)} ({names}) FROM STDIN"
-        raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-        with raw.cursor() as cursor, cursor.copy(sql) as copy:
-            write = copy.write_row
-            if prefixes:
-                for row in rows:
-                    write((*row, *tail, *[prefix + row[0] for prefix in prefixes]))
-            else:
-                for row in rows:
-                    write(row + tail)
-        return len(rows)
-
     def _sqlite_window_insert(
         self, conn: Connection, columns: tuple[str, ...], constant: dict[str, Any], derived: dict[str, str]
     ) -> str:
+        """`bulk.sqlite_insert_sql`, built once per run (the key holds the run's constants)."""
         key = (columns, tuple(constant.items()), tuple(derived.items()))
         cached = self._insert_sql.get(key)
-        if cached is not None:
-            return cached
-        state, dialect = self.tables.state, conn.dialect
-        preparer = dialect.identifier_preparer
-
-        def render(value: Any) -> str:
-            kind = Integer() if isinstance(value, int) else String()
-            return str(literal(value, kind).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-
-        # The values the column types would bind (text for instants), as SQL literals.
-        literals = [render(value) for value in self._bound(dialect, constant)]
-        literals += [f"{render(prefix)} || ?1" for prefix in derived.values()]
-        names = ", ".join(preparer.quote(name) for name in (*columns, *constant, *derived))
-        # ?1 is the batch_id; the plain ? after it number on from 2.
-        values = ", ".join(["?1"] + ["?"] * (len(columns) - 1) + literals)
-        sql = f"INSERT INTO {preparer.format_table(state)} ({names}) VALUES ({values})"
-        self._insert_sql = {key: sql}
-        return sql
+        if cached is None:
+            cached = bulk.sqlite_insert_sql(self.tables.state, conn.dialect, columns, constant, derived)
+            self._insert_sql = {key: cached}
+        return cached
 
     @contextmanager
     def bulk_load(self, conn: Connection, expected_rows: int) -> Iterator[None]:
