@@ -428,20 +428,25 @@ def fail(
     token: str | None = None,
     step: str | None = None,
     values: dict[str, Any] | None = None,
+    retryable: bool | None = None,
 ) -> dict[str, Any]:
     """Record the error, add one to retry_count, set FAILED (fenced).
 
-    Returns `{"retry_count", "permanent", "next_attempt_at"}`.
+    With `retryable=False` (an error no retry can fix) the batch is FAILED for
+    good at once and its retry_count is left as it was; `last_error_kind` says
+    which it was. Returns `{"retry_count", "permanent", "next_attempt_at"}`.
     """
     store, settings = manager.store, manager.config.concurrency
     with store.transaction(write=True) as conn:
         row = _fenced(manager, conn, batch_id, worker, token)
         now = manager.now(conn)
-        retries = int(row["retry_count"] or 0) + 1
-        permanent = retries >= settings.max_retries
+        terminal = retryable is False
+        retries = int(row["retry_count"] or 0) + (0 if terminal else 1)
+        permanent = terminal or retries >= settings.max_retries
         next_attempt = (
             None if permanent else now + backoff_delay(parse_duration(settings.retry_backoff), retries)
         )
+        kind = None if retryable is None else ("transient" if retryable else "terminal")
         failed_step = step or row["current_step"]
         _write_claimed(
             manager,
@@ -454,6 +459,7 @@ def fail(
                 "last_error": error,
                 "last_error_step": failed_step,
                 "last_error_at": now,
+                "last_error_kind": kind,
                 "next_attempt_at": next_attempt,
                 "lease_expires_at": None,
                 "updated_at": now,
@@ -473,7 +479,7 @@ def fail(
                     "FAILED",
                     worker,
                     row["claim_token"],
-                    {"error": error, "step": failed_step, **outcome},
+                    {"error": error, "step": failed_step, **outcome} | ({"kind": kind} if kind else {}),
                 )
             ],
         )

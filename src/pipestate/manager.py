@@ -312,9 +312,13 @@ class PipelineStateManager:
         token: str | None = None,
         step: str | None = None,
         values: dict[str, Any] | None = None,
+        *,
+        retryable: bool | None = None,
     ) -> dict[str, Any]:
-        """Record a failed attempt (retry_count + 1, FAILED, backoff); LeaseLost if not current."""
-        return batches.fail(self, batch_id, worker, error, token, step, values)
+        """Record a failed attempt (retry_count + 1, FAILED, backoff); LeaseLost if not current.
+
+        `retryable=False` fails the batch for good at once, its retries unspent."""
+        return batches.fail(self, batch_id, worker, error, token, step, values, retryable)
 
     def release(self, batch_id: str, worker: str, token: str | None = None) -> None:
         """Give the batch back unfinished, with no retry counted."""

@@ -82,6 +82,7 @@ def requeue(
                     "pipeline_status": "PENDING",
                     "retry_count": 0,
                     "next_attempt_at": None,
+                    "last_error_kind": None,
                     "lease_expires_at": None,
                     "claim_token": None,
                     "requeue_count": func.coalesce(c.requeue_count, 0) + 1,
@@ -157,7 +158,10 @@ def leases(manager: PipelineStateManager, conn: Any, now: datetime) -> dict[str,
         select(c.batch_id, c.retry_count, c.last_error, raw("last_error_at"))
         .where(
             c.pipeline_name == manager.pipeline,
-            and_(c.pipeline_status == "FAILED", or_(func.coalesce(c.retry_count, 0) >= max_retries)),
+            and_(
+                c.pipeline_status == "FAILED",
+                or_(func.coalesce(c.retry_count, 0) >= max_retries, c.last_error_kind == "terminal"),
+            ),
         )
         .order_by(c.source_query_window_start_time)
         .limit(100)

@@ -25,7 +25,6 @@ from typing import Any
 from .batches import Batch
 from .connectors.base import (
     BatchContext,
-    ConnectorError,
     Source,
     Stage,
     StagedData,
@@ -34,23 +33,13 @@ from .connectors.base import (
     build_stage,
     build_target,
 )
-from .errors import ConfigError
+from .errors import ConfigError, CountMismatch, InjectedFailure, PipestateError
 from .manager import PipelineStateManager
 from .worker import RunSummary, Worker
 
 __all__ = ["PipelineRunner", "RunResult", "run_pipeline", "CountMismatch", "InjectedFailure"]
 
 log = logging.getLogger("pipestate.runner")
-
-
-class CountMismatch(ConnectorError):
-    """Two steps disagree on how many records the batch has."""
-
-
-class InjectedFailure(ConnectorError):
-    """A failure the demo injects on purpose to show retries working."""
-
-    retryable = True
 
 
 class _Counted:
@@ -222,11 +211,15 @@ def _worker_process(
     # Own process group: a Ctrl-C in the terminal reaches the parent only, which
     # forwards one SIGTERM per Ctrl-C (first: finish the batch; second: release it).
     os.setpgrp()
-    with PipelineStateManager(config) as manager:
-        runner = PipelineRunner(manager, inject_failures=inject_failures, seed=seed)
-        summary = Worker(manager, worker_id).run(
-            runner.process, limit=1 if once else None, keep_going=_budget_taker(budget)
-        )
+    try:
+        with PipelineStateManager(config) as manager:
+            runner = PipelineRunner(manager, inject_failures=inject_failures, seed=seed)
+            summary = Worker(manager, worker_id).run(
+                runner.process, limit=1 if once else None, keep_going=_budget_taker(budget)
+            )
+    except PipestateError as err:  # the state database failed: one line, not a traceback
+        print(f"pipestate: worker {worker_id} stopped: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     results.put((summary.completed, summary.failed, summary.lost, summary.released))
 
 

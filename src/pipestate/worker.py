@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import parse_duration
-from .errors import LeaseLost, PipestateError
+from .errors import LeaseLost, PipestateError, WorkerStopped, retryable
 
 if TYPE_CHECKING:
     from .batches import Batch
@@ -33,9 +34,7 @@ __all__ = ["Worker", "WorkerStopped", "RunSummary"]
 
 log = logging.getLogger("pipestate.worker")
 
-
-class WorkerStopped(Exception):
-    """Raised inside the batch when a second stop signal asks to stop at once."""
+T = TypeVar("T")
 
 
 @dataclass
@@ -76,13 +75,23 @@ class _Heartbeat(threading.Thread):
 
 
 class Worker:
-    """Claims batches of one pipeline and runs your function on each."""
+    """Claims batches of one pipeline and runs your function on each.
+
+    An error of the state database itself (from claim, complete, fail or
+    release) is not a failed batch: a transient one (a lock timeout, a busy
+    database, a dropped connection) is tried again up to `store_retries` times,
+    `store_backoff` seconds apart and doubling; any other one stops the loop
+    and propagates.
+    """
 
     def __init__(
         self,
         manager: PipelineStateManager,
         worker_id: str | None = None,
         heartbeat_interval: float | None = None,
+        *,
+        store_retries: int = 5,
+        store_backoff: float = 0.5,
     ) -> None:
         self.manager = manager
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -90,10 +99,72 @@ class Worker:
         # At most a third of the lease, so two beats can be late before it lapses.
         ceiling = lease / 3
         self.heartbeat_interval = min(heartbeat_interval or ceiling, ceiling)
+        self.store_retries = store_retries
+        self.store_backoff = store_backoff
         self.stopping = False
         self.released = 0  # batches given back unfinished by a second stop signal
         self._signals = 0
         self._interruptible = False
+
+    # -- the state database, transient errors retried -----------------------------
+
+    def _store_call(self, what: str, call: Callable[[], T]) -> T:
+        """`call()`, tried again after a transient error (bounded, with backoff)."""
+        delay = self.store_backoff
+        for attempt in range(1, self.store_retries + 1):
+            try:
+                return call()
+            except PipestateError as err:
+                if err.retryable is not True or attempt == self.store_retries or self.stopping:
+                    raise
+                log.warning("%s failed (%s), trying again in %.1fs: %s", what, type(err).__name__, delay, err)
+            self._pause(delay)
+            delay = min(delay * 2, 30.0)
+        raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, waking early when a stop signal arrives."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+
+    def _claim(self) -> Batch | None:
+        return self._store_call("claim", lambda: self.manager.claim(self.worker_id))
+
+    def _complete(self, claimed: Batch) -> None:
+        self._store_call(
+            "complete", lambda: self.manager.complete(claimed.batch_id, self.worker_id, claimed.claim_token)
+        )
+
+    def _fail(self, claimed: Batch, err: BaseException) -> None:
+        message = f"{type(err).__name__}: {err}"[:4000]
+        answer = retryable(err)
+        self._store_call(
+            "fail",
+            lambda: self.manager.fail(
+                claimed.batch_id, self.worker_id, message, claimed.claim_token, retryable=answer
+            ),
+        )
+
+    def _release(self, claimed: Batch) -> None:
+        self._store_call(
+            "release", lambda: self.manager.release(claimed.batch_id, self.worker_id, claimed.claim_token)
+        )
+        self.released += 1
+
+    @contextmanager
+    def _beating(self, claimed: Batch) -> Iterator[None]:
+        """Heartbeats in a thread, and a second stop signal allowed to interrupt,
+        while the caller's code runs; neither during a claim, complete, fail or
+        release, which would leave the batch held until its lease ran out."""
+        beat = _Heartbeat(self.manager, claimed, self.heartbeat_interval)
+        beat.start()
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+            beat.stop()
 
     # -- one batch ----------------------------------------------------------------
 
@@ -102,37 +173,44 @@ class Worker:
         """Claim one batch and yield it (None if nothing is claimable).
 
         On a normal exit the batch is completed; on an exception it is failed
-        with the exception's text and the exception propagates; on WorkerStopped
-        it is released. Heartbeats run in a thread meanwhile.
+        with the exception's text and the exception propagates: one whose
+        `retryable` is False (see pipestate.errors) fails it for good at once,
+        its retries unspent; any other counts one failed attempt. On
+        WorkerStopped it is released. An error of the claim itself propagates
+        before anything is yielded.
         """
-        claimed = self.manager.claim(self.worker_id)
+        claimed = self._claim()
         if claimed is None:
             yield None
             return
-        beat = _Heartbeat(self.manager, claimed, self.heartbeat_interval)
-        beat.start()
         try:
-            # Only the caller's code may be interrupted by a second stop signal:
-            # during a claim, complete, fail or release it would leave the batch
-            # held until its lease ran out.
-            self._interruptible = True
-            try:
+            with self._beating(claimed):
                 yield claimed
-            finally:
-                self._interruptible = False
         except WorkerStopped:
-            beat.stop()
-            self.manager.release(claimed.batch_id, self.worker_id, claimed.claim_token)
-            self.released += 1
+            self._release(claimed)
             raise
         except BaseException as err:
-            beat.stop()
-            message = f"{type(err).__name__}: {err}"
-            self.manager.fail(claimed.batch_id, self.worker_id, message[:4000], claimed.claim_token)
+            self._fail(claimed, err)
             raise
-        else:
-            beat.stop()
-            self.manager.complete(claimed.batch_id, self.worker_id, claimed.claim_token)
+        self._complete(claimed)
+
+    def _process(self, claimed: Batch, handler: Callable[[Batch], Any]) -> str:
+        """Run the handler on a claimed batch and settle it: "completed", "failed",
+        "lost" or "released". Only the handler's errors fail the batch; an error
+        of the state database while settling it propagates."""
+        try:
+            with self._beating(claimed):
+                handler(claimed)
+        except WorkerStopped:
+            return _settled(partial(self._release, claimed), "released")
+        except BaseException as err:
+            outcome = _settled(partial(self._fail, claimed, err), "failed")
+            if not isinstance(err, Exception):
+                raise  # KeyboardInterrupt, SystemExit: the batch is failed, and they go on up
+            if outcome == "failed":
+                log.warning("batch %s failed: %s: %s", claimed.batch_id, type(err).__name__, err)
+            return outcome
+        return _settled(partial(self._complete, claimed), "completed")
 
     # -- the loop -----------------------------------------------------------------
 
@@ -149,7 +227,8 @@ class Worker:
         With `wait`, keep polling for new work instead of returning when idle.
         `keep_going` is asked before each claim (e.g. a budget shared by
         several processes). A handler's exception fails that batch and the
-        loop goes on.
+        loop goes on; an error of the state database itself (see the class)
+        stops the loop and propagates.
         """
         summary = RunSummary()
         released_before = self.released
@@ -158,23 +237,16 @@ class Worker:
             while not self.stopping and (limit is None or summary.processed < limit):
                 if keep_going is not None and not keep_going():
                     break
-                try:
-                    with self.batch() as claimed:
-                        if claimed is None:
-                            if not wait:
-                                break
-                            time.sleep(poll_interval)
-                            continue
-                        handler(claimed)
-                    summary.completed += 1
-                except WorkerStopped:
+                claimed = self._claim()
+                if claimed is None:
+                    if not wait:
+                        break
+                    self._pause(poll_interval)
+                    continue
+                outcome = self._process(claimed, handler)
+                if outcome == "released":
                     break
-                except LeaseLost as err:
-                    summary.lost += 1
-                    log.error("%s", err)
-                except Exception as err:  # noqa: BLE001 - the batch was failed; go on
-                    summary.failed += 1
-                    log.warning("batch failed: %s: %s", type(err).__name__, err)
+                setattr(summary, outcome, getattr(summary, outcome) + 1)
         finally:
             restore()
         summary.released = self.released - released_before
@@ -198,3 +270,13 @@ class Worker:
                 signal.signal(sig, handler)
 
         return restore
+
+
+def _settled(settle: Callable[[], None], outcome: str) -> str:
+    """`outcome` once `settle()` has run; "lost" if the claim was no longer current."""
+    try:
+        settle()
+    except LeaseLost as lost:
+        log.error("%s", lost)
+        return "lost"
+    return outcome

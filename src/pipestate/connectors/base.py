@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from ..errors import ConfigError, PipestateError
+from ..errors import ConfigError, ConnectorError, TransientConnectorError
 from ..plugins import default_batch_id
 from ..windows import UTC, local_date_of, zone
 
@@ -51,18 +51,6 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "pipestate.connectors"
 Kind = Literal["source", "stage", "target"]
-
-
-class ConnectorError(PipestateError):
-    """An outside system failed or returned something unusable during a step."""
-
-    exit_code = 3
-
-
-class TransientConnectorError(ConnectorError):
-    """A failure that the same step may get past when retried (network, 5xx, throttling)."""
-
-    retryable = True
 
 
 @dataclass(frozen=True, slots=True)

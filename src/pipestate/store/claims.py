@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from .store import StateStore
@@ -59,6 +59,7 @@ def find_candidate(
                 and_(
                     c.pipeline_status == "FAILED",
                     func.coalesce(c.retry_count, 0) < max_retries,
+                    not_terminal(store),
                     or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
                 ),
                 and_(
@@ -79,6 +80,12 @@ def find_candidate(
         return None
     key = lambda row: row["source_query_window_start_time"]  # noqa: E731
     return max(found, key=key) if newest_first else min(found, key=key)
+
+
+def not_terminal(store: StateStore) -> ColumnElement[bool]:
+    """The row's last error was not one that no retry can fix."""
+    c = store.tables.state.c
+    return or_(c.last_error_kind.is_(None), c.last_error_kind != "terminal")
 
 
 def count_in_flight(store: StateStore, conn: Connection, pipeline: str, now: datetime) -> int:

@@ -42,6 +42,7 @@ _CANDIDATE = """
 
 _RETRYABLE = """pipeline_status IN ('FAILED', 'IN_PROGRESS')
        AND ((pipeline_status = 'FAILED' AND coalesce(retry_count, 0) < :max_retries
+             AND (last_error_kind IS NULL OR last_error_kind <> 'terminal')
              AND (next_attempt_at IS NULL OR next_attempt_at <= {now}))
          OR (pipeline_status = 'IN_PROGRESS' AND coalesce(retry_count, 0) + 1 < :max_retries
              AND (lease_expires_at IS NULL OR lease_expires_at <= {now})))"""

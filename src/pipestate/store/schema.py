@@ -265,6 +265,13 @@ COLUMNS: list[tuple[str, str, TypeEngine[Any], bool, str]] = [
     ("lifecycle", "last_error_at", _T(), False, "When the last failure was recorded"),
     (
         "lifecycle",
+        "last_error_kind",
+        String(16),
+        False,
+        "terminal (no retry can help: FAILED for good), transient, or empty when unknown",
+    ),
+    (
+        "lifecycle",
         "next_attempt_at",
         _T(),
         False,

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import NullType
 
-from ..errors import SchemaError, StateStoreError
+from ..errors import SchemaError, StateStoreError, StoreUnavailable
 from ..windows import read_instant
 from . import bulk
 from .dialects import (
@@ -209,6 +209,11 @@ class StateStore:
             return busy_error(self.engine, err)
         original = getattr(err, "orig", None) or err
         first_line = str(original).strip().splitlines()[0] if str(original).strip() else repr(err)
+        if isinstance(err, DBAPIError) and err.connection_invalidated:
+            # The driver says the connection dropped (a restart, a network cut): transient.
+            return StoreUnavailable(
+                f"lost the connection to the state database ({self.dialect}): {first_line}"
+            )
         return StateStoreError(f"state database error ({self.dialect}): {first_line}")
 
     def now(self, conn: Connection) -> datetime:
