@@ -137,6 +137,10 @@ def test_heartbeats_keep_a_slow_batch_for_three_leases(shared_url: str, table_na
     outcome: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: outcome.update(summary=worker.run(lambda batch: time.sleep(6))))
     thread.start()
+    # The thief starts once the worker holds the batch: before that, taking it is no theft.
+    deadline = time.monotonic() + 30
+    while ws.count_status(manager, "IN_PROGRESS") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     thief = ws.make_manager(shared_url, table_name, lease="1h", **ONE_WINDOW)
     stolen = []
     while thread.is_alive():
