@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .config import DEFAULT_CONFIG_PATH
 from .errors import ConfigError, PipestateError
 from .examples import EXAMPLE_CONFIG
+
+if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` stays fast
+    from .manager import PipelineStateManager
+    from .runner import RunResult
 
 _CONFIG_HELP = "Config file (default: $PIPESTATE_CONFIG, else ./pipestate.toml)."
 
@@ -47,7 +52,7 @@ def _config_path() -> str | None:
     return ctx.find_root().ensure_object(dict).get("config")
 
 
-def _manager() -> Any:
+def _manager() -> PipelineStateManager:
     from .manager import PipelineStateManager
 
     return PipelineStateManager(_config_path())
@@ -96,7 +101,7 @@ def init_db() -> None:
     """Create the state table, its _events and _meta tables (idempotent)."""
     manager = _manager()
     actions = manager.init_db()
-    table = manager.store.tables.state.name
+    table = manager.config.state.table
     click.echo(f"{table}: " + ("; ".join(actions) if actions else "already up to date"))
 
 
@@ -129,13 +134,10 @@ def validate(as_json: bool) -> None:
     """Report gaps, overlaps and invalid rows; write nothing. Exit 1 if any."""
     report = _manager().validate()
     if as_json:
-        data = report.header()
-        data.pop("fills", None)
-        data["ok"] = not (report.plan.gaps or report.plan.resolutions or report.plan.invalid)
-        _print_json(data)
+        _print_json(report.validate_dict())
     else:
         click.echo(report.render("validate"))
-    if report.plan.gaps or report.plan.resolutions or report.plan.invalid:
+    if report.found_problems:
         sys.exit(1)
 
 
@@ -144,38 +146,13 @@ def validate(as_json: bool) -> None:
 @json_option
 def status(as_json: bool) -> None:
     """Counts by status, coverage of the range, oldest pending, failures."""
+    from .report import status_text
+
     data = _manager().status()
     if as_json:
         _print_json(data)
-        return
-    click.echo(f"pipeline {data['pipeline']}  (now {data['now']})")
-    click.echo(f"  range      {data['range']['start']} .. {data['range']['end']}")
-    coverage = data["coverage"]
-    covered, whole = coverage["covered_minutes"], coverage["range_minutes"]
-    click.echo(f"  coverage   {coverage['percent']}% ({covered} of {whole} min)")
-    click.echo(f"  windows    {data['first_window_start']} .. {data['last_window_end']}")
-    click.echo("  counts     " + ", ".join(f"{k} {v}" for k, v in data["counts"].items()))
-    pending = data["oldest_pending"]
-    if pending:
-        click.echo(f"  oldest pending  {pending['batch_id']} (window start {pending['start']})")
-    if data["failures"]:
-        click.echo(f"  failures   {len(data['failures'])}")
-        for failure in data["failures"][:10]:
-            click.echo(f"    {failure['batch_id']} retries {failure['retry_count']}: {failure['last_error']}")
-    for entry in data.get("in_flight", [])[:20]:
-        click.echo(
-            f"  in flight  {entry['batch_id']} by {entry['worker_id']} for {entry['lease_age_seconds']}s, "
-            f"lease until {entry['lease_expires_at']}"
-        )
-    for entry in data.get("expired_leases", [])[:20]:
-        click.echo(
-            f"  STUCK      {entry['batch_id']} by {entry['worker_id']}: "
-            f"lease expired {entry['lease_expires_at']}"
-        )
-    for entry in data.get("failed_permanently", [])[:20]:
-        click.echo(
-            f"  FAILED for good  {entry['batch_id']} ({entry['retry_count']} attempts): {entry['last_error']}"
-        )
+    else:
+        click.echo(status_text(data))
 
 
 # -- workers ---------------------------------------------------------------------
@@ -204,18 +181,13 @@ def claim(worker: str, as_json: bool) -> None:
     max_in_flight is reached. Claimable: PENDING; FAILED with retries left and
     its backoff elapsed; IN_PROGRESS whose lease expired (a failed attempt).
     """
+    from .report import claim_text
+
     batch = _manager().claim(worker)
-    data = {"batch": batch.to_dict() if batch else None}
     if as_json:
-        _print_json(data)
-    elif batch is None:
-        click.echo("nothing to claim")
+        _print_json({"batch": batch.to_dict() if batch else None})
     else:
-        shown = batch.to_dict()
-        click.echo(
-            f"claimed {batch.batch_id} [{shown['start']} .. {shown['end']}) "
-            f"lease until {shown['lease_expires_at']} token {batch.claim_token}"
-        )
+        click.echo(claim_text(batch))
 
 
 @cli.command()
@@ -249,11 +221,9 @@ def complete(batch_id: str, worker: str, token: str | None) -> None:
 @click.option("--step", default=None, metavar="STEP", help="Step that failed: source, stage or target.")
 def fail(batch_id: str, worker: str, token: str | None, error: str, step: str | None) -> None:
     """Record a failed attempt: retry_count + 1, FAILED, retry after the backoff."""
-    outcome = _manager().fail(batch_id, worker, error, token, step)
-    if outcome["permanent"]:
-        click.echo(f"{batch_id}: FAILED for good after {outcome['retry_count']} attempt(s); requeue to retry")
-    else:
-        click.echo(f"{batch_id}: FAILED, retry {outcome['retry_count']} from {outcome['next_attempt_at']}")
+    from .report import fail_text
+
+    click.echo(fail_text(batch_id, _manager().fail(batch_id, worker, error, token, step)))
 
 
 @cli.command()
@@ -267,10 +237,10 @@ def release(batch_id: str, worker: str, token: str | None) -> None:
     click.echo(f"{batch_id}: released")
 
 
-def _instant(value: str | None, name: str) -> Any:
+def _instant(value: str | None, name: str) -> datetime | None:
     if value is None:
         return None
-    from datetime import UTC, datetime
+    from datetime import UTC
 
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -324,9 +294,9 @@ def requeue(
     if as_json:
         _print_json({"requeued": done})
     else:
-        click.echo(f"requeued {len(done)} batch(es)")
-        for batch_id in done[:50]:
-            click.echo(f"  {batch_id}")
+        from .report import requeue_text
+
+        click.echo(requeue_text(done))
 
 
 @cli.command()
@@ -335,18 +305,13 @@ def requeue(
 @json_option
 def history(batch_id: str, as_json: bool) -> None:
     """Print a batch's story from the audit trail."""
+    from .report import history_text
+
     events = _manager().history(batch_id)
     if as_json:
         _print_json({"batch_id": batch_id, "events": events})
-        return
-    if not events:
-        click.echo(f"no events for {batch_id}")
-    for event in events:
-        change = f"{event['old_status'] or '-'} -> {event['new_status'] or '-'}"
-        click.echo(
-            f"{event['event_time']}  {event['event_type']:<13} {change:<26} "
-            f"{event['worker_id'] or ''}  {event['details'] or ''}"
-        )
+    else:
+        click.echo(history_text(batch_id, events))
 
 
 # -- running the pipeline ----------------------------------------------------------
@@ -387,7 +352,14 @@ class _Progress:
             self.bar = None
 
 
-def _run(manager: Any, workers: int, once: bool, limit: int | None, inject: float, seed: int | None) -> Any:
+def _run(
+    manager: PipelineStateManager,
+    workers: int,
+    once: bool,
+    limit: int | None,
+    inject: float,
+    seed: int | None,
+) -> RunResult:
     from .runner import run_pipeline
 
     progress = _Progress()
@@ -403,15 +375,6 @@ def _run(manager: Any, workers: int, once: bool, limit: int | None, inject: floa
         )
     finally:
         progress.close()
-
-
-def _run_summary(result: Any) -> str:
-    summary = result.summary
-    return (
-        f"populate created {result.created} and superseded {result.superseded} window(s); "
-        f"processed {summary.processed} batch(es) in {result.seconds:.1f}s: {summary.completed} completed, "
-        f"{summary.failed} failed (will retry or need requeue), {summary.lost} lost their lease"
-    )
 
 
 _inject_option = click.option(
@@ -439,22 +402,14 @@ def run(workers: int, once: bool, limit: int | None, inject: float, seed: int | 
     replaces its rows in the target instead of duplicating them. A retried
     batch resumes at its first unfinished step. SIGTERM stops cleanly.
     """
+    from .report import run_json, run_text
+
     manager = _manager()
     result = _run(manager, workers, once, limit, inject, seed)
     if as_json:
-        _print_json(
-            {
-                "created": result.created,
-                "superseded": result.superseded,
-                "completed": result.summary.completed,
-                "failed": result.summary.failed,
-                "lost": result.summary.lost,
-                "seconds": round(result.seconds, 3),
-                "counts": manager.counts(),
-            }
-        )
+        _print_json(run_json(result, manager.counts()))
     else:
-        click.echo(_run_summary(result))
+        click.echo(run_text(result))
 
 
 @cli.command()
@@ -476,49 +431,21 @@ def demo(directory: str, days: int, events_per_hour: int, workers: int, inject: 
     Writes everything under --dir (recreated each time): NDJSON events, a
     config, the SQLite state table, the staged files and a DuckDB target.
     """
-    from .demo import verify_demo, write_demo
-    from .manager import PipelineStateManager
+    from .demo import run_demo, write_demo
+    from .report import demo_text
 
     setup = write_demo(Path(directory), days=days, events_per_hour=events_per_hour)
     click.echo(
         f"generated {setup.events} events for {setup.first_day} .. {setup.last_day} "
         f"({days} local days, America/New_York) in {setup.directory / 'source'}"
     )
-    with PipelineStateManager(setup.config_path) as manager:
-        result = _run(manager, workers, False, None, inject, None)
-        if inject:
-            # Retries wait for nothing in the demo; run again until all are done.
-            for _ in range(20):
-                counts = manager.counts()
-                if not counts.get("FAILED") and not counts.get("PENDING"):
-                    break
-                more = _run(manager, workers, False, None, inject, None)
-                result.summary.completed += more.summary.completed
-                result.summary.failed += more.summary.failed
-        click.echo(_run_summary(result))
-        counts = manager.counts()
-        target_url = str(manager.config.target["url"])
-    rows, distinct = verify_demo(target_url)
-    verdict = "exactly once" if rows == distinct == setup.events else "MISMATCH"
-    click.echo(f"target: {rows} rows, {distinct} distinct events of {setup.events} generated: {verdict}")
-    click.echo("state:  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    config = setup.config_path
-    click.echo(
-        f"""
-Everything is in {setup.directory}/:
-  pipestate.toml   the config (files source, local stage, DuckDB target, SQLite state)
-  source/          the generated NDJSON events
-  stage/           one staged .ndjson.gz file per window
-  target.duckdb    the loaded rows (table events)
-  state.db         the state table (pipeline_state) and its audit trail (pipeline_state_events)
-Next:
-  pipestate status --config {config}
-  pipestate history <batch_id> --config {config}
-  pipestate validate --config {config}
-To use real systems, point [source], [stage] and [target] at Elasticsearch, S3 and
-Snowflake (docs/connectors.md) and [state] url at PostgreSQL or Snowflake."""
-    )
-    if verdict != "exactly once":
+    progress = _Progress()
+    try:
+        result = run_demo(setup, workers=workers, inject_failures=inject, progress=progress)
+    finally:
+        progress.close()
+    click.echo(demo_text(result))
+    if result.verdict != "exactly once":
         raise SystemExit(1)
 
 

@@ -1,8 +1,9 @@
 """`pipestate demo`: the whole pipeline on the embedded defaults, in one command.
 
 Generates a few days of synthetic events as NDJSON files, writes a config
-(files source, local stage directory, DuckDB target, SQLite state table), and
-runs it. Nothing leaves the demo directory.
+(files source, local stage directory, DuckDB target, SQLite state table), runs
+it, and checks that every event reached the target exactly once. Nothing leaves
+the demo directory.
 """
 
 from __future__ import annotations
@@ -10,13 +11,19 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from .manager import PipelineStateManager
+from .runner import RunResult, run_pipeline
 from .windows import day_bounds, zone
 
-__all__ = ["DemoSetup", "write_demo", "verify_demo"]
+__all__ = ["DemoResult", "DemoSetup", "run_demo", "write_demo", "verify_demo"]
+
+# With --inject-failures, how many more runs may pick up the batches that failed.
+_RETRY_RUNS = 20
 
 DEMO_TIMEZONE = "America/New_York"
 
@@ -121,3 +128,47 @@ def verify_demo(target_url: str, table: str = "events") -> tuple[int, int]:
     finally:
         engine.dispose()
     return int(rows), int(distinct)
+
+
+@dataclass
+class DemoResult:
+    """What `run_demo` did: the runs, the status counts after, and the target's rows."""
+
+    setup: DemoSetup
+    run: RunResult
+    counts: dict[str, int]
+    rows: int
+    distinct: int
+
+    @property
+    def verdict(self) -> str:
+        return "exactly once" if self.rows == self.distinct == self.setup.events else "MISMATCH"
+
+
+def run_demo(
+    setup: DemoSetup,
+    workers: int = 1,
+    inject_failures: float = 0.0,
+    progress: Callable[[dict[str, int]], None] | None = None,
+) -> DemoResult:
+    """Run the demo's pipeline until every batch is done, then count the target's rows.
+
+    With `inject_failures` the demo's retries wait for nothing (backoff 0s), so
+    it runs again, up to a bound, while any batch is FAILED or PENDING.
+    """
+    with PipelineStateManager(setup.config_path) as manager:
+        result = run_pipeline(manager, workers=workers, inject_failures=inject_failures, progress=progress)
+        if inject_failures:
+            for _ in range(_RETRY_RUNS):
+                counts = manager.counts()
+                if not counts.get("FAILED") and not counts.get("PENDING"):
+                    break
+                more = run_pipeline(
+                    manager, workers=workers, inject_failures=inject_failures, progress=progress
+                )
+                result.summary.completed += more.summary.completed
+                result.summary.failed += more.summary.failed
+        counts = manager.counts()
+        target_url = str(manager.config.target["url"])
+    rows, distinct = verify_demo(target_url)
+    return DemoResult(setup, result, counts, rows, distinct)

@@ -1,4 +1,5 @@
-"""What populate and validate found and did: JSON (contract section 5) and plain text."""
+"""Every command's output: what populate and validate found and did (contract section 5),
+and the JSON and plain text of status, claims, requeue, history, run and demo."""
 
 from __future__ import annotations
 
@@ -6,13 +7,30 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .planning import Fill, Plan, dominant, fill_cells, seconds_to_minutes
 from .plugins import default_batch_id
 from .windows import format_step
 
-__all__ = ["CreatedLog", "PopulateReport", "iso"]
+if TYPE_CHECKING:
+    from .batches import Batch
+    from .demo import DemoResult
+    from .runner import RunResult
+
+__all__ = [
+    "CreatedLog",
+    "PopulateReport",
+    "claim_text",
+    "demo_text",
+    "fail_text",
+    "history_text",
+    "iso",
+    "requeue_text",
+    "run_json",
+    "run_text",
+    "status_text",
+]
 
 
 def iso(value: datetime | None) -> str | None:
@@ -156,6 +174,18 @@ class PopulateReport:
             "superseded": len(self.superseded),
         }
 
+    @property
+    def found_problems(self) -> bool:
+        """Whether there is any gap, overlap or invalid row (validate exits 1)."""
+        return bool(self.plan.gaps or self.plan.resolutions or self.plan.invalid)
+
+    def validate_dict(self) -> dict[str, Any]:
+        """`validate --json`: the header without the fills, and `ok`."""
+        data = self.header()
+        data.pop("fills", None)
+        data["ok"] = not self.found_problems
+        return data
+
     def to_dict(self) -> dict[str, Any]:
         """The whole report as one dict (fine for anything but huge first runs)."""
         return {**self.header(), "created": list(self.created)}
@@ -223,3 +253,119 @@ class PopulateReport:
             did = "would supersede" if self.dry_run else "superseded"
             lines.append(f"  {did:<11} {len(plan.resolutions)} window(s)")
         return "\n".join(lines)
+
+
+# -- the other commands ------------------------------------------------------------
+
+
+def status_text(data: dict[str, Any]) -> str:
+    """`status` in plain text, from the dict `PipelineStateManager.status()` returns."""
+    coverage = data["coverage"]
+    covered, whole = coverage["covered_minutes"], coverage["range_minutes"]
+    lines = [
+        f"pipeline {data['pipeline']}  (now {data['now']})",
+        f"  range      {data['range']['start']} .. {data['range']['end']}",
+        f"  coverage   {coverage['percent']}% ({covered} of {whole} min)",
+        f"  windows    {data['first_window_start']} .. {data['last_window_end']}",
+        "  counts     " + ", ".join(f"{k} {v}" for k, v in data["counts"].items()),
+    ]
+    pending = data["oldest_pending"]
+    if pending:
+        lines.append(f"  oldest pending  {pending['batch_id']} (window start {pending['start']})")
+    if data["failures"]:
+        lines.append(f"  failures   {len(data['failures'])}")
+        for failure in data["failures"][:10]:
+            lines.append(
+                f"    {failure['batch_id']} retries {failure['retry_count']}: {failure['last_error']}"
+            )
+    for entry in data.get("in_flight", [])[:20]:
+        lines.append(
+            f"  in flight  {entry['batch_id']} by {entry['worker_id']} for {entry['lease_age_seconds']}s, "
+            f"lease until {entry['lease_expires_at']}"
+        )
+    for entry in data.get("expired_leases", [])[:20]:
+        lines.append(
+            f"  STUCK      {entry['batch_id']} by {entry['worker_id']}: "
+            f"lease expired {entry['lease_expires_at']}"
+        )
+    for entry in data.get("failed_permanently", [])[:20]:
+        lines.append(
+            f"  FAILED for good  {entry['batch_id']} ({entry['retry_count']} attempts): {entry['last_error']}"
+        )
+    return "\n".join(lines)
+
+
+def claim_text(batch: Batch | None) -> str:
+    if batch is None:
+        return "nothing to claim"
+    shown = batch.to_dict()
+    return (
+        f"claimed {batch.batch_id} [{shown['start']} .. {shown['end']}) "
+        f"lease until {shown['lease_expires_at']} token {batch.claim_token}"
+    )
+
+
+def fail_text(batch_id: str, outcome: dict[str, Any]) -> str:
+    if outcome["permanent"]:
+        return f"{batch_id}: FAILED for good after {outcome['retry_count']} attempt(s); requeue to retry"
+    return f"{batch_id}: FAILED, retry {outcome['retry_count']} from {outcome['next_attempt_at']}"
+
+
+def requeue_text(done: list[str], limit: int = 50) -> str:
+    return "\n".join([f"requeued {len(done)} batch(es)", *(f"  {batch_id}" for batch_id in done[:limit])])
+
+
+def history_text(batch_id: str, events: list[dict[str, Any]]) -> str:
+    if not events:
+        return f"no events for {batch_id}"
+    lines = []
+    for event in events:
+        change = f"{event['old_status'] or '-'} -> {event['new_status'] or '-'}"
+        lines.append(
+            f"{event['event_time']}  {event['event_type']:<13} {change:<26} "
+            f"{event['worker_id'] or ''}  {event['details'] or ''}"
+        )
+    return "\n".join(lines)
+
+
+def run_json(result: RunResult, counts: dict[str, int]) -> dict[str, Any]:
+    """`run --json`: what populate and the workers did, and the status counts after."""
+    return {
+        "created": result.created,
+        "superseded": result.superseded,
+        "completed": result.summary.completed,
+        "failed": result.summary.failed,
+        "lost": result.summary.lost,
+        "seconds": round(result.seconds, 3),
+        "counts": counts,
+    }
+
+
+def run_text(result: RunResult) -> str:
+    summary = result.summary
+    return (
+        f"populate created {result.created} and superseded {result.superseded} window(s); "
+        f"processed {summary.processed} batch(es) in {result.seconds:.1f}s: {summary.completed} completed, "
+        f"{summary.failed} failed (will retry or need requeue), {summary.lost} lost their lease"
+    )
+
+
+def demo_text(demo: DemoResult) -> str:
+    """What `pipestate demo` did and where everything is (after the "generated" line)."""
+    setup, config = demo.setup, demo.setup.config_path
+    return f"""{run_text(demo.run)}
+target: {demo.rows} rows, {demo.distinct} distinct events of {setup.events} generated: {demo.verdict}
+state:  {", ".join(f"{k} {v}" for k, v in sorted(demo.counts.items()))}
+
+Everything is in {setup.directory}/:
+  pipestate.toml   the config (files source, local stage, DuckDB target, SQLite state)
+  source/          the generated NDJSON events
+  stage/           one staged .ndjson.gz file per window
+  target.duckdb    the loaded rows (table events)
+  state.db         the state table (pipeline_state) and its audit trail (pipeline_state_events)
+Next:
+  pipestate status --config {config}
+  pipestate history <batch_id> --config {config}
+  pipestate validate --config {config}
+To use real systems, point [source], [stage] and [target] at Elasticsearch, S3 and
+Snowflake (docs/connectors.md) and [state] url at PostgreSQL or Snowflake."""
