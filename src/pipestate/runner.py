@@ -1,8 +1,9 @@
 """The runner: moves each claimed batch source -> stage -> target, resumably and exactly once.
 
-Per batch: extract the window's records from the source straight into one
-staged file (skipped when an earlier attempt already staged it), then replace
-the batch's rows in the target with the staged ones. Record counts are checked
+Per batch: extract the window's records from the source as Arrow record batches
+straight into the staged files (skipped when an earlier attempt already staged
+them and the batch was not requeued to read the source again), then replace the
+batch's rows in the target with the staged ones. Record counts are checked
 between steps; each step's start, end, counts, bytes and location go into the
 state table while the claim is held (fenced, so a worker that lost its lease
 writes nothing).
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
+
 from .batches import Batch
 from .connectors.base import (
     BatchContext,
@@ -32,6 +35,7 @@ from .connectors.base import (
     build_source,
     build_stage,
     build_target,
+    record_batches,
 )
 from .errors import ConfigError, CountMismatch, InjectedFailure, PipestateError
 from .manager import PipelineStateManager
@@ -43,15 +47,15 @@ log = logging.getLogger("pipestate.runner")
 
 
 class _Counted:
-    """Counts records as they stream from the source into the stage."""
+    """The source's chunks as Arrow record batches, counted as they stream into the stage."""
 
-    def __init__(self, records: Iterable[dict[str, Any]]) -> None:
-        self.records, self.count = records, 0
+    def __init__(self, chunks: Iterable[Any]) -> None:
+        self.chunks, self.count = chunks, 0
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for record in self.records:
-            self.count += 1
-            yield record
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for chunk in record_batches(self.chunks):
+            self.count += chunk.num_rows
+            yield chunk
 
 
 def _now() -> datetime:
@@ -81,6 +85,13 @@ class PipelineRunner:
             raise ConfigError("--inject-failures: must be a fraction in [0, 1)")
         self.inject_failures = inject_failures
         self.random = random.Random(seed)
+
+    def close(self) -> None:
+        """Release what the connectors hold (connection pools, clients), where they say how."""
+        for connector in (self.source, self.stage, self.target):
+            close = getattr(connector, "close", None)
+            if callable(close):
+                close()
 
     def context(self, batch: Batch) -> BatchContext:
         pipeline = self.manager.config.pipeline
@@ -214,9 +225,12 @@ def _worker_process(
     try:
         with PipelineStateManager(config) as manager:
             runner = PipelineRunner(manager, inject_failures=inject_failures, seed=seed)
-            summary = Worker(manager, worker_id).run(
-                runner.process, limit=1 if once else None, keep_going=_budget_taker(budget)
-            )
+            try:
+                summary = Worker(manager, worker_id).run(
+                    runner.process, limit=1 if once else None, keep_going=_budget_taker(budget)
+                )
+            finally:
+                runner.close()
     except PipestateError as err:  # the state database failed: one line, not a traceback
         print(f"pipestate: worker {worker_id} stopped: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
@@ -274,9 +288,12 @@ def run_pipeline(
             remaining[0] -= 1
             return remaining[0] >= 0
 
-        result.summary = Worker(manager, f"{prefix}/w1").run(
-            runner.process, limit=1 if once else None, keep_going=keep_going
-        )
+        try:
+            result.summary = Worker(manager, f"{prefix}/w1").run(
+                runner.process, limit=1 if once else None, keep_going=keep_going
+            )
+        finally:
+            runner.close()
     else:
         result.summary = _run_processes(
             manager, workers, once, limit, inject_failures, seed, progress, prefix

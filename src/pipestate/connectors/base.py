@@ -1,9 +1,11 @@
 """The connector Protocols (source, stage, target), their data, and the registry that builds them.
 
 A run moves one batch (a window `[start, end)`) in three steps: `Source.extract` yields its
-records, `Stage.write` puts them in one staged file, `Target.load` replaces the batch's rows in
-the target with the staged ones. Connectors are chosen by `type` in `[source]`, `[stage]` and
-`[target]`: a built-in name, `"module:Class"`, or an entry point in group `pipestate.connectors`.
+records as Arrow record batches, `Stage.write` puts them in staged files, `Target.load` replaces
+the batch's rows in the target with the staged ones. Arrow is the unit of data: the one adapter
+that turns the dicts of a custom source into record batches is `record_batches` here.
+Connectors are chosen by `type` in `[source]`, `[stage]` and `[target]`: a built-in name,
+`"module:Class"`, or an entry point in group `pipestate.connectors`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, Self, TypeAlias, TypeVar, runtime_checkable
 from zoneinfo import ZoneInfo
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError, ConnectorError, TransientConnectorError
@@ -47,6 +51,11 @@ __all__ = [
     "parse_instant",
     "json_default",
     "ENTRY_POINT_GROUP",
+    "CHUNK_ROWS",
+    "record_batches",
+    "utc_times",
+    "merge_schemas",
+    "conform",
 ]
 
 ENTRY_POINT_GROUP = "pipestate.connectors"
@@ -96,11 +105,16 @@ class BatchContext:
 class StagedData:
     """One batch's staged file: where it is and what is in it."""
 
-    location: str  # URI of the file, e.g. s3://bucket/orders/2026/01/01/<batch_id>.ndjson.gz
+    location: str  # URI of the file, e.g. s3://bucket/orders/2026/01/01/<batch_id>.parquet
     record_count: int
     bytes: int
     file_format: str  # "ndjson.gz" or "parquet"
     file_count: int = 1
+    files: tuple[str, ...] = ()  # every file's URI when the batch was split; else just `location`
+
+    @property
+    def uris(self) -> tuple[str, ...]:
+        return self.files or (self.location,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +127,18 @@ class LoadResult:
     load_id: str
 
 
+# What a source may yield: Arrow record batches (the built-in sources), or records as dicts
+# (custom sources; `record_batches` gathers them into chunks).
+Chunk: TypeAlias = pa.RecordBatch | pa.Table | Mapping[str, Any]
+
+
 @runtime_checkable
 class Source(Protocol):
     """Where records come from."""
 
-    def extract(self, batch: BatchContext) -> Iterator[dict[str, Any]]:
-        """Every record whose time field is in `[batch.start, batch.end)`, each exactly once."""
+    def extract(self, batch: BatchContext) -> Iterator[Chunk]:
+        """Every record whose time field is in `[batch.start, batch.end)`, each exactly once:
+        as `pyarrow.RecordBatch` chunks (one column per top-level field), or as dicts."""
         ...
 
     def describe(self, batch: BatchContext) -> tuple[str, str]:
@@ -130,16 +150,17 @@ class Source(Protocol):
 class Stage(Protocol):
     """Where extracted records wait between the source and the target."""
 
-    def write(self, batch: BatchContext, records: Iterable[dict[str, Any]]) -> StagedData:
-        """Stage the records atomically: a half-written file is never found by `find`."""
+    def write(self, batch: BatchContext, chunks: Iterable[pa.RecordBatch]) -> StagedData:
+        """Stage the record batches atomically: a half-written file is never found by `find`.
+        Successive chunks may differ in schema (a field missing, a null-typed column)."""
         ...
 
     def find(self, batch: BatchContext) -> StagedData | None:
         """The batch's completely staged file, if an earlier attempt left one; else None."""
         ...
 
-    def read(self, staged: StagedData) -> Iterator[dict[str, Any]]:
-        """The staged records, in the order they were written."""
+    def read(self, staged: StagedData) -> Iterator[pa.RecordBatch]:
+        """The staged records as record batches, in the order they were written."""
         ...
 
 
@@ -381,8 +402,8 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def dumps(record: Mapping[str, Any]) -> str:
-    """A record as compact JSON text, the same way every connector writes it."""
+def dumps(record: Any) -> str:
+    """A record (or any value) as compact JSON text, the same way every connector writes it."""
     return json.dumps(record, default=json_default, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -401,3 +422,164 @@ def check_options(kind: Kind, cfg: Mapping[str, Any]) -> None:
         if "type" in model.model_fields:
             values["type"] = name
         validate_options(model, kind, values)
+
+
+CHUNK_ROWS = 65_536  # rows per record batch built from dicts (tens of thousands: columns pay off)
+
+
+def record_batches(chunks: Iterable[Any], rows: int = CHUNK_ROWS) -> Iterator[pa.RecordBatch]:
+    """The one adapter from what a source yields to Arrow: record batches pass through, tables
+    are split into theirs, dicts are gathered `rows` at a time into one batch each."""
+    pending: list[Mapping[str, Any]] = []
+    for chunk in chunks:
+        if isinstance(chunk, pa.RecordBatch):
+            if pending:
+                yield _from_dicts(pending)
+                pending = []
+            if chunk.num_rows:
+                yield chunk
+        elif isinstance(chunk, pa.Table):
+            if pending:
+                yield _from_dicts(pending)
+                pending = []
+            yield from (part for part in chunk.to_batches() if part.num_rows)
+        elif isinstance(chunk, Mapping):
+            pending.append(chunk)
+            if len(pending) >= rows:
+                yield _from_dicts(pending)
+                pending = []
+        else:
+            raise ConnectorError(
+                f"a source yielded a {type(chunk).__name__}: expected pyarrow.RecordBatch or dict records"
+            )
+    if pending:
+        yield _from_dicts(pending)
+
+
+def _from_dicts(records: list[Mapping[str, Any]]) -> pa.RecordBatch:
+    try:
+        return pa.RecordBatch.from_pylist(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    # Some field mixes kinds (a number here, text there): that field goes column by column,
+    # as text, so nothing is lost and the target says which field conflicts with its table.
+    names = list(dict.fromkeys(name for record in records for name in record))
+    arrays = []
+    for name in names:
+        values = [record.get(name) for record in records]
+        try:
+            arrays.append(pa.array(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            text = [None if v is None else v if isinstance(v, str) else dumps(v) for v in values]
+            arrays.append(pa.array(text, pa.string()))
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+UTC_MICROS = pa.timestamp("us", "UTC")
+
+
+def utc_times(
+    values: pa.Array | pa.ChunkedArray,
+    naive_tz: str = "UTC",
+    epoch_unit: str = "auto",
+    strict: bool = True,
+) -> pa.Array | pa.ChunkedArray:
+    """A time column as `timestamp[us, UTC]`, the way `parse_instant` reads each value.
+
+    Vectorised for timestamps, ISO 8601 text and epoch numbers; anything else goes value by
+    value. `strict`: ValueError naming the first unreadable value (its row in the message);
+    else unreadable values become null.
+    """
+    kind = values.type
+    if pa.types.is_null(kind):
+        return pa.nulls(len(values), UTC_MICROS)
+    if pa.types.is_timestamp(kind):
+        if kind.tz is None:
+            try:
+                values = pc.assume_timezone(values, naive_tz, ambiguous="earliest", nonexistent="raise")
+            except pa.ArrowInvalid:
+                return _times_one_by_one(values, naive_tz, epoch_unit, strict)
+        return values.cast(UTC_MICROS)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return _epoch_times(values, epoch_unit)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        try:
+            return values.cast(UTC_MICROS)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        try:
+            naive = values.cast(pa.timestamp("us"))
+            return pc.assume_timezone(naive, naive_tz, ambiguous="earliest", nonexistent="raise").cast(
+                UTC_MICROS
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return _times_one_by_one(values, naive_tz, epoch_unit, strict)
+
+
+def _epoch_times(values: pa.Array | pa.ChunkedArray, unit: str) -> pa.Array | pa.ChunkedArray:
+    floating = pa.types.is_floating(values.type)
+    numbers = values.cast(pa.float64()) if floating else values.cast(pa.int64())
+    if unit == "auto":
+        millis = pc.greater_equal(pc.abs(numbers), 100_000_000_000)
+        scale = pc.if_else(millis, 1_000, 1_000_000)
+    else:
+        scale = None
+    if floating:
+        factor = scale.cast(pa.float64()) if scale is not None else 1_000_000 / _EPOCH_DIVISOR[unit]
+        micros = pc.round(pc.multiply(numbers, factor)).cast(pa.int64())
+    elif scale is not None:
+        micros = pc.multiply(numbers, scale)
+    elif _EPOCH_DIVISOR[unit] <= 1_000_000:
+        micros = pc.multiply(numbers, 1_000_000 // _EPOCH_DIVISOR[unit])
+    else:
+        micros = pc.divide(numbers, _EPOCH_DIVISOR[unit] // 1_000_000)
+    return micros.cast(UTC_MICROS)
+
+
+def _times_one_by_one(
+    values: pa.Array | pa.ChunkedArray, naive_tz: str, epoch_unit: str, strict: bool
+) -> pa.Array:
+    tz = zone(naive_tz)
+    out: list[datetime | None] = []
+    for row, value in enumerate(values.to_pylist()):
+        try:
+            out.append(None if value is None and not strict else parse_instant(value, tz, epoch_unit))
+        except (ValueError, TypeError, OverflowError) as err:
+            if strict:
+                raise ValueError(f"row {row + 1}: {err}") from err
+            out.append(None)
+    return pa.array(out, UTC_MICROS)
+
+
+def merge_schemas(first: pa.Schema, second: pa.Schema) -> pa.Schema:
+    """Both schemas' fields in one (a null-typed field takes the other's type, integers widen to
+    floats); ConnectorError naming the field when two types do not meet."""
+    try:
+        return pa.unify_schemas([first, second], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        for field in second:
+            index = first.get_field_index(field.name)
+            if index >= 0 and first.field(index).type != field.type:
+                try:
+                    pa.unify_schemas(
+                        [pa.schema([first.field(index)]), pa.schema([field])], promote_options="permissive"
+                    )
+                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    raise ConnectorError(
+                        f"field {field.name!r} is {first.field(index).type} in one chunk "
+                        f"and {field.type} in another"
+                    ) from err
+        raise ConnectorError(f"the chunks' schemas do not merge: {err}") from err
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """`batch` with exactly `schema`'s columns: missing ones null, the others cast to its types."""
+    if batch.schema == schema:
+        return batch
+    columns = []
+    for field in schema:
+        index = batch.schema.get_field_index(field.name)
+        column = batch.column(index) if index >= 0 else pa.nulls(batch.num_rows, field.type)
+        columns.append(column if column.type == field.type else column.cast(field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)

@@ -1,34 +1,39 @@
-"""Source `files`: NDJSON, CSV or Parquet files on the local disk, filtered by a timestamp field.
+"""Source `files`: NDJSON, CSV or Parquet files (optionally `.gz`), filtered by a time field.
 
-Meant for local use and the demo. There is no index: each file is parsed once per process and
-kept sorted in memory (up to 100,000 records), and a file whose time span misses a
-window is skipped, so one file per day or hour suits; billions of records do not.
+Read with pyarrow, never record by record. An NDJSON or CSV file is parsed once per process,
+sorted by time and kept in a cache bounded in bytes, so the 24 hourly windows of a daily file
+cost one parse and 24 slices; a file too big for the cache is streamed block by block and
+filtered instead, so memory stays bounded by a block. Parquet files are read a row group at a
+time, and a row group (or a file) whose time statistics miss the window is not read at all.
+Hive-style folders (`dt=2026-03-07/hour=05/`) whose span misses the window are skipped.
 """
 
 from __future__ import annotations
 
-import bisect
-import csv
 import glob
-import gzip
-import io
-import json
+import re
 from collections import OrderedDict
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
-from pydantic import field_validator
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator
 
-from ..windows import zone
-from .base import BatchContext, ConnectorError, Options, parse_instant, require
+from ..windows import UTC, zone
+from .base import CHUNK_ROWS, BatchContext, ConnectorError, Options, utc_times
 
-__all__ = ["FilesSource"]
+__all__ = ["FilesSource", "partition_span"]
 
 _FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv"}
 _FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
-_CACHE_RECORDS = 100_000  # parsed records kept per process, whole files at a time
+_BLOCK_BYTES = 16 << 20  # pyarrow's parse block: a record must fit in one
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError)
 
 
 class FilesOptions(Options):
@@ -39,8 +44,10 @@ class FilesOptions(Options):
     epoch_unit: Literal["auto", "s", "ms", "us", "ns"] = "auto"
     naive_timezone: str = "UTC"  # how to read timestamps that carry no offset
     csv_delimiter: str = ","
+    cache_mb: int = Field(default=256, ge=0)  # parsed NDJSON/CSV kept per process, whole files
+    partition_timezone: str = "UTC"  # the zone of hive folder values such as dt=2026-03-07/hour=05
 
-    @field_validator("naive_timezone")
+    @field_validator("naive_timezone", "partition_timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
         zone(value)
@@ -53,6 +60,13 @@ class FilesOptions(Options):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("csv_delimiter")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if len(value) != 1:
+            raise ValueError("must be one character")
+        return value
+
 
 def _format_of(path: Path) -> str | None:
     suffixes = [s.lower() for s in path.suffixes]
@@ -61,20 +75,57 @@ def _format_of(path: Path) -> str | None:
     return _FORMATS.get(suffixes[-1]) if suffixes else None
 
 
+_PARTITION = re.compile(r"^(dt|date|year|month|day|hour)=(.+)$", re.IGNORECASE)
+
+
+def partition_span(path: Path, tz: Any) -> tuple[datetime, datetime] | None:
+    """The `[start, end)` in UTC that hive-style folders of `path` confine its records to
+    (`dt=`/`date=` YYYY-MM-DD, or `year=`/`month=`/`day=`, then `hour=`), or None."""
+    parts: dict[str, str] = {}
+    for folder in path.parent.parts:
+        match = _PARTITION.match(folder)
+        if match:
+            parts[match.group(1).lower()] = match.group(2)
+    try:
+        if "dt" in parts or "date" in parts:
+            day = datetime.strptime(parts.get("dt") or parts["date"], "%Y-%m-%d")
+            start, step = day, timedelta(days=1)
+        elif "year" in parts:
+            year, month, day_of = int(parts["year"]), int(parts.get("month", 1)), int(parts.get("day", 1))
+            start = datetime(year, month, day_of)
+            if "day" in parts:
+                step = timedelta(days=1)
+            elif "month" in parts:
+                following = datetime(year + month // 12, month % 12 + 1, 1)
+                step = following - start
+            else:
+                step = datetime(year + 1, 1, 1) - start
+        else:
+            return None
+        if "hour" in parts:
+            if step != timedelta(days=1):
+                return None  # an hour under a month or a year: not a layout we can bound
+            start, step = start + timedelta(hours=int(parts["hour"])), timedelta(hours=1)
+    except (ValueError, KeyError):
+        return None  # not a date after all: read the file
+    # Wall-clock folders: the span covers both readings of a repeated (DST) hour.
+    low = start.replace(tzinfo=tz).astimezone(UTC)
+    high = (start + step).replace(tzinfo=tz, fold=1).astimezone(UTC)
+    return low, max(high, low + step)
+
+
 class FilesSource:
-    """Records of local NDJSON/CSV/Parquet files whose `time_field` is in the batch's window."""
+    """Records of local NDJSON/CSV/Parquet files whose `time_field` is in the batch's window,
+    as Arrow record batches with the time field as `timestamp[us, UTC]`."""
 
     Options = FilesOptions
 
     def __init__(self, options: FilesOptions) -> None:
         self.options = options
-        self._tz = zone(options.naive_timezone)
-        self._spans: dict[tuple[str, int, int], tuple[datetime, datetime]] = {}
-        self._cache: OrderedDict[tuple[str, int, int], tuple[list[datetime], list[dict[str, Any]]]] = (
-            OrderedDict()
-        )
-        if options.format == "parquet":
-            require("pyarrow.parquet", "parquet", "source")
+        self._partition_tz = zone(options.partition_timezone)
+        self._spans: dict[tuple[str, int, int], tuple[datetime, datetime] | None] = {}
+        self._cache: OrderedDict[tuple[str, int, int], pa.Table] = OrderedDict()
+        self._cache_bytes = options.cache_mb << 20
 
     def files(self) -> list[Path]:
         """The files the source reads, sorted by path."""
@@ -89,7 +140,7 @@ class FilesSource:
             found = [Path(pattern)]
         else:
             raise ConnectorError(f"[source] path: {pattern} does not exist")
-        return sorted(p for p in found if p.is_file())
+        return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
 
     def describe(self, batch: BatchContext) -> tuple[str, str]:
         location = str(Path(self.options.path).absolute())
@@ -97,74 +148,179 @@ class FilesSource:
         query = f"{field} >= {batch.start.isoformat()} AND {field} < {batch.end.isoformat()}"
         return location, query
 
-    def extract(self, batch: BatchContext) -> Iterator[dict[str, Any]]:
+    def extract(self, batch: BatchContext) -> Iterator[pa.RecordBatch]:
         for path in self.files():
             kind = self.options.format if self.options.format != "auto" else _format_of(path)
             if kind is None:
                 raise ConnectorError(f"{path}: unknown file type (set [source] format)")
+            if _misses(partition_span(path, self._partition_tz), batch):
+                continue
             stat = path.stat()
             key = (str(path), stat.st_mtime_ns, stat.st_size)
-            span = self._spans.get(key)
-            if span is not None and (span[1] < batch.start or span[0] >= batch.end):
+            if key in self._spans and _misses(self._spans[key], batch):
                 continue  # read before: none of its records is in this window
-            cached = self._cache.get(key)
-            if cached is None:
-                cached = self._read(path, kind, key)
-            times, records = cached
-            low, high = bisect.bisect_left(times, batch.start), bisect.bisect_left(times, batch.end)
-            yield from records[low:high]
+            if kind == "parquet":
+                yield from self._parquet(path, key, batch)
+            elif key in self._cache or stat.st_size * 4 <= self._cache_bytes:
+                table = self._cached(path, kind, key)
+                yield from _window_of_sorted(table, self.options.time_field, batch)
+            else:
+                yield from self._streamed(path, kind, key, batch)
 
-    def _read(
-        self, path: Path, kind: str, key: tuple[str, int, int]
-    ) -> tuple[list[datetime], list[dict[str, Any]]]:
-        # Each file is parsed once per process and kept sorted by time (the most
-        # recent ones, up to _CACHE_RECORDS records), so the windows of one file
-        # cost one parse instead of one each; its time span lets later windows
-        # skip it without opening it.
-        timed = sorted(
-            (
-                (self._time(record, path, number), number, record)
-                for number, record in enumerate(self._records(path, kind), start=1)
-            ),
-            key=lambda item: (item[0], item[1]),
-        )
-        times = [item[0] for item in timed]
-        records = [item[2] for item in timed]
-        if times:
-            self._spans[key] = (times[0], times[-1])
-        self._cache[key] = (times, records)
+    # -- NDJSON and CSV ------------------------------------------------------------------------
+
+    def _cached(self, path: Path, kind: str, key: tuple[str, int, int]) -> pa.Table:
+        # Parsed once per process, sorted by time (stable: equal times keep file order), so
+        # each window is a slice; the least recently used files leave first.
+        table = self._cache.get(key)
+        if table is None:
+            table = self._with_times(path, self._read_whole(path, kind), first_row=1)
+            table = table.sort_by([(self.options.time_field, "ascending")])
+            times = table.column(self.options.time_field)
+            self._spans[key] = (times[0].as_py(), times[-1].as_py()) if len(times) else None
+            self._cache[key] = table
+            while len(self._cache) > 1 and sum(t.nbytes for t in self._cache.values()) > self._cache_bytes:
+                self._cache.popitem(last=False)
         self._cache.move_to_end(key)
-        while sum(len(value[1]) for value in self._cache.values()) > _CACHE_RECORDS and len(self._cache) > 1:
-            self._cache.popitem(last=False)
-        return times, records
+        return table
 
-    def _time(self, record: dict[str, Any], path: Path, number: int) -> Any:
+    def _read_whole(self, path: Path, kind: str) -> pa.Table:
+        try:
+            with pa.input_stream(str(path), compression="detect") as stream:
+                if kind == "csv":
+                    return pa_csv.read_csv(stream, parse_options=self._csv_parse())
+                return pa_json.read_json(stream, read_options=pa_json.ReadOptions(block_size=_BLOCK_BYTES))
+        except _ARROW_ERRORS as err:
+            raise ConnectorError(f"{path}: cannot read as {kind}: {_first_line(err)}") from err
+
+    def _streamed(
+        self, path: Path, kind: str, key: tuple[str, int, int], batch: BatchContext
+    ) -> Iterator[pa.RecordBatch]:
+        # Too big to keep: one block at a time, filtered to the window, so memory stays
+        # bounded by a block whatever the file's size; its span is learnt on the way.
+        low: datetime | None = None
+        high: datetime | None = None
+        first_row = 1
+        try:
+            with pa.input_stream(str(path), compression="detect") as stream:
+                if kind == "csv":
+                    reader = pa_csv.open_csv(stream, parse_options=self._csv_parse())
+                else:
+                    reader = pa_json.open_json(
+                        stream, read_options=pa_json.ReadOptions(block_size=_BLOCK_BYTES)
+                    )
+                for block in reader:
+                    block = self._with_times(path, pa.Table.from_batches([block]), first_row)
+                    first_row += block.num_rows
+                    times = block.column(self.options.time_field)
+                    if block.num_rows:
+                        least, most = pc.min_max(times).values()
+                        low = least.as_py() if low is None else min(low, least.as_py())
+                        high = most.as_py() if high is None else max(high, most.as_py())
+                    yield from _window_of(block, self.options.time_field, batch)
+        except _ARROW_ERRORS as err:
+            raise ConnectorError(f"{path}: cannot read as {kind}: {_first_line(err)}") from err
+        self._spans[key] = (low, high) if low is not None and high is not None else None
+
+    def _csv_parse(self) -> pa_csv.ParseOptions:
+        return pa_csv.ParseOptions(delimiter=self.options.csv_delimiter)
+
+    def _with_times(self, path: Path, table: pa.Table, first_row: int) -> pa.Table:
+        """`table` with its time field read as UTC instants; ConnectorError naming the record."""
+        field = self.options.time_field
+        index = table.schema.get_field_index(field)
+        if index < 0:
+            if table.num_rows == 0:
+                return table.append_column(field, pa.nulls(0, pa.timestamp("us", "UTC")))
+            raise ConnectorError(f"{path}: record {first_row} has no field {field!r}")
+        column = table.column(index)
+        if column.null_count:
+            row = pc.index(column.is_null(), True).as_py()
+            raise ConnectorError(f"{path}: record {first_row + row} has no field {field!r}")
+        try:
+            times = utc_times(column, self.options.naive_timezone, self.options.epoch_unit)
+        except ValueError as err:
+            text = str(err)
+            row_text, _, problem = text.partition(": ") if text.startswith("row ") else ("", "", text)
+            row = first_row + int(row_text.removeprefix("row ")) - 1 if row_text else first_row
+            raise ConnectorError(f"{path}: record {row} has an unreadable {field!r}: {problem}") from err
+        return table.set_column(index, field, times)
+
+    # -- Parquet ------------------------------------------------------------------------------
+
+    def _parquet(
+        self, path: Path, key: tuple[str, int, int], batch: BatchContext
+    ) -> Iterator[pa.RecordBatch]:
         field = self.options.time_field
         try:
-            return parse_instant(record[field], self._tz, self.options.epoch_unit)
-        except (KeyError, ValueError, TypeError, OverflowError) as err:
-            problem = "has no field" if isinstance(err, KeyError) else "has an unreadable"
-            raise ConnectorError(f"{path}: record {number} {problem} {field!r}: {err}") from err
-
-    def _records(self, path: Path, kind: str) -> Iterator[dict[str, Any]]:
-        if kind == "parquet":
-            parquet = require("pyarrow.parquet", "parquet", "source")
-            for chunk in parquet.ParquetFile(path).iter_batches():
-                yield from chunk.to_pylist()
-            return
-        with _open_text(path) as handle:
-            if kind == "csv":
-                yield from csv.DictReader(handle, delimiter=self.options.csv_delimiter)
-                return
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
+            handle = pq.ParquetFile(path)
+        except _ARROW_ERRORS as err:
+            raise ConnectorError(f"{path}: cannot read as parquet: {_first_line(err)}") from err
+        with handle:
+            groups = _row_group_spans(handle, field)
+            known = [span for span in groups if span is not None]
+            if len(known) == len(groups) and known:
+                self._spans[key] = (min(s[0] for s in known), max(s[1] for s in known))
+            first_row = 1
+            for index, span in enumerate(groups):
+                rows = handle.metadata.row_group(index).num_rows
+                if not _misses(span, batch):
                     try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ConnectorError(f"{path}:{number}: not JSON: {err}") from err
+                        table = handle.read_row_group(index)
+                    except _ARROW_ERRORS as err:
+                        raise ConnectorError(
+                            f"{path}: cannot read row group {index}: {_first_line(err)}"
+                        ) from err
+                    yield from _window_of(self._with_times(path, table, first_row), field, batch)
+                first_row += rows
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix.lower() == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+def _row_group_spans(handle: pq.ParquetFile, field: str) -> list[tuple[datetime, datetime] | None]:
+    """Each row group's time span from its statistics, where the column is a timestamp."""
+    schema = handle.schema_arrow
+    index = schema.get_field_index(field)
+    spans: list[tuple[datetime, datetime] | None] = []
+    kind = schema.field(index).type if index >= 0 else None
+    for group in range(handle.metadata.num_row_groups):
+        span = None
+        if kind is not None and pa.types.is_timestamp(kind):
+            column = handle.metadata.row_group(group).column(index)
+            stats = column.statistics
+            if stats is not None and stats.has_min_max and stats.null_count == 0:
+                edges = utc_times(pa.array([stats.min, stats.max], kind)).to_pylist()
+                span = (edges[0], edges[1])
+        spans.append(span)
+    return spans
+
+
+def _misses(span: tuple[datetime, datetime] | None, batch: BatchContext) -> bool:
+    """Whether a closed time span `[low, high]` lies wholly outside the window."""
+    return span is not None and (span[1] < batch.start or span[0] >= batch.end)
+
+
+def _bounds(times: pa.ChunkedArray | pa.Array, batch: BatchContext) -> tuple[pa.Scalar, pa.Scalar]:
+    kind = times.type
+    return pa.scalar(batch.start, kind), pa.scalar(batch.end, kind)
+
+
+def _window_of_sorted(table: pa.Table, field: str, batch: BatchContext) -> Iterator[pa.RecordBatch]:
+    times = table.column(field)
+    start, end = _bounds(times, batch)
+    # Sorted: the counts of times before each bound are the slice's edges.
+    low = pc.sum(pc.less(times, start)).as_py() or 0
+    high = pc.sum(pc.less(times, end)).as_py() or 0
+    if high > low:
+        yield from table.slice(low, high - low).to_batches(max_chunksize=CHUNK_ROWS)
+
+
+def _window_of(table: pa.Table, field: str, batch: BatchContext) -> Iterator[pa.RecordBatch]:
+    times = table.column(field)
+    start, end = _bounds(times, batch)
+    inside = pc.and_(pc.greater_equal(times, start), pc.less(times, end))
+    kept = table.filter(inside)
+    if kept.num_rows:
+        yield from kept.to_batches(max_chunksize=CHUNK_ROWS)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -1,14 +1,19 @@
-"""Stage `fsspec` (aliases `local`, `s3`): one file per batch under a base URL, written atomically.
+"""Stage `fsspec` (aliases `local`, `s3`): a batch's records as Parquet (zstd) or NDJSON.gz
+files under a base URL, written as they stream in and published atomically.
 
 Local directories work with no extra package; `s3://` goes through fsspec and s3fs
 (`pip install "pipestate[s3]"`), and any other fsspec protocol works once its package is there.
-A batch's file is written under a temporary name next to its final key and then moved there,
-so a file at the final key is always complete; that file is what `find` returns on a retry.
+Files are written under temporary names next to their final keys and moved there when complete.
+A batch bigger than `max_file_mb` is split into parts (`<key>.part-00001.parquet`, ...) listed
+by a manifest (`<key>.manifest.json`) that is written last; so what `find` returns on a retry,
+the single file or the manifest's parts, is always complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import os
 import string
@@ -17,21 +22,41 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from pydantic import field_validator, model_validator
+import pyarrow as pa
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError
-from .base import BatchContext, ConnectorError, Options, StagedData, dumps, require
+from .base import (
+    CHUNK_ROWS,
+    BatchContext,
+    ConnectorError,
+    Options,
+    StagedData,
+    conform,
+    dumps,
+    merge_schemas,
+    record_batches,
+    require,
+)
 
 __all__ = ["FsspecStage"]
 
 _PLACEHOLDERS = {"pipeline", "yyyy", "mm", "dd", "hh", "batch_id"}
 _EXTENSION = {"ndjson.gz": ".ndjson.gz", "parquet": ".parquet"}
+_MANIFEST = ".manifest.json"
+_ROW_GROUP_ROWS = 131_072  # rows gathered before a Parquet row group is written
+_ROW_GROUP_BYTES = 64 << 20  # or this many bytes of Arrow data, whichever comes first
+_NDJSON_BLOCK = 32 << 20  # bytes of NDJSON parsed at a time when reading back
 
 
 class StageOptions(Options):
     type: Literal["fsspec", "local", "s3"] = "local"
     url: str = "./pipestate-stage"  # a directory, file:///abs/dir, s3://bucket/prefix, ...
-    format: Literal["ndjson.gz", "parquet"] = "ndjson.gz"
+    format: Literal["parquet", "ndjson.gz"] = "parquet"
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"  # Parquet's codec
+    max_file_mb: int = Field(default=512, gt=0)  # a batch beyond this is split into parts
     key_template: str = "{pipeline}/{yyyy}/{mm}/{dd}/{batch_id}"  # the extension is appended
     storage_options: dict[str, Any] = {}  # passed to the fsspec filesystem (s3fs: key, secret...)
 
@@ -81,6 +106,10 @@ class _LocalFS:
     def rm_file(self, path: str) -> None:
         os.remove(path)
 
+    def cat_file(self, path: str) -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read()
+
     def unstrip_protocol(self, path: str) -> str:
         return Path(path).as_uri()
 
@@ -119,15 +148,14 @@ def _filesystem(options: StageOptions) -> tuple[Any, str, bool]:
 
 
 class FsspecStage:
-    """One `ndjson.gz` or `parquet` file per batch under `url`, at `key_template` + extension."""
+    """A batch's records under `url`, at `key_template` + extension, as Parquet or NDJSON.gz."""
 
     Options = StageOptions
 
     def __init__(self, options: StageOptions) -> None:
         self.options = options
         self.fs, self.root, self._local = _filesystem(options)
-        if options.format == "parquet":
-            require("pyarrow.parquet", "parquet", "stage")
+        self._max_bytes = options.max_file_mb << 20
 
     def key(self, batch: BatchContext) -> str:
         """The batch's file path relative to `url`."""
@@ -145,53 +173,69 @@ class FsspecStage:
     def path(self, batch: BatchContext) -> str:
         return f"{self.root}/{self.key(batch)}"
 
-    def write(self, batch: BatchContext, records: Iterable[dict[str, Any]]) -> StagedData:
+    def _manifest_path(self, final: str) -> str:
+        return final.removesuffix(_EXTENSION[self.options.format]) + _MANIFEST
+
+    def _part_path(self, final: str, number: int) -> str:
+        extension = _EXTENSION[self.options.format]
+        return f"{final.removesuffix(extension)}.part-{number:05d}{extension}"
+
+    def write(self, batch: BatchContext, chunks: Iterable[pa.RecordBatch]) -> StagedData:
         final = self.path(batch)
-        folder, _, name = final.rpartition("/")
-        temporary = f"{folder}/.{name}.tmp-{uuid.uuid4().hex}"
+        folder = final.rpartition("/")[0]
         if self._local:
             self.fs.makedirs(folder, exist_ok=True)
+        writer = _PartWriter(self, folder)
         try:
-            with self.fs.open(temporary, "wb") as raw:
-                count = self._write_records(raw, records)
-            self.fs.mv(temporary, final)
+            for chunk in record_batches(chunks):  # dicts too, for callers other than the runner
+                writer.add(chunk)
+            parts = writer.close()
+            return self._publish(final, parts)
         except BaseException:
-            self._discard(temporary)
+            writer.abort()
             raise
-        return StagedData(
-            location=self.fs.unstrip_protocol(final),
-            record_count=count,
-            bytes=self.fs.size(final),
-            file_format=self.options.format,
-        )
 
-    def _write_records(self, raw: IO[bytes], records: Iterable[dict[str, Any]]) -> int:
-        count = 0
-        if self.options.format == "ndjson.gz":
-            # mtime=0: the same records give byte-identical files.
-            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed:
-                chunk: list[bytes] = []
-                for record in records:
-                    chunk.append(dumps(record).encode("utf-8"))
-                    count += 1
-                    if len(chunk) == 1000:
-                        packed.write(b"\n".join(chunk) + b"\n")
-                        chunk.clear()
-                if chunk:
-                    packed.write(b"\n".join(chunk) + b"\n")
-            return count
-        pyarrow = require("pyarrow", "parquet", "stage")
-        parquet = require("pyarrow.parquet", "parquet", "stage")
-        # Parquet needs one schema for the file, so the batch is gathered in memory first.
-        rows = list(records)
-        try:
-            table = pyarrow.Table.from_pylist(rows)
-        except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError) as err:
-            raise ConnectorError(
-                f"[stage] format parquet: records do not share one schema ({err}); use format = 'ndjson.gz'"
-            ) from err
-        parquet.write_table(table, raw)
-        return len(rows)
+    def _publish(self, final: str, parts: list[tuple[str, int, int]]) -> StagedData:
+        """Move the complete parts to their final names; the manifest, if any, goes last."""
+        manifest = self._manifest_path(final)
+        self._discard(manifest)  # a stale manifest must never list parts being replaced
+        count = sum(rows for _, rows, _ in parts)
+        size = sum(size for _, _, size in parts)
+        if len(parts) == 1:
+            self.fs.mv(parts[0][0], final)
+            return StagedData(self.fs.unstrip_protocol(final), count, size, self.options.format)
+        self._discard(final)
+        names = []
+        for number, (temporary, _, _) in enumerate(parts, start=1):
+            name = self._part_path(final, number)
+            self.fs.mv(temporary, name)
+            names.append(name)
+        text = {
+            "format": self.options.format,
+            "record_count": count,
+            "bytes": size,
+            "files": [
+                {"name": name.rpartition("/")[2], "records": rows}
+                for name, (_, rows, _) in zip(names, parts, strict=True)
+            ],
+        }
+        temporary = f"{manifest.rpartition('/')[0]}/.{manifest.rpartition('/')[2]}.tmp-{uuid.uuid4().hex}"
+        with self.fs.open(temporary, "wb") as handle:
+            handle.write(json.dumps(text, indent=1).encode("utf-8"))
+        self.fs.mv(temporary, manifest)
+        return self._staged_parts(manifest, text)
+
+    def _staged_parts(self, manifest: str, text: dict[str, Any]) -> StagedData:
+        folder = manifest.rpartition("/")[0]
+        files = tuple(self.fs.unstrip_protocol(f"{folder}/{entry['name']}") for entry in text["files"])
+        return StagedData(
+            self.fs.unstrip_protocol(manifest),
+            int(text["record_count"]),
+            int(text["bytes"]),
+            str(text["format"]),
+            file_count=len(files),
+            files=files,
+        )
 
     def _discard(self, path: str) -> None:
         try:
@@ -202,36 +246,158 @@ class FsspecStage:
 
     def find(self, batch: BatchContext) -> StagedData | None:
         final = self.path(batch)
+        manifest = self._manifest_path(final)
+        if self.fs.exists(manifest):
+            return self._staged_parts(manifest, json.loads(self.fs.cat_file(manifest)))
         if not self.fs.exists(final):
             return None
         location = self.fs.unstrip_protocol(final)
         if self.options.format == "parquet":
-            parquet = require("pyarrow.parquet", "parquet", "stage")
             with self.fs.open(final, "rb") as handle:
-                count = parquet.ParquetFile(handle).metadata.num_rows
+                count = pq.ParquetFile(handle).metadata.num_rows
         else:
-            count = sum(1 for _ in self._ndjson(final))
+            with self.fs.open(final, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as packed:
+                count = sum(1 for line in packed if line.strip())
         return StagedData(location, count, self.fs.size(final), self.options.format)
 
-    def read(self, staged: StagedData) -> Iterator[dict[str, Any]]:
-        path = self.fs._strip_protocol(staged.location)
-        if staged.file_format == "parquet":
-            parquet = require("pyarrow.parquet", "parquet", "stage")
-            with self.fs.open(path, "rb") as handle:
-                for chunk in parquet.ParquetFile(handle).iter_batches():
-                    yield from chunk.to_pylist()
-        elif staged.file_format == "ndjson.gz":
-            for line in self._ndjson(path):
-                yield json.loads(line)
-        else:
+    def read(self, staged: StagedData) -> Iterator[pa.RecordBatch]:
+        if staged.file_format not in _EXTENSION:
             raise ConnectorError(f"[stage] cannot read format {staged.file_format!r}")
+        for uri in staged.uris:
+            path = self.fs._strip_protocol(uri)
+            with self.fs.open(path, "rb") as handle:
+                if staged.file_format == "parquet":
+                    yield from pq.ParquetFile(handle).iter_batches(batch_size=CHUNK_ROWS)
+                else:
+                    yield from _ndjson_batches(handle)
 
-    def _ndjson(self, path: str) -> Iterator[bytes]:
-        with self.fs.open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as packed:
-            for line in packed:
-                if line.strip():
-                    yield line
+    def local_path(self, staged: StagedData) -> list[str] | None:
+        """The staged files as local paths, when the stage is on this machine's disk."""
+        if not self._local:
+            return None
+        return [self.fs._strip_protocol(uri) for uri in staged.uris]
 
     def describe(self) -> str:
         """Where batches go, without credentials."""
         return self.fs.unstrip_protocol(self.root)
+
+
+class _PartWriter:
+    """Writes record batches into temporary part files, a new one when a part reaches the size
+    threshold or the records bring a field (or a wider type) the open part cannot hold."""
+
+    def __init__(self, stage: FsspecStage, folder: str) -> None:
+        self.stage, self.folder = stage, folder
+        self.format = stage.options.format
+        self.parts: list[tuple[str, int, int]] = []  # (temporary path, rows, bytes)
+        self._handle: Any = None
+        self._path = ""
+        self._rows = 0
+        self._parquet: pq.ParquetWriter | None = None
+        self._gzip: gzip.GzipFile | None = None
+        self._schema: pa.Schema | None = None
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = self._pending_bytes = 0
+        self._group_bytes = min(_ROW_GROUP_BYTES, stage._max_bytes // 4)
+
+    def add(self, chunk: pa.RecordBatch) -> None:
+        if not chunk.num_rows:
+            return
+        if self._handle is not None and self._handle.tell() >= self.stage._max_bytes:
+            self._finish_part()
+        if self.format == "ndjson.gz":
+            self._ndjson(chunk)
+            return
+        if self._schema is None:
+            self._schema = chunk.schema
+        elif chunk.schema != self._schema:
+            merged = merge_schemas(self._schema, chunk.schema)
+            if merged != self._schema:
+                self._finish_part()  # a Parquet file has one schema: the new one starts a part
+                self._schema = merged
+            chunk = conform(chunk, self._schema)
+        self._pending.append(chunk)
+        self._pending_rows += chunk.num_rows
+        self._pending_bytes += chunk.nbytes
+        # A row group is written at _ROW_GROUP_ROWS rows, or sooner when the rows are wide, so
+        # memory stays bounded and the size threshold is checked often enough to split.
+        if self._pending_rows >= _ROW_GROUP_ROWS or self._pending_bytes >= self._group_bytes:
+            self._flush()
+
+    def _open(self) -> None:
+        self._path = f"{self.folder}/.part-{uuid.uuid4().hex}.tmp"
+        self._handle = self.stage.fs.open(self._path, "wb")
+        self._rows = 0
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._handle is None:
+            self._open()
+        assert self._schema is not None
+        if self._parquet is None:
+            codec = self.stage.options.compression
+            self._parquet = pq.ParquetWriter(self._handle, self._schema, compression=codec)
+        table = pa.Table.from_batches(self._pending, schema=self._schema)
+        self._parquet.write_table(table, row_group_size=max(table.num_rows, 1))
+        self._rows += table.num_rows
+        self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
+
+    def _ndjson(self, chunk: pa.RecordBatch) -> None:
+        if self._handle is None:
+            self._open()
+            # mtime=0: the same records give byte-identical files.
+            self._gzip = gzip.GzipFile(fileobj=self._handle, mode="wb", mtime=0)
+        assert self._gzip is not None
+        lines = [dumps(record).encode("utf-8") for record in chunk.to_pylist()]
+        self._gzip.write(b"\n".join(lines) + b"\n")
+        self._rows += chunk.num_rows
+
+    def _finish_part(self) -> None:
+        self._flush()
+        if self._handle is None:
+            return
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._gzip is not None:
+            self._gzip.close()
+        self._handle.close()
+        self.parts.append((self._path, self._rows, self.stage.fs.size(self._path)))
+        self._handle, self._parquet, self._gzip = None, None, None
+
+    def close(self) -> list[tuple[str, int, int]]:
+        """Every part, complete; an empty batch still gets one (empty) file."""
+        self._finish_part()
+        if not self.parts:
+            self._open()
+            if self.format == "parquet":
+                pq.ParquetWriter(self._handle, self._schema or pa.schema([])).close()
+            else:
+                gzip.GzipFile(fileobj=self._handle, mode="wb", mtime=0).close()
+            self._handle.close()
+            self.parts.append((self._path, 0, self.stage.fs.size(self._path)))
+            self._handle = None
+        return self.parts
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            with contextlib.suppress(Exception):  # the original error matters more
+                self._handle.close()
+            self.parts.append((self._path, 0, 0))
+        for path, _, _ in self.parts:
+            self.stage._discard(path)
+
+
+def _ndjson_batches(handle: IO[bytes]) -> Iterator[pa.RecordBatch]:
+    """NDJSON.gz back as record batches, parsed a block of lines at a time (bounded memory;
+    each block infers its own schema, which the target merges)."""
+    with gzip.GzipFile(fileobj=handle, mode="rb") as packed:
+        while True:
+            block = packed.read(_NDJSON_BLOCK)
+            if not block:
+                return
+            rest = packed.readline()  # finish the last line of the block
+            block += rest
+            if block.strip():
+                options = pa_json.ReadOptions(block_size=max(len(block), 1 << 20))
+                yield from pa_json.read_json(io.BytesIO(block), read_options=options).to_batches(CHUNK_ROWS)

@@ -52,7 +52,7 @@ def test_s3_stage_round_trip(moto_s3: str, bucket: str, batch: BatchContext, fil
     ext = file_format
     assert staged.location == f"s3://{bucket}/raw/orders/2026/01/01/{batch.batch_id}.{ext}"
     assert staged.record_count == 1200 and staged.bytes > 0
-    assert list(stage.read(staged)) == records
+    assert [r for c in stage.read(staged) for r in c.to_pylist()] == records
     # A fresh stage object (another worker, after a crash) finds the same file.
     again = s3_stage(moto_s3, f"s3://{bucket}/raw", format=file_format)
     assert again.find(batch) == staged
@@ -96,6 +96,6 @@ def test_real_s3_round_trip(batch: BatchContext) -> None:
     staged = stage.write(batch, [{"id": 1}, {"id": 2}])
     try:
         assert stage.find(batch) == staged
-        assert list(stage.read(staged)) == [{"id": 1}, {"id": 2}]
+        assert [r for c in stage.read(staged) for r in c.to_pylist()] == [{"id": 1}, {"id": 2}]
     finally:
         stage.fs.rm(stage.root, recursive=True)  # type: ignore[attr-defined]
