@@ -122,9 +122,7 @@ def verify_demo(target_url: str, table: str = "events") -> tuple[int, int]:
     try:
         with engine.connect() as conn:
             rows = conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
-            distinct = conn.execute(
-                sa.text(f"SELECT count(DISTINCT json_extract(record, '$.id')) FROM {table}")
-            ).scalar_one()
+            distinct = conn.execute(sa.text(f"SELECT count(DISTINCT id) FROM {table}")).scalar_one()
     finally:
         engine.dispose()
     return int(rows), int(distinct)

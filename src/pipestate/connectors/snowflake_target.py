@@ -1,38 +1,34 @@
-"""Target `snowflake`: COPY INTO a table from the staged file, exactly once per batch.
+"""Target `snowflake`: the typed landing table, loaded by COPY INTO from Parquet, once per batch.
 
-The table has the same shape as the `sql` target's, with the record as a VARIANT:
-`pipestate_batch_id VARCHAR, pipestate_loaded_at TIMESTAMP_TZ, <time_column> TIMESTAMP_TZ,
-record VARIANT`. A load runs, in one transaction: DELETE the batch's rows, COPY INTO from the
-staged file (adding the batch id through a COPY transformation, FORCE = TRUE so that a reload
-is not skipped by Snowflake's load history), check the row count, COMMIT (else ROLLBACK).
-
-Where the file comes from:
-- `external_stage` + `external_stage_url`: the stage (say S3) is already a Snowflake external
-  stage; the file is read there, nothing is uploaded.
-- otherwise the file is PUT to `internal_stage` (default the user stage `@~/pipestate`) first.
-`load_method = "insert"` skips COPY and inserts the staged records with
-`INSERT ... SELECT ..., PARSE_JSON(...)`: slower (row by row), for small batches and for
-stand-ins such as fakesnow that cannot run COPY transformations.
+The table is the typed landing table of `landing` (VARIANT for nested values and for `record`
+with `raw = true`). A load writes the batch's staged records into Parquet load files with
+`pipestate_batch_id` and `pipestate_loaded_at` already in them, so no COPY transformation is
+needed; uploads them (PUT to the internal stage, or into the external stage's bucket through
+the stage's filesystem); adds the columns of new fields; then, in one transaction: DELETE the
+batch's rows, `COPY INTO <table> FROM <files> FILE_FORMAT = (TYPE = PARQUET)
+MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE FORCE = TRUE`, check the row count, COMMIT (else
+ROLLBACK). The load files are removed afterwards. `load_method = "insert"` inserts the rows
+with `INSERT ... SELECT` instead: slow (row by row), for small batches.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
-import os
 import re
 import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import islice
+from datetime import datetime
+from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import unquote
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError
-from ..windows import zone
+from ..windows import UTC
 from .base import (
     BatchContext,
     ConnectorError,
@@ -42,14 +38,14 @@ from .base import (
     StagedData,
     TransientConnectorError,
     dumps,
-    parse_instant,
     require,
 )
+from .landing import PROFILES, Landing, framed
 
 __all__ = ["SnowflakeTarget"]
 
 _STAGE = re.compile(r"^@[A-Za-z0-9_$.~/\"-]+$")
-_FILE_FORMAT = {"ndjson.gz": "TYPE = JSON COMPRESSION = GZIP", "parquet": "TYPE = PARQUET"}
+_LOADS = "_pipestate_loads"  # the folder of load files in an external stage's bucket
 
 
 class SnowflakeOptions(RecordTableOptions):
@@ -71,6 +67,8 @@ class SnowflakeOptions(RecordTableOptions):
     internal_stage: str = "@~/pipestate"  # where PUT uploads when there is no external stage
     insert_batch_size: int = Field(default=1000, gt=0)
     connect_args: dict[str, Any] = {}  # anything else snowflake.connector.connect takes
+    raw: bool = False  # also keep each whole record as a VARIANT in the `record` column
+    columns: dict[str, str] = {}  # field -> Snowflake type, instead of the type read from the data
 
     @field_validator("database", "schema_")
     @classmethod
@@ -91,23 +89,28 @@ class SnowflakeOptions(RecordTableOptions):
         return self
 
 
-def _literal(text: str) -> str:
-    """A Snowflake string literal (COPY transformations take no bind variables)."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
 class SnowflakeTarget:
-    """Loads a batch's staged file into a Snowflake table, replacing its earlier rows."""
+    """Loads a batch's staged records into a typed Snowflake table, replacing its earlier rows."""
 
     Options = SnowflakeOptions
 
     def __init__(self, options: SnowflakeOptions) -> None:
         self.options = options
         self._connector = require("snowflake.connector", "snowflake", "target")
-        self._tz = zone(options.naive_timezone)
         assert options.time_column is not None
         self.time_column: str = options.time_column
+        self.profile = PROFILES["snowflake"]
         self.table = f"{options.database}.{options.schema_}.{options.table}"
+        self.landing = Landing(
+            self.profile,
+            self.table,
+            options.time_field,
+            options.time_column,
+            options.naive_timezone,
+            "auto",
+            "record" if options.raw else None,
+            options.columns,
+        )
         self._created = False
 
     @property
@@ -148,37 +151,44 @@ class SnowflakeTarget:
 
     def ensure_table(self, cursor: Any) -> None:
         if not self._created:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                "pipestate_batch_id VARCHAR NOT NULL, "
-                "pipestate_loaded_at TIMESTAMP_TZ NOT NULL, "
-                f"{self.time_column} TIMESTAMP_TZ, "
-                "record VARIANT NOT NULL)"
-            )
+            cursor.execute(self.landing.create_sql())
             self._created = True
+
+    def _columns(self, cursor: Any) -> dict[str, str]:
+        cursor.execute(
+            f"SELECT column_name, CASE WHEN data_type = 'NUMBER' AND numeric_scale = 0 "
+            f"THEN 'NUMBER(38,0)' ELSE data_type END "
+            f"FROM {self.options.database}.information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s",
+            (self.options.schema_.upper(), self.options.table.upper()),
+        )
+        return {str(name): str(kind) for name, kind in cursor.fetchall()}
 
     def load(self, batch: BatchContext, staged: StagedData, stage: Stage) -> LoadResult:
         load_id = uuid.uuid4().hex
         errors = self._connector.errors
-        with self.connect() as connection:
+        loaded_at = datetime.now(UTC)
+        with self.connect() as connection, tempfile.TemporaryDirectory(prefix="pipestate-load-") as folder:
             cursor = connection.cursor()
+            uploaded: _Uploaded | None = None
             try:
                 self.ensure_table(cursor)
-                source, file_format = None, staged.file_format
+                # Columns are added before the transaction: DDL commits in Snowflake.
+                files, count = self._load_files(cursor, batch, staged, stage, Path(folder), loaded_at)
                 if self.options.load_method == "copy":
-                    source, file_format = self._stage_reference(cursor, batch, staged, stage, load_id)
+                    uploaded = self._upload(cursor, batch, stage, files, load_id)
                 cursor.execute("BEGIN")
                 try:
                     deleted = self._count(cursor, batch)
                     cursor.execute(
                         f"DELETE FROM {self.table} WHERE pipestate_batch_id = %s", (batch.batch_id,)
                     )
-                    if source is not None:
-                        self._copy(cursor, batch, file_format, source)
+                    if uploaded is not None:
+                        self._copy(cursor, uploaded)
                     else:
-                        self._insert(cursor, batch, staged, stage)
+                        self._insert(cursor, files)
                     now = self._count(cursor, batch)
-                    if now != staged.record_count:
+                    if now != staged.record_count or now != count:
                         raise ConnectorError(
                             f"snowflake: {now} rows for batch {batch.batch_id} after the load, "
                             f"{staged.record_count} staged; rolled back"
@@ -187,70 +197,111 @@ class SnowflakeTarget:
                 except BaseException:
                     cursor.execute("ROLLBACK")
                     raise
-                finally:
-                    if source is not None and self.options.external_stage is None:
-                        self._remove(cursor, source)
             except errors.Error as err:
                 retry = isinstance(err, errors.OperationalError)
                 kind = TransientConnectorError if retry else ConnectorError
                 raise kind(f"snowflake: load of batch {batch.batch_id} failed: {err}") from err
+            finally:
+                if uploaded is not None:
+                    uploaded.remove(cursor, self._connector.errors.Error)
         return LoadResult(now, deleted, self.location, load_id)
 
-    def _stage_reference(
-        self, cursor: Any, batch: BatchContext, staged: StagedData, stage: Stage, load_id: str
-    ) -> tuple[str, str]:
-        """Where COPY reads the batch's file, and its format: in the external stage, or PUT to
-        the internal one (a copy is made locally first when the stage is not on this disk)."""
-        o = self.options
-        if o.external_stage is not None and o.external_stage_url is not None:
-            base = o.external_stage_url.rstrip("/") + "/"
-            if not staged.location.startswith(base):
-                raise ConfigError(
-                    f"[target] external_stage_url: staged file {staged.location} is not under {base}"
-                )
-            inside = staged.location[len(base) :]
-            return f"{o.external_stage.rstrip('/')}/{inside}", staged.file_format
-        folder = f"{o.internal_stage.rstrip('/')}/{batch.batch_id}/{load_id}/"
-        with _local_copy(staged, stage) as (path, file_format):
-            cursor.execute(f"PUT 'file://{path}' {folder} OVERWRITE = TRUE AUTO_COMPRESS = FALSE")
-        return folder + os.path.basename(path), file_format
-
-    def _copy(self, cursor: Any, batch: BatchContext, file_format: str, source: str) -> None:
-        field = self.options.time_field.replace('"', '""')
-        cursor.execute(
-            f"COPY INTO {self.table} "
-            f"(pipestate_batch_id, pipestate_loaded_at, {self.time_column}, record) "
-            f"FROM (SELECT {_literal(batch.batch_id)}, CURRENT_TIMESTAMP(), "
-            f'TRY_TO_TIMESTAMP_TZ($1:"{field}"::VARCHAR), $1 FROM {source}) '
-            f"FILE_FORMAT = ({_FILE_FORMAT[file_format]}) "
-            "ON_ERROR = ABORT_STATEMENT FORCE = TRUE"
-        )
-
-    def _insert(self, cursor: Any, batch: BatchContext, staged: StagedData, stage: Stage) -> None:
-        statement = (
-            f"INSERT INTO {self.table} "
-            f"(pipestate_batch_id, pipestate_loaded_at, {self.time_column}, record) "
-            "SELECT %s, CURRENT_TIMESTAMP(), TO_TIMESTAMP_TZ(%s), PARSE_JSON(%s)"
-        )
-        records = iter(stage.read(staged))
-        while chunk := list(islice(records, self.options.insert_batch_size)):
-            cursor.executemany(statement, [self._row(batch, record) for record in chunk])
-
-    def _row(self, batch: BatchContext, record: dict[str, Any]) -> tuple[str, str | None, str]:
+    def _load_files(
+        self,
+        cursor: Any,
+        batch: BatchContext,
+        staged: StagedData,
+        stage: Stage,
+        folder: Path,
+        loaded_at: datetime,
+    ) -> tuple[list[Path], int]:
+        """The staged records as local Parquet load files with the batch id and load time in
+        them (a new file whenever the columns change); adds new fields' columns first."""
+        files: list[Path] = []
+        writer: pq.ParquetWriter | None = None
+        count = 0
         try:
-            moment = parse_instant(record.get(self.options.time_field), self._tz).isoformat()
-        except (ValueError, TypeError, OverflowError):
-            moment = None
-        return batch.batch_id, moment, dumps(record)
+            for table in self.landing.tables(
+                stage.read(staged), lambda: self._columns(cursor), cursor.execute
+            ):
+                whole = framed(table, batch.batch_id, loaded_at)
+                if writer is None or writer.schema != whole.schema:
+                    if writer is not None:
+                        writer.close()
+                    files.append(folder / f"load-{len(files) + 1:05d}.parquet")
+                    writer = pq.ParquetWriter(files[-1], whole.schema, compression="zstd")
+                writer.write_table(whole)
+                count += whole.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        return files, count
+
+    def _upload(
+        self, cursor: Any, batch: BatchContext, stage: Stage, files: list[Path], load_id: str
+    ) -> _Uploaded:
+        """Put the load files where COPY reads them: PUT to the internal stage, or into the
+        external stage's bucket (through the stage's filesystem, under `_pipestate_loads/`)."""
+        o = self.options
+        inside = f"{batch.batch_id}/{load_id}/"
+        if o.external_stage is not None and o.external_stage_url is not None:
+            fs = getattr(stage, "fs", None)
+            if fs is None:
+                raise ConfigError(
+                    "[target] external_stage: needs a stage with a filesystem (type s3 or fsspec)"
+                )
+            base = o.external_stage_url.rstrip("/")
+            fs.makedirs(f"{base}/{_LOADS}/{inside}", exist_ok=True)  # local folders; a no-op on S3
+            for path in files:
+                fs.put_file(str(path), f"{base}/{_LOADS}/{inside}{path.name}")
+            return _Uploaded(
+                f"{o.external_stage.rstrip('/')}/{_LOADS}/{inside}", fs, f"{base}/{_LOADS}/{inside}"
+            )
+        reference = f"{o.internal_stage.rstrip('/')}/{inside}"
+        for path in files:
+            cursor.execute(f"PUT 'file://{path}' {reference} OVERWRITE = TRUE AUTO_COMPRESS = FALSE")
+        return _Uploaded(reference)
+
+    def _copy(self, cursor: Any, uploaded: _Uploaded) -> None:
+        purge = " PURGE = TRUE" if uploaded.fs is None else ""
+        cursor.execute(
+            f"COPY INTO {self.table} FROM {uploaded.reference} "
+            "FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE "
+            f"ON_ERROR = ABORT_STATEMENT FORCE = TRUE{purge}"
+        )
+
+    def _insert(self, cursor: Any, files: list[Path]) -> None:
+        quote = self.profile.quote
+        for path in files:
+            handle = pq.ParquetFile(path)
+            names = handle.schema_arrow.names
+            kinds = {field.name: field.type for field in handle.schema_arrow}
+            marks = []
+            for name in names:
+                kind = kinds[name]
+                if pa.types.is_timestamp(kind):
+                    marks.append("TO_TIMESTAMP_TZ(%s)")
+                elif pa.types.is_nested(kind) or name == self.landing.raw_column:
+                    marks.append("PARSE_JSON(%s)")
+                else:
+                    marks.append("%s")
+            statement = (
+                f"INSERT INTO {self.table} ({', '.join(quote(n) for n in names)}) SELECT {', '.join(marks)}"
+            )
+            for chunk in handle.iter_batches(batch_size=self.options.insert_batch_size):
+                columns = []
+                for name in names:
+                    values = chunk.column(name).to_pylist()
+                    if pa.types.is_timestamp(kinds[name]):
+                        values = [None if v is None else v.isoformat() for v in values]
+                    elif pa.types.is_nested(kinds[name]):
+                        values = [None if v is None else dumps(v) for v in values]
+                    columns.append(values)
+                cursor.executemany(statement, list(zip(*columns, strict=True)))
 
     def _count(self, cursor: Any, batch: BatchContext) -> int:
         cursor.execute(f"SELECT COUNT(*) FROM {self.table} WHERE pipestate_batch_id = %s", (batch.batch_id,))
         return int(cursor.fetchone()[0])
-
-    def _remove(self, cursor: Any, source: str) -> None:
-        # An uploaded copy left behind costs storage, not correctness.
-        with contextlib.suppress(self._connector.errors.Error):
-            cursor.execute(f"REMOVE {source}")
 
     def count(self, batch: BatchContext) -> int:
         errors = self._connector.errors
@@ -264,16 +315,18 @@ class SnowflakeTarget:
                 raise ConnectorError(f"snowflake: cannot count batch {batch.batch_id}: {err}") from err
 
 
-@contextmanager
-def _local_copy(staged: StagedData, stage: Stage) -> Iterator[tuple[str, str]]:
-    """A local file with the staged data and its format, for PUT: the file itself, or a
-    temporary NDJSON.gz copy of the records."""
-    if staged.location.startswith("file://"):
-        yield unquote(staged.location[len("file://") :]), staged.file_format
-        return
-    with tempfile.TemporaryDirectory(prefix="pipestate-put-") as folder:
-        path = os.path.join(folder, "batch.ndjson.gz")
-        with gzip.open(path, "wb") as handle:
-            for record in stage.read(staged):
-                handle.write(dumps(record).encode("utf-8") + b"\n")
-        yield path, "ndjson.gz"
+class _Uploaded:
+    """Where a load's files are for COPY, and how to remove them afterwards."""
+
+    def __init__(self, reference: str, fs: Any = None, url: str | None = None) -> None:
+        self.reference, self.fs, self.url = reference, fs, url
+
+    def remove(self, cursor: Any, error: type[Exception]) -> None:
+        # A load file left behind costs storage, not correctness: COPY reads only this
+        # load's folder, and PURGE already removed what it loaded.
+        if self.fs is not None and self.url is not None:
+            with contextlib.suppress(Exception):
+                self.fs.rm(self.url, recursive=True)
+            return
+        with contextlib.suppress(error):
+            cursor.execute(f"REMOVE {self.reference}")

@@ -1,31 +1,27 @@
 """Target `sql`: any SQLAlchemy database (DuckDB by default, SQLite, PostgreSQL).
 
-The target table holds one row per record:
-
-| column | holds |
-| --- | --- |
-| `pipestate_batch_id` | the batch that loaded the row |
-| `pipestate_loaded_at` | when that load ran (UTC) |
-| `<time_column>` | the record's time field, as a timestamp (NULL if the record has none) |
-| `record` | the whole record as JSON text |
-
-A load deletes the batch's rows and inserts the staged ones in one transaction, so loading a
-batch again replaces its rows and a failed load leaves the previous ones in place.
+The target table is typed (see `landing`): `pipestate_batch_id`, `pipestate_loaded_at`, the
+record's time as a timestamp, one column per top-level field, and with `raw = true` the whole
+record as JSON in `record`. A load deletes the batch's rows and bulk-loads the staged ones in one
+transaction (DuckDB scans the Arrow data, PostgreSQL takes COPY, SQLite executemany), so loading
+a batch again replaces its rows and a failed load leaves the previous ones in place.
 """
 
 from __future__ import annotations
 
+import io
 import time
 import uuid
 from datetime import datetime
-from itertools import islice
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import sqlalchemy as sa
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..errors import ConfigError
-from ..windows import UTC, zone
+from ..windows import UTC
 from .base import (
     BatchContext,
     ConnectorError,
@@ -34,11 +30,10 @@ from .base import (
     Stage,
     StagedData,
     TransientConnectorError,
-    dumps,
-    parse_instant,
 )
+from .landing import BATCH_COLUMN, LOADED_COLUMN, Landing, Profile, framed, profile_for, sqlite_text_times
 
-__all__ = ["SqlTarget", "target_table"]
+__all__ = ["SqlTarget"]
 
 _EXTRA_FOR = {"duckdb": "duckdb", "postgresql": "postgres"}
 _BUSY_WAIT_SECONDS = 60.0
@@ -49,30 +44,27 @@ class SqlOptions(RecordTableOptions):
     url: str = "duckdb:///pipestate-target.duckdb"
     schema_: str | None = Field(default=None, alias="schema")
     epoch_unit: Literal["auto", "s", "ms", "us", "ns"] = "auto"
-    batch_size: int = Field(default=1000, gt=0)
+    batch_size: int = Field(default=1000, gt=0)  # kept for old configs: loads go in bulk now
+    raw: bool = False  # also keep each whole record as JSON in the `record` column
+    columns: dict[str, str] = {}  # field -> SQL type, instead of the type read from the data
 
-
-def target_table(metadata: sa.MetaData, name: str, time_column: str, schema: str | None) -> sa.Table:
-    """The target table's definition (also used by tests and the demo to read it back)."""
-    return sa.Table(
-        name,
-        metadata,
-        sa.Column("pipestate_batch_id", sa.String(255), nullable=False),
-        sa.Column("pipestate_loaded_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column(time_column, sa.DateTime(timezone=True), nullable=True),
-        sa.Column("record", sa.Text, nullable=False),
-        schema=schema,
-    )
+    @field_validator("columns")
+    @classmethod
+    def _types(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, sql_type in value.items():
+            if not sql_type.replace(" ", "").replace("(", "").replace(")", "").replace(",", "").isalnum():
+                raise ValueError(f"{name}: not a plain SQL type: {sql_type!r}")
+        return value
 
 
 class SqlTarget:
-    """Loads staged records into one table of a SQLAlchemy database, exactly once per batch."""
+    """Loads staged record batches into one typed table of a SQLAlchemy database, exactly once
+    per batch."""
 
     Options = SqlOptions
 
     def __init__(self, options: SqlOptions) -> None:
         self.options = options
-        self._tz = zone(options.naive_timezone)
         try:
             # DuckDB lets one process at a time open a file for writing: hold it only
             # for the length of a load, so workers in other processes can take turns.
@@ -85,34 +77,68 @@ class SqlTarget:
             raise ConfigError(f"[target] url: no driver for {backend}{hint}") from err
         except (sa.exc.ArgumentError, ImportError) as err:
             raise ConfigError(f"[target] url: {err}") from err
+        try:
+            self.profile: Profile = profile_for(self.engine.dialect.name)
+        except ConnectorError as err:
+            raise ConfigError(f"[target] url: {err}") from err
         assert options.time_column is not None
-        self._time_column: str = options.time_column
-        self.table = target_table(sa.MetaData(), options.table, options.time_column, options.schema_)
-        self._batch = self.table.c.pipestate_batch_id
-        if self.engine.dialect.name != "duckdb":  # DuckDB scans its columns fast without one
-            sa.Index(f"ix_{options.table}_batch", self._batch)
+        quote = self.profile.quote
+        self.table = (quote(options.schema_) + "." if options.schema_ else "") + quote(options.table)
+        self.landing = Landing(
+            self.profile,
+            self.table,
+            options.time_field,
+            options.time_column,
+            options.naive_timezone,
+            options.epoch_unit,
+            "record" if options.raw else None,
+            options.columns,
+        )
         self._created = False
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.engine.dispose()
 
     @property
     def location(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)
-        return f"{url}#{self.table.fullname}"
+        name = f"{self.options.schema_}.{self.options.table}" if self.options.schema_ else self.options.table
+        return f"{url}#{name}"
 
     def ensure_table(self) -> None:
         """Create the table (and an index on the batch id) if it is missing."""
         if self._created:
             return
+        statements = [self.landing.create_sql()]
+        if self.profile.index_batch_id:
+            index = self.profile.quote(f"ix_{self.options.table}_batch")
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {index} ON {self.table} ({self.profile.quote(BATCH_COLUMN)})"
+            )
         try:
-            self.table.metadata.create_all(self.engine, checkfirst=True)
+            with self.engine.begin() as conn:
+                for statement in statements:
+                    conn.exec_driver_sql(statement)
         except sa.exc.DBAPIError as err:
             # Two workers may create it at once: only fail if it is still not there.
             try:
-                present = sa.inspect(self.engine).has_table(self.table.name, schema=self.table.schema)
+                present = bool(self._columns_now())
             except sa.exc.DBAPIError:
                 present = False
             if not present:
                 raise _wrap(err, "create the target table") from err
         self._created = True
+
+    def _columns(self, conn: sa.Connection) -> dict[str, str]:
+        rows = conn.execute(
+            sa.text(self.profile.columns_query), {"table": self.options.table, "schema": self.options.schema_}
+        )
+        return {str(name): str(kind) for name, kind in rows}
+
+    def _columns_now(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return self._columns(conn)
 
     def load(self, batch: BatchContext, staged: StagedData, stage: Stage) -> LoadResult:
         # Another process holding a DuckDB file (or a SQLite write lock past its
@@ -132,19 +158,24 @@ class SqlTarget:
         self.ensure_table()
         load_id = uuid.uuid4().hex
         loaded_at = datetime.now(UTC)
-        count_rows = self._count_query(batch)
-        records = iter(stage.read(staged))
+        quote = self.profile.quote
+        where = f"WHERE {quote(BATCH_COLUMN)} = :batch"
+        count_rows = sa.text(f"SELECT count(*) FROM {self.table} {where}")
+        key = {"batch": batch.batch_id}
         try:
             with self.engine.begin() as conn:
-                self._lock(conn, batch.batch_id)
-                previous = conn.execute(count_rows).scalar_one()
-                conn.execute(sa.delete(self.table).where(self._batch == batch.batch_id))
+                if self.profile.lock_sql:
+                    conn.execute(sa.text(self.profile.lock_sql), {"key": batch.batch_id})
+                previous = conn.execute(count_rows, key).scalar_one()
+                conn.execute(sa.text(f"DELETE FROM {self.table} {where}"), key)
                 inserted = 0
-                while chunk := list(islice(records, self.options.batch_size)):
-                    rows = [self._row(batch.batch_id, loaded_at, record) for record in chunk]
-                    conn.execute(self.table.insert(), rows)
-                    inserted += len(rows)
-                now = conn.execute(count_rows).scalar_one()
+                tables = self.landing.tables(
+                    stage.read(staged), lambda: self._columns(conn), conn.exec_driver_sql
+                )
+                for table in tables:
+                    self._bulk(conn, table, batch.batch_id, loaded_at)
+                    inserted += table.num_rows
+                now = conn.execute(count_rows, key).scalar_one()
                 if now != inserted:
                     raise ConnectorError(
                         f"target {self.location}: {now} rows for batch {batch.batch_id} "
@@ -154,36 +185,72 @@ class SqlTarget:
             raise _wrap(err, f"load batch {batch.batch_id}") from err
         return LoadResult(now, previous, self.location, load_id)
 
-    def _lock(self, conn: sa.Connection, batch_id: str) -> None:
-        # PostgreSQL's READ COMMITTED would let two loads of one batch both delete nothing and
-        # both insert; a transaction lock on the batch id serializes them. SQLite and DuckDB
-        # already allow one writer at a time.
-        if conn.dialect.name == "postgresql":
-            lock = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))")
-            conn.execute(lock, {"k": batch_id})
-
-    def _row(self, batch_id: str, loaded_at: datetime, record: dict[str, Any]) -> dict[str, Any]:
-        value = record.get(self.options.time_field)
-        try:
-            moment = parse_instant(value, self._tz, self.options.epoch_unit)
-        except (ValueError, TypeError, OverflowError):
-            moment = None  # the source decided the record belongs here; keep it, time unknown
-        return {
-            "pipestate_batch_id": batch_id,
-            "pipestate_loaded_at": loaded_at,
-            self._time_column: moment,
-            "record": dumps(record),
-        }
+    def _bulk(self, conn: sa.Connection, table: pa.Table, batch_id: str, loaded_at: datetime) -> None:
+        quote = self.profile.quote
+        names = [BATCH_COLUMN, LOADED_COLUMN, *table.column_names]
+        column_list = ", ".join(quote(name) for name in names)
+        dbapi: Any = conn.connection.dbapi_connection
+        if self.profile.bulk == "arrow":
+            view = f"pipestate_staged_{uuid.uuid4().hex[:8]}"
+            # Structs and lists arrive as themselves; DuckDB writes their JSON.
+            selects = [
+                f"to_json({quote(item.name)})" if pa.types.is_nested(item.type) else quote(item.name)
+                for item in table.schema
+            ]
+            dbapi.register(view, table)
+            try:
+                dbapi.execute(
+                    f"INSERT INTO {self.table} ({column_list}) SELECT ?, ?, {', '.join(selects)} FROM {view}",
+                    [batch_id, loaded_at],
+                )
+            finally:
+                dbapi.unregister(view)
+        elif self.profile.bulk == "copy":
+            ready = pa.table({name: _csv_ready(table.column(name)) for name in table.column_names})
+            buffer = io.BytesIO()
+            pa_csv.write_csv(
+                framed(ready, batch_id, loaded_at),
+                buffer,
+                pa_csv.WriteOptions(include_header=False, batch_size=8192),
+            )
+            with (
+                dbapi.cursor() as cursor,
+                cursor.copy(f"COPY {self.table} ({column_list}) FROM STDIN (FORMAT csv)") as copy,
+            ):
+                copy.write(buffer.getbuffer())
+        else:
+            stamp = loaded_at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+            columns = [_sqlite_ready(table.column(name)).to_pylist() for name in table.column_names]
+            rows_out = [(batch_id, stamp, *values) for values in zip(*columns, strict=True)]
+            marks = ", ".join("?" for _ in names)
+            conn.exec_driver_sql(f"INSERT INTO {self.table} ({column_list}) VALUES ({marks})", rows_out)
 
     def count(self, batch: BatchContext) -> int:
-        if not sa.inspect(self.engine).has_table(self.table.name, schema=self.table.schema):
+        if not self._columns_now():
             return 0
         with self.engine.connect() as conn:
-            return int(conn.execute(self._count_query(batch)).scalar_one())
+            query = sa.text(
+                f"SELECT count(*) FROM {self.table} WHERE {self.profile.quote(BATCH_COLUMN)} = :b"
+            )
+            return int(conn.execute(query, {"b": batch.batch_id}).scalar_one())
 
-    def _count_query(self, batch: BatchContext) -> sa.Select[Any]:
-        where = self._batch == batch.batch_id
-        return sa.select(sa.func.count()).select_from(self.table).where(where)
+
+def _csv_ready(values: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """A column as PostgreSQL's CSV COPY reads it (bytes as bytea's hex text)."""
+    if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
+        return pa.array([None if v is None else "\\x" + v.hex() for v in values.to_pylist()], pa.string())
+    return values
+
+
+def _sqlite_ready(values: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """A column as sqlite3 binds it: instants as SQLAlchemy's UTC text, decimals as floats."""
+    if pa.types.is_timestamp(values.type):
+        return sqlite_text_times(values)
+    if pa.types.is_date(values.type):
+        return values.cast(pa.string())
+    if pa.types.is_decimal(values.type):
+        return values.cast(pa.float64())
+    return values
 
 
 def _wrap(err: sa.exc.DBAPIError, doing: str) -> ConnectorError:

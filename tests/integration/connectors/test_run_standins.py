@@ -51,6 +51,15 @@ def test_elasticsearch_to_s3_to_snowflake_exactly_once(tmp_path: Path, moto_s3: 
         region_name="us-east-1",
     ).create_bucket(Bucket=bucket)
     with EsStandin() as es, fakesnow.patch():
+        import snowflake.connector
+
+        with snowflake.connector.connect(database="analytics", schema="raw") as conn:
+            for statement in (
+                "DATABASE analytics",
+                "SCHEMA analytics.raw",
+                "STAGE analytics.raw.pipestate_load",
+            ):
+                conn.cursor().execute(f"CREATE {statement.split()[0]} IF NOT EXISTS {statement.split()[1]}")
         inside = _seed(es)
         config = Config.from_dict(
             {
@@ -80,7 +89,7 @@ def test_elasticsearch_to_s3_to_snowflake_exactly_once(tmp_path: Path, moto_s3: 
                     "database": "analytics",
                     "schema": "raw",
                     "table": "events",
-                    "load_method": "insert",
+                    "internal_stage": "@analytics.raw.pipestate_load",
                     "time_field": "@timestamp",
                 },
             }
@@ -96,7 +105,7 @@ def test_elasticsearch_to_s3_to_snowflake_exactly_once(tmp_path: Path, moto_s3: 
 
         with snowflake.connector.connect(database="analytics", schema="raw") as conn:
             cursor = conn.cursor()
-            cursor.execute("SELECT record:id::INT, pipestate_batch_id FROM analytics.raw.events")
+            cursor.execute("SELECT id, pipestate_batch_id FROM analytics.raw.events")
             loaded = cursor.fetchall()
     ids = Counter(row[0] for row in loaded)
     assert set(ids) == set(inside), "records missing from, or extra in, the target"

@@ -1,0 +1,285 @@
+"""The Arrow data path: the files source's cache and pruning, the stage's parts, the typed table.
+
+Real connectors on the local disk, SQLite, DuckDB and the local PostgreSQL; no stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+import support
+
+from pipestate.connectors import BatchContext, build_source, build_stage, build_target
+from pipestate.connectors.base import ConnectorError, record_batches
+from pipestate.connectors.files import FilesSource, partition_span
+from pipestate.windows import zone
+
+DAY = datetime(2026, 1, 1, tzinfo=UTC)
+PG_URL = os.environ.get("PIPESTATE_TEST_PG_URL", support.PG_URL)
+
+
+def rows(chunks) -> list[dict]:
+    return [record for chunk in record_batches(chunks) for record in chunk.to_pylist()]
+
+
+def hourly(hour: int) -> BatchContext:
+    start = DAY + timedelta(hours=hour)
+    return BatchContext.for_window("orders", start, start + timedelta(hours=1))
+
+
+def write_day(path: Path, per_hour: int = 10) -> None:
+    """One NDJSON file of a UTC day, not sorted by time (the last hour first)."""
+    lines = []
+    for hour in reversed(range(24)):
+        for n in range(per_hour):
+            moment = DAY + timedelta(hours=hour, minutes=n)
+            lines.append(json.dumps({"id": hour * 100 + n, "timestamp": moment.isoformat()}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+# -- files source ----------------------------------------------------------------------------
+
+
+def test_a_daily_file_is_parsed_once_for_its_hourly_windows(tmp_path: Path, monkeypatch) -> None:
+    write_day(tmp_path / "day.ndjson")
+    source = build_source({"type": "files", "path": str(tmp_path)})
+    parses = []
+    original = FilesSource._read_whole
+    monkeypatch.setattr(FilesSource, "_read_whole", lambda self, *a: parses.append(a) or original(self, *a))
+    got = {hour: [r["id"] for r in rows(source.extract(hourly(hour)))] for hour in range(24)}
+    assert len(parses) == 1
+    assert all(got[hour] == [hour * 100 + n for n in range(10)] for hour in range(24))
+    chunk = next(iter(source.extract(hourly(3))))
+    assert isinstance(chunk, pa.RecordBatch) and chunk.schema.field("timestamp").type == pa.timestamp(
+        "us", "UTC"
+    )
+
+
+def test_a_file_too_big_for_the_cache_is_streamed_with_the_same_records(tmp_path: Path) -> None:
+    write_day(tmp_path / "day.ndjson.gz".replace(".gz", ""))
+    cached = build_source({"type": "files", "path": str(tmp_path)})
+    streamed = build_source({"type": "files", "path": str(tmp_path), "cache_mb": 0})
+    for hour in (0, 7, 23):
+        assert rows(streamed.extract(hourly(hour))) == rows(cached.extract(hourly(hour)))
+    assert not streamed._cache  # type: ignore[attr-defined]
+
+
+def test_parquet_row_groups_outside_the_window_are_not_read(tmp_path: Path, monkeypatch) -> None:
+    times = [DAY + timedelta(hours=h, minutes=m) for h in range(6) for m in range(0, 60, 10)]
+    table = pa.table({"id": list(range(len(times))), "timestamp": pa.array(times, pa.timestamp("us", "UTC"))})
+    pq.write_table(table, tmp_path / "events.parquet", row_group_size=6)  # one row group per hour
+    read: list[int] = []
+    original = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "read_row_group",
+        lambda self, i, *a, **k: read.append(i) or original(self, i, *a, **k),
+    )
+    source = build_source({"type": "files", "path": str(tmp_path)})
+    assert [r["id"] for r in rows(source.extract(hourly(2)))] == list(range(12, 18))
+    assert read == [2]
+    assert rows(source.extract(hourly(9))) == [] and read == [2]  # the file's span misses: not opened
+
+
+def test_hive_partition_folders_outside_the_window_are_skipped(tmp_path: Path) -> None:
+    inside = tmp_path / "dt=2026-01-01" / "hour=10" / "a.ndjson"
+    elsewhere = tmp_path / "dt=2026-01-01" / "hour=12" / "b.ndjson"
+    inside.parent.mkdir(parents=True)
+    elsewhere.parent.mkdir(parents=True)
+    inside.write_text(json.dumps({"id": 1, "timestamp": "2026-01-01T10:15:00Z"}) + "\n")
+    # Filed under the wrong hour on purpose: pruning means the file is never opened.
+    elsewhere.write_text(json.dumps({"id": 2, "timestamp": "2026-01-01T10:30:00Z"}) + "\n")
+    source = build_source({"type": "files", "path": str(tmp_path)})
+    assert [r["id"] for r in rows(source.extract(hourly(10)))] == [1]
+
+
+def test_partition_span_reads_the_common_layouts() -> None:
+    utc, new_york = zone("UTC"), zone("America/New_York")
+    assert partition_span(Path("x/dt=2026-03-07/hour=05/f.parquet"), utc) == (
+        datetime(2026, 3, 7, 5, tzinfo=UTC),
+        datetime(2026, 3, 7, 6, tzinfo=UTC),
+    )
+    assert partition_span(Path("year=2026/month=12/f.csv"), utc) == (
+        datetime(2026, 12, 1, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
+    # A wall-clock day in New York on the autumn change is 25 hours long.
+    low, high = partition_span(Path("date=2026-11-01/f.ndjson"), new_york)  # type: ignore[misc]
+    assert high - low == timedelta(hours=25)
+    assert partition_span(Path("dt=latest/f.ndjson"), utc) is None
+    assert partition_span(Path("plain/f.ndjson"), utc) is None
+
+
+def test_unreadable_time_names_file_record_and_field(tmp_path: Path) -> None:
+    (tmp_path / "a.ndjson").write_text(
+        json.dumps({"id": 1, "timestamp": "2026-01-01T10:00:00Z"})
+        + "\n"
+        + json.dumps({"id": 2, "timestamp": "soon"})
+        + "\n"
+    )
+    source = build_source({"type": "files", "path": str(tmp_path)})
+    with pytest.raises(ConnectorError, match=r"a.ndjson: record 2 has an unreadable 'timestamp'"):
+        rows(source.extract(hourly(10)))
+
+
+# -- stage -----------------------------------------------------------------------------------
+
+
+def test_a_big_batch_is_split_into_parts_listed_by_a_manifest(tmp_path: Path) -> None:
+    batch = hourly(0)
+    stage = build_stage({"url": str(tmp_path), "max_file_mb": 1})
+    noise = [{"id": n, "blob": os.urandom(300).hex()} for n in range(6000)]  # about 1.8 MB as Parquet
+    chunks = [pa.RecordBatch.from_pylist(noise[i : i + 1000]) for i in range(0, 6000, 1000)]
+    staged = stage.write(batch, chunks)
+    assert staged.file_count >= 2 and len(staged.files) == staged.file_count
+    assert staged.location.endswith(".manifest.json") and staged.record_count == 6000
+    assert staged.bytes == sum(Path(uri.removeprefix("file://")).stat().st_size for uri in staged.files)
+    assert stage.find(batch) == staged
+    assert rows(stage.read(staged)) == noise
+    # Staged again, small this time: one file, and the old parts are no longer found.
+    small = stage.write(batch, [pa.RecordBatch.from_pylist(noise[:5])])
+    assert small.file_count == 1 and stage.find(batch) == small
+    assert not list(tmp_path.rglob("*.manifest.json"))
+
+
+def test_chunks_with_a_new_field_start_a_new_part(tmp_path: Path) -> None:
+    batch = hourly(0)
+    stage = build_stage({"url": str(tmp_path)})
+    first = pa.RecordBatch.from_pylist([{"id": 1, "note": None}])  # a null-typed column
+    second = pa.RecordBatch.from_pylist([{"id": 2}])  # a field missing
+    third = pa.RecordBatch.from_pylist([{"id": 3, "note": "x", "extra": 1.5}])
+    staged = stage.write(batch, [first, second, third])
+    assert staged.record_count == 3 and staged.file_count == 2
+    got = rows(stage.read(staged))
+    assert [r["id"] for r in got] == [1, 2, 3] and got[2]["extra"] == 1.5
+
+
+# -- typed landing table ---------------------------------------------------------------------
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("duckdb", marks=pytest.mark.duckdb),
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def landing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(target URL, table name) on each target database; PostgreSQL's table dropped after."""
+    table = f"land_{uuid.uuid4().hex[:8]}"
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'target.db'}", table
+    elif request.param == "duckdb":
+        yield f"duckdb:///{tmp_path / 'target.duckdb'}", table
+    else:
+        if problem := support.pg_reachable(PG_URL):
+            pytest.skip(problem)
+        yield PG_URL, table
+        engine = sa.create_engine(PG_URL)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
+        engine.dispose()
+
+
+def _select(url: str, sql: str) -> list[sa.Row]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql)))
+    finally:
+        engine.dispose()
+
+
+def _load(url: str, table: str, tmp_path: Path, records: list[dict], hour: int = 0, **target) -> int:
+    batch = hourly(hour)
+    stage = build_stage({"url": str(tmp_path / "stage")})
+    sink = build_target({"type": "sql", "url": url, "table": table, **target})
+    try:
+        return sink.load(batch, stage.write(batch, [pa.RecordBatch.from_pylist(records)]), stage).record_count
+    finally:
+        sink.close()  # type: ignore[attr-defined]
+
+
+def test_typed_columns_nested_json_and_a_new_field(landing: tuple[str, str], tmp_path: Path) -> None:
+    url, table = landing
+    first = [
+        {"id": 1, "timestamp": "2026-01-01T00:10:00Z", "amount": 2.5, "ok": True, "tags": {"a": [1, 2]}},
+        {"id": 2, "timestamp": "2026-01-01T00:20:00+01:00", "amount": None, "ok": False, "tags": None},
+    ]
+    assert _load(url, table, tmp_path, first) == 2
+    later = [{"id": 3, "timestamp": "2026-01-01T01:05:00Z", "amount": 1, "country": "FR"}]
+    assert _load(url, table, tmp_path, later, hour=1) == 1
+    got = _select(url, f'SELECT id, "timestamp", amount, ok, tags, country FROM "{table}" ORDER BY id')
+    assert [r.id for r in got] == [1, 2, 3]
+    assert support_instant(got[1].timestamp) == datetime(2025, 12, 31, 23, 20, tzinfo=UTC)
+    assert got[0].amount == 2.5 and got[2].amount == 1.0 and got[1].amount is None
+    assert bool(got[0].ok) is True and got[2].ok is None
+    tags = got[0].tags if isinstance(got[0].tags, dict) else json.loads(got[0].tags)
+    assert tags == {"a": [1, 2]}
+    assert (got[0].country, got[2].country) == (None, "FR")
+
+
+def support_instant(value: object) -> datetime:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def test_a_type_conflict_fails_the_batch_naming_field_and_types(landing: tuple[str, str], tmp_path: Path):
+    url, table = landing
+    _load(url, table, tmp_path, [{"id": 1, "timestamp": "2026-01-01T00:10:00Z"}])
+    with pytest.raises(
+        ConnectorError, match=rf"field 'id': column id of .*{table}.* is [A-Za-z ]+, this batch has string"
+    ):
+        _load(url, table, tmp_path, [{"id": "one", "timestamp": "2026-01-01T00:10:00Z"}])
+    assert [r.id for r in _select(url, f'SELECT id FROM "{table}"')] == [1]  # the earlier load stays
+
+
+def test_raw_mode_keeps_the_whole_record(landing: tuple[str, str], tmp_path: Path) -> None:
+    url, table = landing
+    record = {"id": 7, "timestamp": "2026-01-01T00:10:00Z", "deep": {"x": {"y": "z"}}}
+    _load(url, table, tmp_path, [record], raw=True)
+    (row,) = _select(url, f'SELECT id, record FROM "{table}"')
+    raw = row.record if isinstance(row.record, dict) else json.loads(row.record)
+    assert row.id == 7 and raw["deep"] == {"x": {"y": "z"}} and raw["id"] == 7
+
+
+def test_declared_columns_set_the_type(landing: tuple[str, str], tmp_path: Path) -> None:
+    url, table = landing
+    _load(
+        url,
+        table,
+        tmp_path,
+        [{"id": 7, "timestamp": "2026-01-01T00:10:00Z", "code": 42}],
+        columns={"code": "TEXT"},
+    )
+    (row,) = _select(url, f'SELECT code FROM "{table}"')
+    assert str(row.code) == "42"
+
+
+def test_a_table_of_the_earlier_record_layout_asks_for_raw(tmp_path: Path) -> None:
+    url, table = f"sqlite:///{tmp_path / 'old.db'}", "events"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE events (pipestate_batch_id VARCHAR(255) NOT NULL, "
+                "pipestate_loaded_at DATETIME NOT NULL, timestamp DATETIME, record TEXT NOT NULL)"
+            )
+        )
+    engine.dispose()
+    record = {"id": 1, "timestamp": "2026-01-01T00:10:00Z"}
+    with pytest.raises(ConnectorError, match=r"earlier layout .* set \[target\] raw = true"):
+        _load(url, table, tmp_path, [record])
+    assert _load(url, table, tmp_path, [record], raw=True) == 1
+    (row,) = _select(url, "SELECT id, record FROM events")
+    assert row.id == 1 and json.loads(row.record)["id"] == 1
