@@ -265,6 +265,14 @@ def _instant(value: str | None, name: str) -> datetime | None:
     help="Which statuses to requeue in the range (repeatable; default FAILED).",
 )
 @click.option("--force", is_flag=True, help="Also requeue batches under a live lease.")
+@click.option(
+    "--from-step",
+    type=click.Choice(["source", "target"]),
+    default="source",
+    show_default=True,
+    help="source: the next run reads the source again (late data arrives); "
+    "target: it reloads the staged files as they are.",
+)
 @json_option
 def requeue(
     batch_ids: tuple[str, ...],
@@ -273,6 +281,7 @@ def requeue(
     end: str | None,
     statuses: tuple[str, ...],
     force: bool,
+    from_step: str,
     as_json: bool,
 ) -> None:
     """Make batches PENDING again with a fresh retry budget.
@@ -281,6 +290,7 @@ def requeue(
     pipestate requeue BATCH_ID [BATCH_ID ...]     those batches
     pipestate requeue --failed                   every FAILED batch
     pipestate requeue --start T --end T [--status COMPLETED]   a range
+    pipestate requeue ... --from-step target     reload the staged files, do not re-extract
     """
     if not batch_ids and not all_failed and start is None and end is None:
         raise click.UsageError("name batch ids, or --failed, or a --start/--end range")
@@ -290,6 +300,7 @@ def requeue(
         end=_instant(end, "--end"),
         statuses=statuses or ("FAILED",),
         force=force,
+        from_step=from_step,
     )
     if as_json:
         _print_json({"requeued": done})

@@ -343,9 +343,13 @@ class PipelineStateManager:
         end: datetime | None = None,
         statuses: tuple[str, ...] = ("FAILED",),
         force: bool = False,
+        from_step: str = "source",
     ) -> list[str]:
-        """Make batches PENDING again with a fresh retry budget; returns their ids."""
-        return operations.requeue(self, batch_ids, start=start, end=end, statuses=statuses, force=force)
+        """Make batches PENDING again with a fresh retry budget; returns their ids. The next run
+        reads the source again (`from_step="source"`) or reloads the staged files ("target")."""
+        return operations.requeue(
+            self, batch_ids, start=start, end=end, statuses=statuses, force=force, from_step=from_step
+        )
 
     def history(self, batch_id: str) -> list[dict[str, Any]]:
         """The batch's audit trail, oldest first."""

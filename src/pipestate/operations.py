@@ -18,7 +18,13 @@ from .windows import parse_instant
 if TYPE_CHECKING:
     from .manager import PipelineStateManager
 
-__all__ = ["history", "leases", "requeue"]
+__all__ = ["history", "leases", "requeue", "REQUEUE_STEPS"]
+
+# The step a requeued batch starts from, and the step columns that makes unfinished again.
+REQUEUE_STEPS = {
+    "source": ("source_extract_status", "stage_write_status", "target_load_status"),
+    "target": ("target_load_status",),
+}
 
 
 def requeue(
@@ -30,16 +36,21 @@ def requeue(
     statuses: tuple[str, ...] = ("FAILED",),
     force: bool = False,
     by: str | None = None,
+    from_step: str = "source",
 ) -> list[str]:
     """Make batches PENDING again with a fresh retry budget; returns their ids.
 
     Select by id, or by window within [start, end), among `statuses` (FAILED by
     default; COMPLETED to reprocess). A batch under a live claim is refused
     unless `force` (its holder then gets LeaseLost on its next call).
+    `from_step` "source" (default) makes the next run read the source again, so
+    late data reaches the target; "target" reloads the staged files as they are.
     """
     allowed = {"FAILED", "COMPLETED", "PENDING", "IN_PROGRESS"}
     if bad := [s for s in statuses if s not in allowed]:
         raise UsageError(f"--status: cannot requeue {', '.join(bad)} batches")
+    if from_step not in REQUEUE_STEPS:
+        raise UsageError(f"--from-step: must be one of {', '.join(REQUEUE_STEPS)}, got {from_step!r}")
     store = manager.store
     c = store.tables.state.c
     who = by or manager.actor
@@ -89,10 +100,20 @@ def requeue(
                     "last_requeued_at": now,
                     "updated_at": now,
                     "updated_by": who,
+                    **dict.fromkeys(REQUEUE_STEPS[from_step], "PENDING"),
                 },
             )
             events.append(
-                manager._event(batch_id, "REQUEUED", now, status, "PENDING", worker_id=who, claim_token=token)
+                manager._event(
+                    batch_id,
+                    "REQUEUED",
+                    now,
+                    status,
+                    "PENDING",
+                    {"from_step": from_step},
+                    worker_id=who,
+                    claim_token=token,
+                )
             )
             done.append(batch_id)
         store.insert_events(conn, events)

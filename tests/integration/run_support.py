@@ -62,23 +62,27 @@ def write_events(directory: Path, start: datetime, hours: int, per_hour: int, se
     return count
 
 
-def config(tmp: Path, start: str, end: str, *, target_url: str, **source: Any) -> dict[str, Any]:
+def config(
+    tmp: Path, start: str, end: str, *, target_url: str, table: str = "events", **source: Any
+) -> dict[str, Any]:
     return {
         "pipeline": {"name": "events", "timezone": "UTC", "granularity": "1h", "start": start, "end": end},
         "state": {"url": f"sqlite:///{tmp / 'state.db'}"},
         "concurrency": {"lease": "3s", "max_retries": 10, "retry_backoff": "0s"},
         "source": {"type": "files", "path": str(tmp / "source"), "time_field": "timestamp", **source},
         "stage": {"type": "local", "url": str(tmp / "stage")},
-        "target": {"type": "sql", "url": target_url, "table": "events", "time_field": "timestamp"},
+        "target": {"type": "sql", "url": target_url, "table": table, "time_field": "timestamp"},
     }
 
 
-def target_rows(target_url: str, state_url: str) -> list[tuple[int, str, datetime, datetime, datetime]]:
+def target_rows(
+    target_url: str, state_url: str, table: str = "events"
+) -> list[tuple[int, str, datetime, datetime, datetime]]:
     """(event id, batch id, event time, window start, window end) for every target row."""
     rows = []
     target = sa.create_engine(target_url)
     with target.connect() as conn:
-        loaded = conn.execute(sa.text("SELECT pipestate_batch_id, record FROM events")).all()
+        loaded = conn.execute(sa.text(f'SELECT pipestate_batch_id, id, "timestamp" FROM "{table}"')).all()
     target.dispose()
     state = sa.create_engine(state_url)
     with state.connect() as conn:
@@ -92,10 +96,9 @@ def target_rows(target_url: str, state_url: str) -> list[tuple[int, str, datetim
             )
         }
     state.dispose()
-    for batch_id, record in loaded:
-        event = json.loads(record)
+    for batch_id, event_id, moment in loaded:
         start, end = windows[batch_id]
-        rows.append((event["id"], batch_id, datetime.fromisoformat(event["timestamp"]), start, end))
+        rows.append((event_id, batch_id, _utc(moment), start, end))
     return rows
 
 

@@ -6,41 +6,72 @@ through the `sql` target. These are the embedded defaults, not stand-ins.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import run_support
 import sqlalchemy as sa
+import support
 
 from pipestate.config import Config
 from pipestate.manager import PipelineStateManager
 from pipestate.runner import PipelineRunner, run_pipeline
+
+PG_URL = os.environ.get("PIPESTATE_TEST_PG_URL", support.PG_URL)
 
 HERE = Path(__file__).parent
 PIPESTATE = str(Path(sys.executable).with_name("pipestate"))
 START, END = "2026-01-01", "2026-01-02"
 
 
-def _setup(tmp_path: Path, target: str = "sqlite", per_hour: int = 20, **source: Any) -> tuple[Config, int]:
+TARGETS = [
+    "sqlite",
+    pytest.param("duckdb", marks=pytest.mark.duckdb),
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture
+def pg_table() -> Iterator[str]:
+    """A fresh PostgreSQL target table name, dropped afterwards."""
+    name = support.unique_table()
+    yield name
+    engine = sa.create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
+    engine.dispose()
+
+
+def _setup(
+    tmp_path: Path, target: str = "sqlite", per_hour: int = 20, table: str = "events", **source: Any
+) -> tuple[Config, int]:
     from datetime import UTC, datetime
 
     events = run_support.write_events(tmp_path / "source", datetime(2026, 1, 1, tzinfo=UTC), 24, per_hour)
-    url = (
-        f"sqlite:///{tmp_path / 'target.db'}" if target == "sqlite" else f"duckdb:///{tmp_path / 't.duckdb'}"
-    )
-    data = run_support.config(tmp_path, START, END, target_url=url, **source)
+    if target == "postgresql":
+        if problem := support.pg_reachable(PG_URL):
+            pytest.skip(problem)
+        url = PG_URL
+    elif target == "sqlite":
+        url = f"sqlite:///{tmp_path / 'target.db'}"
+    else:
+        url = f"duckdb:///{tmp_path / 't.duckdb'}"
+    data = run_support.config(tmp_path, START, END, target_url=url, table=table, **source)
     return Config.from_dict(data), events
 
 
 def _assert_exactly_once(config: Config, events: int) -> None:
-    rows = run_support.target_rows(config.target["url"], config.state.url)
+    table = config.target["table"]
+    rows = run_support.target_rows(config.target["url"], config.state.url, table)
     ids = Counter(row[0] for row in rows)
     assert len(ids) == events, f"{events - len(ids)} events missing from the target"
     assert max(ids.values()) == 1, f"duplicated: {[i for i, n in ids.items() if n > 1][:5]}"
@@ -48,9 +79,9 @@ def _assert_exactly_once(config: Config, events: int) -> None:
     assert not outside, f"events loaded into the wrong window: {outside[:3]}"
 
 
-@pytest.mark.parametrize("target", ["sqlite", pytest.param("duckdb", marks=pytest.mark.duckdb)])
-def test_run_loads_every_record_once_in_its_window(tmp_path: Path, target: str) -> None:
-    config, events = _setup(tmp_path, target)
+@pytest.mark.parametrize("target", TARGETS)
+def test_run_loads_every_record_once_in_its_window(tmp_path: Path, target: str, pg_table: str) -> None:
+    config, events = _setup(tmp_path, target, table=pg_table)
     with PipelineStateManager(config) as manager:
         result = run_pipeline(manager)
         assert result.created == 24
@@ -71,7 +102,8 @@ def test_step_columns_are_recorded(tmp_path: Path) -> None:
             row = conn.execute(sa.select(state).where(state.c.pipeline_status == "COMPLETED")).one()._asdict()
     assert row["source_extract_status"] == row["stage_write_status"] == row["target_load_status"] == "DONE"
     assert row["source_record_count"] == row["stage_record_count"] == row["target_record_count"] == 20
-    assert row["stage_location"].endswith(".ndjson.gz") and row["stage_bytes"] > 0
+    assert row["stage_location"].endswith(".parquet") and row["stage_bytes"] > 0
+    assert (row["stage_file_format"], row["stage_file_count"]) == ("parquet", 1)
     assert (
         row["source_extract_started_at"] <= row["stage_write_completed_at"] <= row["target_load_completed_at"]
     )
@@ -79,8 +111,9 @@ def test_step_columns_are_recorded(tmp_path: Path) -> None:
     assert row["current_step"] == "done"
 
 
-def test_injected_failures_retry_to_exactly_once(tmp_path: Path) -> None:
-    config, events = _setup(tmp_path)
+@pytest.mark.parametrize("target", TARGETS)
+def test_injected_failures_retry_to_exactly_once(tmp_path: Path, target: str, pg_table: str) -> None:
+    config, events = _setup(tmp_path, target, table=pg_table)
     with PipelineStateManager(config) as manager:
         failed = 0
         for attempt in range(30):
@@ -133,6 +166,57 @@ def test_requeue_of_completed_batches_replaces_rows(tmp_path: Path) -> None:
     _assert_exactly_once(config, events)
 
 
+def _add_late_record(config: Config, event_id: int, moment: str) -> None:
+    source = Path(config.source["path"]) / "events.ndjson"
+    with source.open("a", encoding="utf-8") as out:
+        out.write(json.dumps({"id": event_id, "timestamp": moment}) + "\n")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_requeue_after_late_data_reads_the_source_again(tmp_path: Path, target: str, pg_table: str) -> None:
+    config, events = _setup(tmp_path, target, table=pg_table)
+    with PipelineStateManager(config) as manager:
+        run_pipeline(manager)
+        _add_late_record(config, events + 1, "2026-01-01T05:30:00+00:00")
+        window = {"start": _utc("2026-01-01T05:00"), "end": _utc("2026-01-01T06:00")}
+        (batch_id,) = manager.requeue(statuses=("COMPLETED",), **window)
+        row = _state_row(manager, batch_id)
+        assert (row["source_extract_status"], row["stage_write_status"]) == ("PENDING", "PENDING")
+        assert json.loads(manager.history(batch_id)[-1]["details"]) == {"from_step": "source"}
+        assert run_pipeline(manager).summary.completed == 1
+        row = _state_row(manager, batch_id)
+    assert row["source_record_count"] == row["target_record_count"] == 21
+    _assert_exactly_once(config, events + 1)
+
+
+def test_requeue_from_the_target_step_reloads_the_staged_file(tmp_path: Path) -> None:
+    config, events = _setup(tmp_path)
+    with PipelineStateManager(config) as manager:
+        run_pipeline(manager)
+        _add_late_record(config, events + 1, "2026-01-01T05:30:00+00:00")
+        window = {"start": _utc("2026-01-01T05:00"), "end": _utc("2026-01-01T06:00")}
+        (batch_id,) = manager.requeue(statuses=("COMPLETED",), from_step="target", **window)
+        row = _state_row(manager, batch_id)
+        assert (row["stage_write_status"], row["target_load_status"]) == ("DONE", "PENDING")
+        assert json.loads(manager.history(batch_id)[-1]["details"]) == {"from_step": "target"}
+        run_pipeline(manager)
+        row = _state_row(manager, batch_id)
+    assert row["target_record_count"] == row["target_rows_replaced"] == 20  # the staged file, as it was
+    _assert_exactly_once(config, events)  # the late record is not loaded: it was not asked for
+
+
+def _utc(text: str) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _state_row(manager: PipelineStateManager, batch_id: str) -> dict[str, Any]:
+    state = manager.store.tables.state
+    with manager.store.engine.connect() as conn:
+        return conn.execute(sa.select(state).where(state.c.batch_id == batch_id)).one()._asdict()
+
+
 def _run_cli(config_path: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen(
@@ -144,9 +228,14 @@ def _run_cli(config_path: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_worker_killed_mid_batch_is_taken_over_exactly_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_worker_killed_mid_batch_is_taken_over_exactly_once(
+    tmp_path: Path, target: str, pg_table: str
+) -> None:
     log = tmp_path / "extracts.log"
-    config, events = _setup(tmp_path, type="run_support:SlowFilesSource", extract_log=str(log), delay=0.5)
+    config, events = _setup(
+        tmp_path, target, table=pg_table, type="run_support:SlowFilesSource", extract_log=str(log), delay=0.5
+    )
     config_path = tmp_path / "pipestate.toml"
     config_path.write_text(_toml(config), encoding="utf-8")
     victim = _run_cli(config_path, "--workers", "2")
