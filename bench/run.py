@@ -1,25 +1,302 @@
-"""Records per second end to end on the local default: files -> local stage -> DuckDB/SQLite.
+"""The data path side by side, in one run: pipestate's targets, dlt's Arrow path, DuckDB's read_json.
 
-    python bench/run.py                       # 3 days x 2,000 events/hour, DuckDB target, 1 worker
-    python bench/run.py --target sqlite --workers 2 --events-per-hour 5000
+    python bench/run.py                          # the workload below, every mode
+    python bench/run.py --events-per-hour 2000   # smaller, for a quick look
+    python bench/run.py --modes duckdb,dlt       # some of the modes
+    python bench/run.py --big-window 5000000     # also: one window of 5M records (memory)
 
-Prints the figures; asserts nothing. Each run builds a fresh directory under
---dir (default: a temporary one) with the demo's generator and config.
+The workload: 3 days x 20,000 events/hour, one NDJSON file per UTC day, sorted by time,
+pipestate with hourly windows in America/New_York (1 worker, SQLite state table, Parquet zstd
+stage on the local disk). Each mode runs in its own process, one after the other, so each
+peak RSS is its own. Modes:
+
+  duckdb, sqlite, postgresql   pipestate run: files -> Parquet stage -> that target
+  dlt                          dlt's Arrow path: a pyarrow table per file -> DuckDB
+  read_json                    DuckDB's own read_json into a table (the limit)
+
+Figures: records/s (records / wall time of populate + run), MB/s (source NDJSON bytes / wall),
+peak RSS, and for pipestate the state-table work per batch (claim, step records, complete:
+the time spent in those manager calls, divided by the batches). Prints; asserts nothing.
+PostgreSQL: PIPESTATE_BENCH_PG_URL (default the local postgresql+psycopg://root@127.0.0.1:5432/test).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import json
+import os
+import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from pipestate.demo import verify_demo, write_demo
-from pipestate.manager import PipelineStateManager
-from pipestate.runner import run_pipeline
+PG_URL = os.environ.get("PIPESTATE_BENCH_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
+FIRST_DAY = datetime(2026, 3, 6, tzinfo=UTC)  # a Friday; the days span the US DST change of 2026-03-08
+EVENTS = ["view", "click", "add_to_cart", "purchase", "refund"]
+COUNTRIES = ["US", "CA", "GB", "FR", "DE", "JP", "BR", "IN"]
+ALL_MODES = ["duckdb", "sqlite", "postgresql", "dlt", "read_json"]
+
+
+# -- the workload ------------------------------------------------------------------------------
+
+
+def write_workload(folder: Path, days: int, per_hour: int, seed: int = 11) -> tuple[int, int]:
+    """One NDJSON file per UTC day, sorted by time; returns (events, bytes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    count = size = 0
+    for day in range(days):
+        start = FIRST_DAY + timedelta(days=day)
+        moments = sorted(rng.randrange(86_400_000_000) for _ in range(24 * per_hour))
+        lines = []
+        for offset in moments:
+            count += 1
+            moment = start + timedelta(microseconds=offset)
+            record = {
+                "id": count,
+                "timestamp": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "user_id": rng.randrange(100_000),
+                "event": rng.choice(EVENTS),
+                "amount": round(rng.uniform(1, 500), 2),
+                "country": rng.choice(COUNTRIES),
+                "context": {"session": rng.randrange(1 << 30), "mobile": rng.random() < 0.4},
+            }
+            lines.append(json.dumps(record, separators=(",", ":")))
+        path = folder / f"events-{start.date().isoformat()}.ndjson"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        size += path.stat().st_size
+    return count, size
+
+
+def write_big_window(folder: Path, records: int) -> int:
+    """`records` events inside one UTC hour, in one NDJSON file (written in blocks)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "big.ndjson"
+    rng = random.Random(5)
+    start = FIRST_DAY
+    step = 3_600_000_000 / records
+    with path.open("w", encoding="utf-8") as out:
+        for first in range(0, records, 100_000):
+            lines = []
+            for n in range(first, min(first + 100_000, records)):
+                moment = start + timedelta(microseconds=int(n * step))
+                lines.append(
+                    f'{{"id":{n + 1},"timestamp":"{moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}",'
+                    f'"user_id":{rng.randrange(100_000)},"event":"{rng.choice(EVENTS)}",'
+                    f'"amount":{rng.randrange(50_000) / 100}}}'
+                )
+            out.write("\n".join(lines) + "\n")
+    return path.stat().st_size
+
+
+# -- the modes (each in its own process) -------------------------------------------------------
+
+
+def _config(base: Path, source: Path, target_url: str, table: str, start: str, end: str) -> Path:
+    text = f'''
+[pipeline]
+name = "bench"
+timezone = "America/New_York"
+granularity = "1h"
+start = "{start}"
+end = "{end}"
+
+[state]
+url = "sqlite:///{base / "state.db"}"
+
+[concurrency]
+lease = "10m"
+
+[source]
+type = "files"
+path = "{source}"
+time_field = "timestamp"
+
+[stage]
+type = "local"
+url = "{base / "stage"}"
+format = "parquet"
+
+[target]
+type = "sql"
+url = "{target_url}"
+table = "{table}"
+time_field = "timestamp"
+'''
+    path = base / "pipestate.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _state_timer() -> dict[str, float]:
+    """Wraps the manager's per-batch state-table calls to add up the time spent in them."""
+    from pipestate.manager import PipelineStateManager
+
+    spent = {"seconds": 0.0, "calls": 0}
+    for name in ("claim", "record_step", "complete", "heartbeat"):
+        original = getattr(PipelineStateManager, name)
+
+        def timed(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                spent["seconds"] += time.perf_counter() - began
+                spent["calls"] += 1
+
+        setattr(PipelineStateManager, name, timed)
+    return spent
+
+
+def run_pipestate(target: str, work: Path, source: Path, window: tuple[str, str]) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    from pipestate.manager import PipelineStateManager
+    from pipestate.runner import run_pipeline
+
+    base = work / f"pipestate-{target}"
+    base.mkdir(parents=True, exist_ok=True)
+    table = f"bench_{uuid.uuid4().hex[:8]}" if target == "postgresql" else "events"
+    url = {
+        "duckdb": f"duckdb:///{base / 'target.duckdb'}",
+        "sqlite": f"sqlite:///{base / 'target.db'}",
+        "postgresql": PG_URL,
+    }[target]
+    config = _config(base, source, url, table, *window)
+    spent = _state_timer()
+    began = time.perf_counter()
+    with PipelineStateManager(config) as manager:
+        result = run_pipeline(manager)
+    wall = time.perf_counter() - began
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            rows, distinct = conn.execute(
+                sa.text(f'SELECT count(*), count(DISTINCT id) FROM "{table}"')
+            ).one()
+            if target == "postgresql":
+                conn.execute(sa.text(f'DROP TABLE "{table}"'))
+    finally:
+        engine.dispose()
+    batches = result.summary.completed
+    return {
+        "records": int(rows),
+        "distinct": int(distinct),
+        "wall": wall,
+        "batches": batches,
+        "failed": result.summary.failed,
+        "state_ms_per_batch": 1000 * spent["seconds"] / batches if batches else None,
+    }
+
+
+def run_dlt(work: Path, source: Path) -> dict[str, Any]:
+    import dlt
+    import pyarrow.json as pa_json
+
+    files = sorted(source.glob("*.ndjson"))
+
+    @dlt.resource(name="events", write_disposition="append")
+    def events() -> Any:
+        for path in files:
+            yield pa_json.read_json(path)
+
+    base = work / "dlt"
+    base.mkdir(parents=True, exist_ok=True)
+    os.environ["DLT_DATA_DIR"] = str(base / "data")
+    os.environ["RUNTIME__LOG_LEVEL"] = "WARNING"
+    database = base / "dlt.duckdb"
+    began = time.perf_counter()
+    pipeline = dlt.pipeline(
+        pipeline_name="bench_dlt",
+        destination=dlt.destinations.duckdb(str(database)),
+        dataset_name="bench",
+        pipelines_dir=str(base / "pipelines"),
+    )
+    pipeline.run(events())
+    wall = time.perf_counter() - began
+    import duckdb
+
+    with duckdb.connect(str(database), read_only=True) as conn:
+        rows, distinct = conn.execute("SELECT count(*), count(DISTINCT id) FROM bench.events").fetchone()  # type: ignore[misc]
+    return {"records": rows, "distinct": distinct, "wall": wall}
+
+
+def run_read_json(work: Path, source: Path) -> dict[str, Any]:
+    import duckdb
+
+    base = work / "read_json"
+    base.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    with duckdb.connect(str(base / "t.duckdb")) as conn:
+        files = f"{source}/*.ndjson"
+        conn.execute(
+            f"CREATE TABLE events AS SELECT * FROM read_json('{files}', format = 'newline_delimited')"
+        )
+        rows, distinct = conn.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone()  # type: ignore[misc]
+    wall = time.perf_counter() - began
+    return {"records": rows, "distinct": distinct, "wall": wall}
+
+
+def child(args: argparse.Namespace) -> int:
+    work, source = Path(args.work), Path(args.source)
+    if args.child in ("duckdb", "sqlite", "postgresql"):
+        out = run_pipestate(args.child, work, source, (args.start, args.end))
+    elif args.child == "dlt":
+        out = run_dlt(work, source)
+    else:
+        out = run_read_json(work, source)
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+    return 0
+
+
+# -- the parent: generate, run each mode, print --------------------------------------------------
+
+
+def _run_child(mode: str, work: Path, source: Path, start: str, end: str) -> dict[str, Any] | str:
+    command = [sys.executable, __file__, "--child", mode, "--work", str(work), "--source", str(source)]
+    command += ["--start", start, "--end", end]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
+        return f"failed (exit {done.returncode}): {lines[-1]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _print_table(title: str, results: dict[str, dict[str, Any] | str], events: int, size: int) -> None:
+    print(title)
+    print(f"  {'mode':<42} {'records/s':>11} {'MB/s':>7} {'peak RSS':>9} {'state/batch':>12}  rows")
+    names = {
+        "duckdb": "pipestate run: files -> Parquet -> DuckDB",
+        "sqlite": "pipestate run: files -> Parquet -> SQLite",
+        "postgresql": "pipestate run: files -> Parquet -> PostgreSQL",
+        "dlt": "dlt Arrow path: pyarrow table/file -> DuckDB",
+        "read_json": "DuckDB read_json into a table (the limit)",
+        "big": "pipestate run: ONE window (5M-record check)",
+    }
+    for mode, out in results.items():
+        if isinstance(out, str):
+            print(f"  {names[mode]:<42} {out}")
+            continue
+        wall = out["wall"]
+        state = out.get("state_ms_per_batch")
+        state_text = f"{state:.1f} ms" if state is not None else "-"
+        exact = "exactly once" if out["records"] == out["distinct"] == events else "MISMATCH"
+        print(
+            f"  {names[mode]:<42} {out['records'] / wall:>11,.0f} {size / wall / 1e6:>7.1f} "
+            f"{out['peak_mb']:>6.0f} MB {state_text:>12}  {out['records']:,} ({exact})"
+        )
+    if "duckdb" in results and "dlt" in results:
+        ours, theirs = results["duckdb"], results["dlt"]
+        if isinstance(ours, dict) and isinstance(theirs, dict):
+            ratio = (ours["records"] / ours["wall"]) / (theirs["records"] / theirs["wall"])
+            print(f"  pipestate -> DuckDB at {ratio:.0%} of dlt's Arrow path's records/s (target >= 40%)")
 
 
 def main() -> int:
@@ -27,42 +304,59 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--days", type=int, default=3)
-    parser.add_argument("--events-per-hour", type=int, default=2000)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--target", choices=["duckdb", "sqlite"], default="duckdb")
-    parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--events-per-hour", type=int, default=20_000)
+    parser.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated, from {ALL_MODES}")
+    parser.add_argument("--big-window", type=int, default=0, help="also run one window of N records")
+    parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--source", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--start", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--end", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.target == "duckdb" and args.workers > 1:
-        parser.error("DuckDB allows one writing process: use --target sqlite with --workers > 1")
-
-    directory = args.dir or Path(tempfile.mkdtemp(prefix="pipestate-bench-run-"))
+    if args.child:
+        return child(args)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if unknown := [m for m in modes if m not in ALL_MODES]:
+        parser.error(f"--modes: unknown {unknown} (known: {ALL_MODES})")
+    if "dlt" in modes:
+        try:
+            import dlt  # noqa: F401
+        except ImportError:
+            print("NOTE: dlt is not installed, so its Arrow path is not measured: pip install 'dlt[duckdb]'")
+            modes.remove("dlt")
+    work = args.dir or Path(tempfile.mkdtemp(prefix="pipestate-bench-run-"))
+    source = work / "source"
     began = time.perf_counter()
-    setup = write_demo(directory, days=args.days, events_per_hour=args.events_per_hour)
-    generated = time.perf_counter() - began
-    if args.target == "sqlite":
-        text = setup.config_path.read_text(encoding="utf-8")
-        text = re.sub(
-            r'url = "duckdb:///[^"]+"', f'url = "sqlite:///{directory.resolve() / "target.db"}"', text
+    events, size = write_workload(source, args.days, args.events_per_hour)
+    print(
+        f"workload: {events:,} events, {args.days} NDJSON files (one per UTC day, sorted), "
+        f"{size / 1e6:,.0f} MB, written in {time.perf_counter() - began:.0f} s under {work}"
+    )
+    # The New York days that hold the UTC days' events: hourly windows over exactly that span.
+    start = (FIRST_DAY - timedelta(days=1)).date().isoformat()
+    end = (FIRST_DAY + timedelta(days=args.days + 1)).date().isoformat()
+    results: dict[str, dict[str, Any] | str] = {}
+    for mode in modes:
+        results[mode] = _run_child(mode, work, source, start, end)
+    print()
+    _print_table("side by side (one run, this machine):", results, events, size)
+    if args.big_window:
+        big = work / "big-source"
+        size = write_big_window(big, args.big_window)
+        # The first UTC hour of the workload is 19:00-20:00 in New York: one hourly window.
+        outcome = _run_child("duckdb", work / "big", big, "2026-03-05T19:00:00", "2026-03-05T20:00:00")
+        print()
+        title = (
+            f"one window of {args.big_window:,} records ({size / 1e6:,.0f} MB NDJSON; target: peak < 500 MB):"
         )
-        setup.config_path.write_text(text, encoding="utf-8")
-
-    with PipelineStateManager(setup.config_path) as manager:
-        result = run_pipeline(manager, workers=args.workers)
-        target_url = str(manager.config.target["url"])
-    rows, distinct = verify_demo(target_url)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    batches = result.summary.completed
-    print(f"pipestate run: files -> local stage -> {args.target}, {args.workers} worker(s)")
-    print(f"  events generated   {setup.events:>10,}   ({generated:.1f} s to write)")
-    print(f"  batches completed  {batches:>10,}   ({args.days} days of 1h windows)")
-    verdict = "exactly once" if rows == distinct == setup.events else "MISMATCH"
-    print(f"  target rows        {rows:>10,}   distinct {distinct:,}: {verdict}")
-    print(f"  wall time          {result.seconds:>10.1f} s (populate + run)")
-    print(f"  throughput         {setup.events / result.seconds:>10,.0f} records/s")
-    print(f"  per batch          {1000 * result.seconds / max(batches, 1):>10.0f} ms")
-    print(f"  peak RSS (parent)  {peak_mb:>10.0f} MB")
-    print(f"  directory          {directory}")
-    return 0 if rows == distinct == setup.events else 1
+        _print_table(
+            title,
+            {"big": outcome},
+            args.big_window,
+            size,
+        )
+    return 0
 
 
 if __name__ == "__main__":
