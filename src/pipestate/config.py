@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -29,18 +30,51 @@ __all__ = ["Config", "load_config", "parse_duration", "DEFAULT_CONFIG_PATH", "EN
 
 DEFAULT_CONFIG_PATH = Path("pipestate.toml")
 ENV_PREFIX = "PIPESTATE_"
-_DURATION = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# Every pattern is matched against the whole text (fullmatch): `$` would also
+# match before a final newline, and "orders\n" would be a second pipeline.
+_DURATION = re.compile(r"\s*(\d{1,12})\s*([smh])\s*")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FUNCTION_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+# Lengths the state table's columns (and PostgreSQL's 63-byte names) can hold:
+# pipeline_name is String(128); `<table>_events` must stay within 63 bytes.
+MAX_PIPELINE_NAME = 128
+MAX_TABLE_NAME = 63 - len("_events")
+MAX_SCHEMA_NAME = 63
+# Upper bounds of the durations: a lease or backoff past them is a typo, and an
+# unbounded one overflows the database's timestamps (a lease to the year 13434).
+MAX_LEASE = timedelta(hours=24)
+MAX_RETRY_BACKOFF = timedelta(hours=24)
+MAX_LAG = timedelta(days=366)
+MAX_LOCK_TIMEOUT = timedelta(hours=1)
+MAX_RETRIES = 1000
+# The first and last local day a pipeline may cover: a window needs its day's
+# end, and every zone's midnight must still be an instant Python can hold.
+FIRST_DAY = date(1, 1, 2)
+LAST_DAY = date(9999, 12, 30)
 
 
-def parse_duration(text: str | int) -> timedelta:
-    """`"<N>s"`, `"<N>m"` or `"<N>h"` (zero allowed); ValueError otherwise."""
-    match = _DURATION.match(str(text))
+def parse_duration(text: str | int, maximum: timedelta | None = None) -> timedelta:
+    """`"<N>s"`, `"<N>m"` or `"<N>h"` (zero allowed), at most `maximum`; ValueError otherwise."""
+    match = _DURATION.fullmatch(str(text))
     if not match:
         raise ValueError(f"must be '<N>s', '<N>m' or '<N>h', got {text!r}")
     unit = {"s": "seconds", "m": "minutes", "h": "hours"}[match.group(2)]
-    return timedelta(**{unit: int(match.group(1))})
+    try:
+        value = timedelta(**{unit: int(match.group(1))})
+    except OverflowError:
+        value = timedelta.max
+    if maximum is not None and value > maximum:
+        raise ValueError(f"must be at most {_describe_duration(maximum)}, got {text!r}")
+    return value
+
+
+def _describe_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 class _Section(BaseModel):
@@ -58,8 +92,12 @@ class PipelineConfig(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"must be letters, digits, '_' and '-' only, got {value!r}")
+        if not _NAME.fullmatch(value):
+            raise ValueError(
+                f"must be letters, digits, '_' and '-' only, not starting with '-', got {value!r}"
+            )
+        if len(value) > MAX_PIPELINE_NAME:
+            raise ValueError(f"must be at most {MAX_PIPELINE_NAME} characters, got {len(value)}")
         return value
 
     @field_validator("timezone")
@@ -77,7 +115,7 @@ class PipelineConfig(_Section):
     @field_validator("lag")
     @classmethod
     def _lag(cls, value: str) -> str:
-        parse_duration(value)
+        parse_duration(value, MAX_LAG)
         return value
 
     @field_validator("start", "end", mode="before")
@@ -86,6 +124,13 @@ class PipelineConfig(_Section):
         # TOML has native dates and datetimes: accept them as their text.
         if isinstance(value, datetime | date):
             return value.isoformat()
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _day_in_range(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            _local_instant(value, zone("UTC"), str(info.field_name))  # the zone is checked in _range
         return value
 
     @model_validator(mode="after")
@@ -114,7 +159,7 @@ class PipelineConfig(_Section):
 
     @property
     def lag_delta(self) -> timedelta:
-        return parse_duration(self.lag)
+        return parse_duration(self.lag, MAX_LAG)
 
 
 class StateConfig(_Section):
@@ -126,9 +171,21 @@ class StateConfig(_Section):
     @field_validator("table")
     @classmethod
     def _table(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
-            raise ValueError(f"must be a plain SQL identifier, got {value!r}")
-        return value
+        return _identifier(value, MAX_TABLE_NAME)
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        return value if value == "" else _identifier(value, MAX_SCHEMA_NAME)
+
+
+def _identifier(value: str, limit: int) -> str:
+    """A table or schema name used exactly as given: a plain SQL identifier."""
+    if not _IDENTIFIER.fullmatch(value):
+        raise ValueError(f"must be a plain SQL identifier (letters, digits, '_'), got {value!r}")
+    if len(value) > limit:
+        raise ValueError(f"must be at most {limit} characters, got {len(value)}")
+    return value
 
 
 class IdsConfig(_Section):
@@ -161,21 +218,27 @@ class CategoriesConfig(_Section):
 class ConcurrencyConfig(_Section):
     lease: str = "10m"
     max_in_flight: int = Field(default=0, ge=0)
-    max_retries: int = Field(default=3, ge=0)
+    max_retries: int = Field(default=3, ge=0, le=MAX_RETRIES)
     retry_backoff: str = "1m"
     claim_order: Literal["oldest_first", "newest_first"] = "oldest_first"
     lock_timeout: str = "60s"
 
-    @field_validator("lease", "retry_backoff", "lock_timeout")
+    @field_validator("retry_backoff")
     @classmethod
-    def _duration(cls, value: str) -> str:
-        parse_duration(value)
+    def _backoff(cls, value: str) -> str:
+        parse_duration(value, MAX_RETRY_BACKOFF)
+        return value
+
+    @field_validator("lock_timeout")
+    @classmethod
+    def _lock_timeout(cls, value: str) -> str:
+        parse_duration(value, MAX_LOCK_TIMEOUT)
         return value
 
     @field_validator("lease")
     @classmethod
     def _positive_lease(cls, value: str) -> str:
-        if parse_duration(value) <= timedelta(0):
+        if parse_duration(value, MAX_LEASE) <= timedelta(0):
             raise ValueError("must be longer than zero")
         return value
 
@@ -183,7 +246,7 @@ class ConcurrencyConfig(_Section):
 def _check_function(value: str, section: str) -> str:
     from .plugins import BUILTINS  # the registry imports config-free helpers only
 
-    if value in BUILTINS[section] or _FUNCTION_PATH.match(value):
+    if value in BUILTINS[section] or _FUNCTION_PATH.fullmatch(value):
         return value
     names = ", ".join(sorted(BUILTINS[section]))
     raise ValueError(f"must be one of {names} or 'module:function', got {value!r}")
@@ -246,10 +309,15 @@ def _local_instant(text: str, tz: ZoneInfo, key: str) -> datetime:
     text = text.strip()
     try:
         if len(text) == 10:
-            return day_bounds(date.fromisoformat(text), tz)[0]
+            day = date.fromisoformat(text)
+            _check_day(day, key, text)
+            return day_bounds(day, tz)[0]
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as err:
+        if str(err).startswith(key):
+            raise
         raise ValueError(f"{key} must be YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], got {text!r}") from err
+    _check_day(value.date(), key, text)
     if value.tzinfo is not None:
         return value.astimezone(UTC)
     if value.time() == time() and day_bounds(value.date(), tz)[0] != value.replace(tzinfo=tz).astimezone(UTC):
@@ -258,6 +326,11 @@ def _local_instant(text: str, tz: ZoneInfo, key: str) -> datetime:
     if instant.astimezone(tz).replace(tzinfo=None) != value:
         raise ValueError(f"{key} {text} does not exist in {tz.key} (skipped by a DST change)")
     return instant
+
+
+def _check_day(day: date, key: str, text: str) -> None:
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError(f"{key} must be between {FIRST_DAY} and {LAST_DAY}, got {text!r}")
 
 
 def _describe(err: ValidationError, origin: str) -> str:
@@ -302,10 +375,15 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     overrides, names = _env_overrides(environ)
     data: dict[str, Any] = {}
     if chosen.exists():
+        if not chosen.is_file():
+            # A FIFO would block the read forever; a folder cannot be read.
+            raise ConfigError(f"{chosen}: not a regular file")
         try:
             data = tomllib.loads(chosen.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{chosen}: not valid TOML: {err}") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{chosen}: not UTF-8 text (byte {err.start}): TOML files are UTF-8") from err
         except OSError as err:
             raise ConfigError(f"{chosen}: cannot read: {err.strerror}") from err
     elif not overrides:

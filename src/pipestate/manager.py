@@ -22,7 +22,7 @@ from .planning import Plan, Settings, UnsortedInput, plan
 from .report import CreatedLog, PopulateReport, iso
 from .rows import RowBuilder
 from .store.store import StateStore
-from .windows import parse_instant
+from .windows import day_bounds, day_cells, local_date_of, parse_instant, step_minutes
 
 __all__ = ["PipelineStateManager"]
 
@@ -64,6 +64,7 @@ class PipelineStateManager:
             key: plugins.resolve("categories", key, name)
             for key, name in config.categories.model_dump().items()
         }
+        plugins.probe({"ids": self._ids, "categories": self._categories}, _first_window(config))
 
     @property
     def pipeline(self) -> str:
@@ -445,6 +446,26 @@ class PipelineStateManager:
 
 
 _STATUS_ORDER = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
+
+
+def _first_window(config: Config) -> plugins.WindowInfo:
+    """The pipeline's first grid window, on which the id and category functions are tried."""
+    pipeline = config.pipeline
+    start = pipeline.start_utc
+    day = local_date_of(start, pipeline.tz)
+    day_start, day_end = day_bounds(day, pipeline.tz)
+    _, cell_start, cell_end = next(day_cells(day_start, day_end, pipeline.step, start, day_end))
+    return plugins.WindowInfo(
+        pipeline=pipeline.name,
+        start=cell_start,
+        end=cell_end,
+        local_date=day,
+        timezone=pipeline.timezone,
+        sequence_in_day=1,
+        duration_minutes=step_minutes(cell_start, cell_end),
+        granularity=config.step_label(),
+        record_origin="SCHEDULED",
+    )
 
 
 def _sort_key(row: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -14,7 +14,10 @@ from datetime import UTC, date, datetime
 
 from .errors import ConfigError
 
-__all__ = ["WindowInfo", "BUILTINS", "resolve", "default_batch_id"]
+__all__ = ["WindowInfo", "BUILTINS", "resolve", "default_batch_id", "call", "probe", "MAX_ID_LENGTH"]
+
+# batch_id, the other ids and the categories are String(255) columns.
+MAX_ID_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +123,29 @@ def resolve(section: str, key: str, name: str) -> IdFunction:
     if not callable(function):
         raise ConfigError(f"[{section}] {key}: {name!r} is not callable")
     return function
+
+
+def call(function: IdFunction, window: WindowInfo, key: str, required: bool = False) -> str | None:
+    """`function(window)`, checked: a string of at most MAX_ID_LENGTH characters
+    (or None, unless `required`); ConfigError naming `key` otherwise."""
+    try:
+        value = function(window)
+    except Exception as err:  # noqa: BLE001 - the user's function: any failure is theirs
+        raise ConfigError(f"{key}: the function failed: {type(err).__name__}: {err}") from err
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: the function returned {type(value).__name__}, not a string")
+    if required and not value:
+        raise ConfigError(f"{key}: the function returned an empty id")
+    if len(value) > MAX_ID_LENGTH:
+        raise ConfigError(f"{key}: the function returned {len(value)} characters (at most {MAX_ID_LENGTH})")
+    return value
+
+
+def probe(functions: dict[str, dict[str, IdFunction]], window: WindowInfo) -> None:
+    """Call every configured function once on `window` (the pipeline's first), so a
+    broken plug-in is a config error before anything is written."""
+    for section, by_key in functions.items():
+        for key, function in by_key.items():
+            call(function, window, f"[{section}] {key}", required=section == "ids" and key == "batch_id")

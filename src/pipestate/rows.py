@@ -14,7 +14,6 @@ from typing import Any
 
 from . import plugins
 from .config import Config
-from .errors import ConfigError
 from .planning import Cell, Fill, fill_cells
 from .store.schema import SCHEMA_VERSION
 from .windows import DayStep, format_step
@@ -246,15 +245,14 @@ class RowBuilder:
         if self.default_ids:
             ids: tuple[Any, ...] = (f"{self.pipeline}-{start_stamp}-{end_stamp}",)
         else:
-            custom_id = _text(self.ids["batch_id"](info), "[ids] batch_id")
-            if not custom_id:
-                raise ConfigError("[ids] batch_id: the function returned an empty id")
-            others = (_text(self.ids[key](info), f"[ids] {key}") for key in self._other_ids)
+            custom_id = plugins.call(self.ids["batch_id"], info, "[ids] batch_id", required=True)
+            others = (plugins.call(self.ids[key], info, f"[ids] {key}") for key in self._other_ids)
             ids = (custom_id, *others)
         categories: tuple[Any, ...] = ()
         if not self.no_categories:
             categories = tuple(
-                _text(function(info), f"[categories] {key}") for key, function in self.categories.items()
+                plugins.call(function, info, f"[categories] {key}")
+                for key, function in self.categories.items()
             )
         return (*ids, *categories, *window_values)
 
@@ -292,11 +290,3 @@ def _second_cells(
             yield k, piece_start, piece_end
         k += 1
         cell_start = cell_end
-
-
-def _text(value: Any, key: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: the function returned {type(value).__name__}, not a string")
-    return value

@@ -203,7 +203,7 @@ class RecordTableOptions(Options):
 
     @classmethod
     def plain_identifier(cls, value: str | None) -> str | None:
-        if value is not None and not cls.identifier.match(value):
+        if value is not None and not cls.identifier.fullmatch(value):
             raise ValueError(f"must be a plain SQL identifier, got {value!r}")
         return value
 
@@ -221,7 +221,7 @@ class RecordTableOptions(Options):
     @model_validator(mode="after")
     def _time_column(self) -> Self:
         if self.time_column is None:
-            plain = self.identifier.match(self.time_field) and self.time_field not in RESERVED_COLUMNS
+            plain = self.identifier.fullmatch(self.time_field) and self.time_field not in RESERVED_COLUMNS
             object.__setattr__(self, "time_column", self.time_field if plain else "event_time")
         if self.time_column in RESERVED_COLUMNS:
             raise ValueError(f"time_column: {self.time_column!r} is a column pipestate fills")

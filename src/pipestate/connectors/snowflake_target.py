@@ -78,7 +78,7 @@ class SnowflakeOptions(RecordTableOptions):
     @field_validator("external_stage", "internal_stage")
     @classmethod
     def _stage(cls, value: str | None) -> str | None:
-        if value is not None and not _STAGE.match(value):
+        if value is not None and not _STAGE.fullmatch(value):
             raise ValueError(f"must be a stage reference such as @db.schema.name, got {value!r}")
         return value
 

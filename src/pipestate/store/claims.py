@@ -185,6 +185,12 @@ def can_fence_in_update(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
+# However often the backoff doubled, a retry waits at most this long.
+MAX_BACKOFF_DELAY = timedelta(days=7)
+
+
 def backoff_delay(retry_backoff: timedelta, retry_count: int) -> timedelta:
-    """Wait before retry number `retry_count` (1-based): backoff, 2x, 4x, ..."""
-    return retry_backoff * (2 ** max(retry_count - 1, 0))
+    """Wait before retry number `retry_count` (1-based): backoff, 2x, 4x, ...,
+    at most MAX_BACKOFF_DELAY (and no overflow for a large retry count)."""
+    doublings = min(max(retry_count - 1, 0), 20)  # 2**20 seconds is past the cap already
+    return min(retry_backoff * (2**doublings), MAX_BACKOFF_DELAY)
