@@ -18,15 +18,17 @@ from sqlalchemy.engine import Connection, Engine
 from . import batches, operations, plugins
 from .batches import Batch
 from .config import Config, load_config, parse_duration
-from .planning import Plan, Settings, UnsortedInput, plan
+from .errors import StoreBusyError
+from .planning import InvalidRow, Plan, Settings, UnsortedInput, plan
 from .report import CreatedLog, PopulateReport, iso
 from .rows import RowBuilder
-from .store.store import StateStore
+from .store.store import RowChanged, StateStore
 from .windows import day_bounds, day_cells, local_date_of, parse_instant, step_minutes
 
 __all__ = ["PipelineStateManager"]
 
 _CHUNK = 5000
+_REPLANS = 5  # times populate plans again when workers change rows under it
 _LARGE_WRITE = 50_000  # rows created by one populate after which SQLite's log is emptied
 
 
@@ -107,12 +109,25 @@ class PipelineStateManager:
         if not self.store.exists():
             self.store.init_db()
         self.store.ensure_lock_row(self.pipeline)
-        with self.store.transaction(write=True) as conn:
-            self.store.lock_pipeline(conn, self.pipeline, holder=f"populate {run_id} {self.actor}")
-            now = self.now(conn)
-            the_plan = self._plan(conn, now)
-            report = PopulateReport(self.pipeline, False, run_id, now, the_plan, CreatedLog(self.pipeline))
-            self._apply(conn, report)
+        for attempt in range(_REPLANS + 1):
+            try:
+                with self.store.transaction(write=True) as conn:
+                    self.store.lock_pipeline(conn, self.pipeline, holder=f"populate {run_id} {self.actor}")
+                    now = self.now(conn)
+                    the_plan = self._plan(conn, now)
+                    report = PopulateReport(
+                        self.pipeline, False, run_id, now, the_plan, CreatedLog(self.pipeline)
+                    )
+                    self._apply(conn, report)
+                break
+            except RowChanged as changed:
+                # A worker claimed (or finished) a row between our scan and our
+                # write: nothing was written; plan again from what is there now.
+                if attempt == _REPLANS:
+                    raise StoreBusyError(
+                        f"populate: rows kept changing under workers ({changed}); "
+                        f"planned {_REPLANS + 1} times, nothing was written; try again"
+                    ) from changed
         if len(report.created) >= _LARGE_WRITE:
             self.store.release_log()
         return report
@@ -136,9 +151,11 @@ class PipelineStateManager:
             the_plan = self._plan(conn, now)
             report = PopulateReport(self.pipeline, True, run_id, now, the_plan, CreatedLog(self.pipeline))
             report.superseded = self._superseded_entries(the_plan)
-            if not verb_is_validate:
-                taken = self.store.inactive_ids(conn, self.pipeline) | {r.batch_id for r in the_plan.invalid}
-                self._name_windows(the_plan, taken, report.created, now, run_id, sink=None, conn=conn)
+            # validate names the new windows too, to report ids another row holds,
+            # but lists none of them.
+            log = CreatedLog(self.pipeline) if verb_is_validate else report.created
+            taken = self.store.inactive_ids(conn, self.pipeline) | {r.batch_id for r in the_plan.invalid}
+            self._name_windows(the_plan, taken, log, now, run_id, sink=None, conn=conn, report=report)
         return report
 
     def _settings(self, now: datetime) -> Settings:
@@ -154,6 +171,9 @@ class PipelineStateManager:
 
     def _plan(self, conn: Connection, now: datetime) -> Plan:
         settings = self._settings(now)
+        # A batch_id held by two rows (a table without a primary key) is an
+        # invalid row: claims never take it, so neither may the plan count it.
+        duplicates = self.store.duplicate_ids(conn, self.pipeline)
         chunks = self.store.candidate_chunks(conn, self.pipeline)
         ranks = None
         if self.store.ranks_read_apart:
@@ -161,16 +181,24 @@ class PipelineStateManager:
             def ranks(batch_ids: list[str]) -> dict[str, tuple]:
                 return self.store.rank_values(conn, self.pipeline, batch_ids)
 
+        def unique(rows: Iterable[tuple[Any, ...]]) -> Iterable[tuple[Any, ...]]:
+            return (row for row in rows if row[0] not in duplicates) if duplicates else rows
+
         try:
-            return plan(chain.from_iterable(chunks), settings, ranks)
+            the_plan = plan(unique(chain.from_iterable(chunks)), settings, ranks)
         except UnsortedInput:
             # Text timestamps in mixed formats (written by other tools) can sort
             # wrongly in SQL; sort the parsed values here instead.
             chunks.close()
-            everything = sorted(self.store.iter_candidates(conn, self.pipeline), key=_sort_key)
-            return plan(everything, settings, ranks)
+            everything = sorted(unique(self.store.iter_candidates(conn, self.pipeline)), key=_sort_key)
+            the_plan = plan(everything, settings, ranks)
         finally:
             chunks.close()
+        the_plan.invalid.extend(
+            InvalidRow(batch_id, f"batch_id is held by {count} rows of the table; never claimed", False)
+            for batch_id, count in sorted(duplicates.items())
+        )
+        return the_plan
 
     @staticmethod
     def _superseded_entries(the_plan: Plan) -> list[dict[str, Any]]:
@@ -188,7 +216,7 @@ class PipelineStateManager:
         the_plan, now, run_id = report.plan, report.now, report.run_id
         store = self.store
         losers = [
-            (r.superseded.batch_id, r.superseded.status, r.kept.batch_id, r.reason)
+            (r.superseded.batch_id, r.superseded.status, r.superseded.updated_at, r.kept.batch_id, r.reason)
             for r in the_plan.resolutions
         ]
         store.supersede(conn, self.pipeline, losers, now=now, run_id=run_id, by=self.actor)
@@ -212,7 +240,7 @@ class PipelineStateManager:
             ),
         )
         taken = store.inactive_ids(conn, self.pipeline) | {r.batch_id for r in the_plan.invalid}
-        self._name_windows(the_plan, taken, report.created, now, run_id, sink=conn, conn=conn)
+        self._name_windows(the_plan, taken, report.created, now, run_id, sink=conn, conn=conn, report=report)
 
     def _name_windows(
         self,
@@ -223,11 +251,14 @@ class PipelineStateManager:
         run_id: str,
         sink: Connection | None,
         conn: Connection | None = None,
+        report: PopulateReport | None = None,
     ) -> None:
         """Give each new window its ids and categories; insert them when `sink` is set.
 
-        The CREATED events are then written by one INSERT ... SELECT of the rows
-        this run made, not one Python object per event.
+        An id another row of the table holds (any pipeline's, or a differently
+        timed row of this one) is replaced by a free `<id>-rN` and reported in
+        `report.id_collisions`. The CREATED events are then written by one
+        INSERT ... SELECT of the rows this run made, not one Python object per event.
         """
         store = self.store
         builder = RowBuilder(
@@ -240,6 +271,8 @@ class PipelineStateManager:
             instant_text=store.instant_text,
         )
         custom_ids = not builder.default_ids
+        # Ids are looked up in the table unless it is empty (a first populate).
+        look_up = conn is not None and store.has_rows(conn)
         seen: set[str] = set()
         new_rows = builder.rows(the_plan.fills)
         chunks: Iterator[list[tuple[Any, ...]]] = iter(lambda: list(islice(new_rows, _CHUNK)), [])
@@ -247,17 +280,21 @@ class PipelineStateManager:
         load = store.bulk_load(sink, the_plan.estimated_new_windows()) if sink is not None else nullcontext()
         with load:
             for rows in chunks:
-                if custom_ids and conn is not None:
-                    taken = taken | store.existing_ids(conn, [row[0] for row in rows])
+                held: set[str] = set()
+                if look_up and conn is not None:
+                    held = store.existing_ids(conn, [row[0] for row in rows]) - taken
+                    taken = taken | held
                 for offset, row in enumerate(rows):
                     batch_id = row[0]
                     if batch_id in taken or batch_id in seen:
                         batch_id = _unique(batch_id, taken, seen)
                         rows[offset] = (batch_id, *row[1:])
                         log.set_id(index + offset, batch_id)
+                        if row[0] in held and report is not None:
+                            report.id_collisions.append({"wanted": row[0], "used": batch_id})
                     elif custom_ids:
                         log.set_id(index + offset, batch_id)
-                    if custom_ids:
+                    if custom_ids or held:
                         seen.add(batch_id)
                 index += len(rows)
                 if sink is not None:

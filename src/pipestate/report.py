@@ -92,6 +92,8 @@ class PopulateReport:
     created: CreatedLog
     superseded: list[dict[str, Any]] = field(default_factory=list)
     table_missing: bool = False
+    # New windows whose default id another row already held: {"wanted", "used"}.
+    id_collisions: list[dict[str, str]] = field(default_factory=list)
 
     # -- the contract's JSON shape --------------------------------------------
 
@@ -147,6 +149,7 @@ class PopulateReport:
                 for resolution in plan.resolutions
             ],
             "superseded": self.superseded,
+            "id_collisions": self.id_collisions,
             "invalid_rows": [
                 {"batch_id": row.batch_id, "reason": row.reason, "treated_as_active": row.active}
                 for row in plan.invalid
@@ -232,6 +235,16 @@ class PopulateReport:
             ),
             ("invalid rows", [f"{row.batch_id}: {row.reason}" for row in plan.invalid]),
         ]
+        if self.id_collisions:
+            sections.append(
+                (
+                    "id collisions",
+                    [
+                        f"{c['wanted']} is held by another row; the new window gets {c['used']}"
+                        for c in self.id_collisions
+                    ],
+                )
+            )
         for title, items in sections:
             lines.append(f"  {title:<11} {len(items)}")
             lines += [f"    {item}" for item in items[:limit]]

@@ -45,10 +45,8 @@ def find_candidate(
         order = (c.source_query_window_start_time.desc(), c.batch_id.desc())
     else:
         order = (c.source_query_window_start_time.asc(), c.batch_id.asc())
-    base = select(state).where(
-        c.pipeline_name == pipeline,
-        c.source_query_window_end_time > c.source_query_window_start_time,
-    )
+    base = select(state).where(c.pipeline_name == pipeline, *store.claimable_window(conn))
+    lease, next_attempt = store.instant(c.lease_expires_at), store.instant(c.next_attempt_at)
     pending = base.where(c.pipeline_status == "PENDING").order_by(*order).limit(1)
     retryable = (
         base.where(
@@ -60,11 +58,12 @@ def find_candidate(
                     c.pipeline_status == "FAILED",
                     func.coalesce(c.retry_count, 0) < max_retries,
                     not_terminal(store),
-                    or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
+                    or_(next_attempt.is_(None), next_attempt <= now),
                 ),
                 and_(
                     c.pipeline_status == "IN_PROGRESS",
-                    or_(c.lease_expires_at.is_(None), c.lease_expires_at <= now),
+                    # (on SQLite an unreadable lease reads as NULL: expired, as populate ranks it)
+                    or_(lease.is_(None), lease <= now),
                 ),
             ),
         )
@@ -95,7 +94,7 @@ def count_in_flight(store: StateStore, conn: Connection, pipeline: str, now: dat
             select(func.count()).where(
                 c.pipeline_name == pipeline,
                 c.pipeline_status == "IN_PROGRESS",
-                c.lease_expires_at > now,
+                store.instant(c.lease_expires_at) > now,
             )
         ).scalar_one()
     )

@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from ..errors import ConfigError, StoreBusyError
+from ..windows import read_instant
 
 _DUCKDB_LOCKS: dict[str, threading.Lock] = {}
 _DUCKDB_LOCKS_GUARD = threading.Lock()
@@ -62,12 +63,31 @@ def make_engine(url: str, lock_timeout: timedelta) -> Engine:
     return engine
 
 
+# The SQL function through which SQLite claims read a stored instant: the reader
+# populate uses, so a row populate calls active is claimable and one it calls
+# invalid never is (text comparison failed both ways: `T`, `Z` and offsets were
+# never claimable; year 0000 or an integer epoch was).
+SQLITE_INSTANT_FUNCTION = "pipestate_instant"
+
+
+def sqlite_instant(value: Any) -> str | None:
+    """A stored instant as SQLite text `YYYY-MM-DD HH:MM:SS.ffffff` (naive UTC, the
+    form SQLAlchemy binds), or None where populate would call the row invalid."""
+    if type(value) is not str:  # an integer epoch, a float, a blob: not an instant
+        return None
+    parsed = read_instant(value)
+    if parsed is None:
+        return None
+    return parsed.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 def _setup_sqlite(engine: Engine) -> None:
     # pysqlite's own transaction handling defers BEGIN; we emit it ourselves so
     # writers can take the lock up front (documented SQLAlchemy recipe).
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None
+        dbapi_connection.create_function(SQLITE_INSTANT_FUNCTION, 1, sqlite_instant, deterministic=True)
         cursor = dbapi_connection.cursor()
         if engine.url.database not in (None, "", ":memory:"):
             # A state row is ~560 bytes: 4 KiB pages (SQLite's default) hold
@@ -156,6 +176,8 @@ def busy_error(engine: Engine, err: BaseException) -> StoreBusyError:
 
 
 __all__ = [
+    "SQLITE_INSTANT_FUNCTION",
+    "sqlite_instant",
     "busy_error",
     "db_now",
     "is_lock_timeout",

@@ -31,14 +31,23 @@ _ISO = (
     "CASE WHEN date_trunc('second', {x}) = {x} THEN '' ELSE '.US' END) || '+00:00\"', 'null')"
 )
 
+# `ctid` names the one physical row chosen, so the UPDATE changes exactly that row
+# even in a table another tool made without a primary key. The window must be
+# readable (years 1 to 9999, as populate reads it: no infinity, BC or year 10000),
+# or the claim would stamp a row it then fails to read back.
 _CANDIDATE = """
-    SELECT batch_id, source_query_window_start_time AS start_time, pipeline_status AS old_status,
-           worker_id AS old_worker, claim_token AS old_token, lease_expires_at AS old_lease
+    SELECT ctid AS row_id, batch_id AS id, source_query_window_start_time AS start_time,
+           pipeline_status AS old_status, worker_id AS old_worker, claim_token AS old_token,
+           lease_expires_at AS old_lease
       FROM {table}
      WHERE pipeline_name = :pipeline AND source_query_window_end_time > source_query_window_start_time
-       AND {condition}
+       AND source_query_window_start_time >= '0001-01-01Z' AND source_query_window_end_time < '10000-01-01Z'
+       AND {condition}{unique}
      ORDER BY source_query_window_start_time {direction}, batch_id {direction}
      LIMIT 1 FOR UPDATE SKIP LOCKED"""
+
+# For a table without a unique batch_id: a duplicated id is never claimed.
+_UNIQUE = " AND (SELECT count(*) FROM {table} AS d WHERE d.batch_id = {table}.batch_id) = 1"
 
 _RETRYABLE = """pipeline_status IN ('FAILED', 'IN_PROGRESS')
        AND ((pipeline_status = 'FAILED' AND coalesce(retry_count, 0) < :max_retries
@@ -82,7 +91,7 @@ WITH pending AS ({pending}),
 retryable AS ({retryable}),
 chosen AS (
     SELECT * FROM (SELECT * FROM pending UNION ALL SELECT * FROM retryable) AS candidates
-     ORDER BY start_time {direction}, batch_id {direction} LIMIT 1
+     ORDER BY start_time {direction}, id {direction} LIMIT 1
 ),
 claimed AS (
     UPDATE {table} AS c SET
@@ -94,8 +103,8 @@ claimed AS (
         first_started_at = coalesce(c.first_started_at, {now}),
         next_attempt_at = NULL, updated_at = {now}, updated_by = :worker
       FROM chosen
-     WHERE c.batch_id = chosen.batch_id
-    RETURNING {returning}, chosen.old_status, chosen.old_worker, chosen.old_token, chosen.old_lease
+     WHERE c.ctid = chosen.row_id
+    RETURNING {returning}, old_status, old_worker, old_token, old_lease
 ),
 logged AS (
     INSERT INTO {events}
@@ -137,36 +146,63 @@ SELECT * FROM done
 """
 
 
-def _squeeze(sql: str) -> str:
-    """The statement on one line. psycopg caches its conversion of a query of at
-    most 4,096 bytes; the indented claim is longer, and was converted again for
-    every claim. (Our literals hold no runs of spaces, so they do not change.)"""
-    return " ".join(sql.split())
+def _squeeze(template: str, **names: str) -> str:
+    """The statement on one line, with `names` (quoted identifiers) put in after.
+
+    psycopg caches its conversion of a query of at most 4,096 bytes; the
+    indented claim is longer, and was converted again for every claim. Only our
+    own text is squeezed: a quoted identifier may hold runs of spaces, and
+    `"a  b"` squeezed would name another table.
+    """
+    squeezed = " ".join(template.split()).replace("( ", "(").replace(" )", ")")
+    for key, name in names.items():
+        squeezed = squeezed.replace(_placeholder(key), name)
+    return squeezed
+
+
+def _placeholder(key: str) -> str:
+    # No whitespace and nothing SQL or str.format would read: survives both.
+    return f"\x00{key}\x00"
 
 
 def _now(clock: bool) -> str:
-    # :now is bound as UTCDateTime (a timestamptz parameter)
-    return ":now" if clock else "statement_timestamp()"
+    # :now is bound as UTCDateTime (a timestamptz parameter). These statements
+    # run autocommitted, each its own transaction, so now() (the transaction's
+    # start) is the statement's start, and shorter to write than statement_timestamp().
+    return ":now" if clock else "now()"
 
 
 @lru_cache(maxsize=64)
 def _claim_statement(
-    table: Table, events: Table, quoted: str, quoted_events: str, newest_first: bool, clock: bool
+    table: Table,
+    events: Table,
+    quoted: str,
+    quoted_events: str,
+    newest_first: bool,
+    clock: bool,
+    unique_ids: bool = True,
 ) -> TextualSelect:
     direction = "DESC" if newest_first else "ASC"
     now = _now(clock)
-    sql = _CLAIM.format(
-        pending=_CANDIDATE.format(table=quoted, condition="pipeline_status = 'PENDING'", direction=direction),
-        retryable=_CANDIDATE.format(table=quoted, condition=_RETRYABLE.format(now=now), direction=direction),
-        table=quoted,
-        events=quoted_events,
+    table_name = _placeholder("table")
+    unique = "" if unique_ids else _UNIQUE.format(table=table_name)
+    template = _CLAIM.format(
+        pending=_CANDIDATE.format(
+            table=table_name, condition="pipeline_status = 'PENDING'", direction=direction, unique=unique
+        ),
+        retryable=_CANDIDATE.format(
+            table=table_name, condition=_RETRYABLE.format(now=now), direction=direction, unique=unique
+        ),
+        table=table_name,
+        events=_placeholder("events"),
         direction=direction,
         now=now,
-        returning=", ".join(f"c.{name}" for name in CLAIM_COLUMNS),
+        # unqualified: the candidates' own columns are named apart (id, row_id, old_*)
+        returning=", ".join(CLAIM_COLUMNS),
         old_lease_iso=_ISO.format(x="old_lease"),
         lease_iso=_ISO.format(x="lease_expires_at"),
     )
-    sql = _squeeze(sql)
+    sql = _squeeze(template, table=quoted, events=quoted_events)
     typed: list[Any] = [column(name, table.c[name].type) for name in CLAIM_COLUMNS]
     extra: list[Any] = [
         column("old_status", String()),
@@ -182,13 +218,13 @@ def _claim_statement(
 
 @lru_cache(maxsize=64)
 def _complete_statement(quoted: str, quoted_events: str, with_token: bool, clock: bool) -> TextualSelect:
-    sql = _COMPLETE.format(
-        table=quoted,
-        events=quoted_events,
+    template = _COMPLETE.format(
+        table=_placeholder("table"),
+        events=_placeholder("events"),
         now=_now(clock),
         token_condition="AND claim_token = :token" if with_token else "",
     )
-    sql = _squeeze(sql)
+    sql = _squeeze(template, table=quoted, events=quoted_events)
     stmt = text(sql).columns(
         column("batch_id", String()),
         column("claim_token", String()),
@@ -233,7 +269,13 @@ def claim(
     """
     quoted, quoted_events = _names(store, conn)
     stmt = _claim_statement(
-        store.tables.state, store.tables.events, quoted, quoted_events, newest_first, now is not None
+        store.tables.state,
+        store.tables.events,
+        quoted,
+        quoted_events,
+        newest_first,
+        now is not None,
+        store.unique_ids(conn),
     )
     params: dict[str, Any] = {
         "pipeline": pipeline,

@@ -38,6 +38,7 @@ from ..errors import SchemaError, StateStoreError, StoreUnavailable
 from ..windows import read_instant
 from . import bulk
 from .dialects import (
+    SQLITE_INSTANT_FUNCTION,
     busy_error,
     db_now,
     is_lock_timeout,
@@ -131,6 +132,13 @@ def _chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
         yield chunk
 
 
+class RowChanged(StateStoreError):
+    """A row populate planned to change was changed by someone else meanwhile (a
+    worker's claim, heartbeat or completion); nothing of the plan was written."""
+
+    retryable = True
+
+
 class StateStore:
     """One state table (with its `_events` and `_meta` tables) in one database."""
 
@@ -147,6 +155,7 @@ class StateStore:
         self.lock_timeout = lock_timeout
         self._thread_lock: threading.Lock | None = process_lock(self.engine)
         self._insert_sql: dict[Any, str] = {}
+        self._unique_ids: bool | None = None
 
     @property
     def dialect(self) -> str:
@@ -378,6 +387,76 @@ class StateStore:
         utc_text = func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS.US")
         return case((readable, utc_text), else_=column.cast(Text())).label(name)
 
+    def instant(self, column: Any) -> Any:
+        """`column` (an instant) as claims compare it with a bound datetime: on
+        SQLite the stored text read by populate's reader and written back in the
+        form SQLAlchemy binds (NULL where populate would call the row invalid);
+        elsewhere the column itself, which the database types."""
+        if self.dialect == "sqlite":
+            return getattr(func, SQLITE_INSTANT_FUNCTION)(column, type_=UTCDateTime())
+        return column
+
+    def claimable_window(self, conn: Connection) -> list[Any]:
+        """The WHERE conditions of "this row's window is one populate calls active":
+        both instants readable as populate reads them, the end after the start, and
+        a batch_id no other row holds (a duplicated id is an invalid row, never claimed)."""
+        state = self.tables.state
+        start, end = state.c.source_query_window_start_time, state.c.source_query_window_end_time
+        if self.dialect == "sqlite":
+            conditions = [self.instant(end) > self.instant(start)]
+        elif self.dialect == "postgresql":
+            conditions = [end > start, start >= _PG_FIRST_INSTANT, end < _PG_PAST_LAST_INSTANT]
+        else:
+            conditions = [end > start]
+        if not self.unique_ids(conn):
+            other = state.alias("same_id")
+            same = select(func.count()).where(other.c.batch_id == state.c.batch_id).scalar_subquery()
+            conditions.append(same == 1)
+        return conditions
+
+    def unique_ids(self, conn: Connection) -> bool:
+        """Whether the table itself keeps batch_id unique (a primary key or unique
+        index on it alone), as every table pipestate creates on SQLite and
+        PostgreSQL does. A table another tool made without one may hold
+        duplicates, which claims skip and populate reports; so may DuckDB (not
+        asked) and Snowflake (whose primary keys are not enforced)."""
+        if self._unique_ids is None:
+            if self.dialect not in ("sqlite", "postgresql"):
+                self._unique_ids = False
+            elif inspect(conn).has_table(self.tables.state.name, schema=self.tables.state.schema):
+                self._unique_ids = self._reflect_unique_ids(conn)
+            else:
+                return False  # not known yet: ask again once the table exists
+        return self._unique_ids
+
+    def _reflect_unique_ids(self, conn: Connection) -> bool:
+        inspector = inspect(conn)
+        name, schema = self.tables.state.name, self.tables.state.schema
+        if inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") == ["batch_id"]:
+            return True
+        uniques: list[list[Any]] = [
+            list(u["column_names"]) for u in inspector.get_unique_constraints(name, schema=schema)
+        ]
+        uniques += [
+            list(i["column_names"]) for i in inspector.get_indexes(name, schema=schema) if i.get("unique")
+        ]
+        return ["batch_id"] in uniques
+
+    def duplicate_ids(self, conn: Connection, pipeline: str) -> dict[str, int]:
+        """batch_ids of the pipeline that more than one row of the table holds
+        (in any pipeline), with how many rows hold each."""
+        if self.unique_ids(conn):
+            return {}
+        state = self.tables.state
+        mine = select(state.c.batch_id).where(state.c.pipeline_name == pipeline)
+        stmt = (
+            select(state.c.batch_id, func.count())
+            .where(state.c.batch_id.in_(mine))
+            .group_by(state.c.batch_id)
+            .having(func.count() > 1)
+        )
+        return {str(batch_id): int(count) for batch_id, count in conn.execute(stmt)}
+
     def iter_candidates(self, conn: Connection, pipeline: str) -> Iterator[tuple[Any, ...]]:
         """`candidate_chunks` row by row, with start and end parsed (aware UTC or None)."""
         chunks = self.candidate_chunks(conn, pipeline)
@@ -416,6 +495,11 @@ class StateStore:
             state.c.pipeline_name == pipeline, state.c.pipeline_status == "SUPERSEDED"
         )
         return set(conn.execute(stmt).scalars())
+
+    def has_rows(self, conn: Connection) -> bool:
+        """Whether the state table holds any row at all, of any pipeline."""
+        state = self.tables.state
+        return conn.execute(select(state.c.batch_id).limit(1)).first() is not None
 
     def existing_ids(self, conn: Connection, ids: Sequence[str]) -> set[str]:
         """Which of `ids` exist in the table already, in any pipeline."""
@@ -546,28 +630,33 @@ class StateStore:
         self,
         conn: Connection,
         pipeline: str,
-        losers: Iterable[tuple[str, str, str, str]],
+        losers: Iterable[tuple[str, str, datetime | None, str, str]],
         *,
         now: datetime,
         run_id: str,
         by: str,
     ) -> int:
-        """Mark `(batch_id, old_status, superseded_by, reason)` rows SUPERSEDED.
+        """Mark `(batch_id, old_status, old_updated_at, superseded_by, reason)` rows SUPERSEDED.
 
-        Each update is guarded by the status the planner saw, so a row that
-        changed meanwhile is not overwritten; that cannot happen under the
-        pipeline lock, and if it does the transaction is rolled back.
+        Each update applies only if the row is still what the plan saw: the same
+        status and the same `updated_at` (every claim, heartbeat, step and
+        completion moves it). Workers claim without the pipeline lock, so a row
+        can change between populate's scan and this write; then RowChanged is
+        raised, the caller's transaction rolls back and populate plans again.
         """
         state = self.tables.state
         changed = 0
-        for batch_id, old_status, winner, reason in losers:
+        for batch_id, old_status, old_updated_at, winner, reason in losers:
+            guard = [
+                state.c.batch_id == batch_id,
+                state.c.pipeline_name == pipeline,
+                state.c.pipeline_status == old_status,
+            ]
+            if old_updated_at is not None:
+                guard.append(self.instant(state.c.updated_at) == old_updated_at)
             result = conn.execute(
                 update(state)
-                .where(
-                    state.c.batch_id == batch_id,
-                    state.c.pipeline_name == pipeline,
-                    state.c.pipeline_status == old_status,
-                )
+                .where(*guard)
                 .values(
                     pipeline_status="SUPERSEDED",
                     superseded_by=winner,
@@ -579,9 +668,7 @@ class StateStore:
                 )
             )
             if result.rowcount != 1:
-                raise StateStoreError(
-                    f"batch {batch_id} changed while populate held the pipeline lock; nothing was written"
-                )
+                raise RowChanged(f"batch {batch_id} changed after populate read it")
             changed += 1
         return changed
 
