@@ -47,6 +47,7 @@ MAX_LEASE = timedelta(hours=24)
 MAX_RETRY_BACKOFF = timedelta(hours=24)
 MAX_LAG = timedelta(days=366)
 MAX_LOCK_TIMEOUT = timedelta(hours=1)
+MAX_STATEMENT_TIMEOUT = timedelta(hours=24)
 MAX_RETRIES = 1000
 # The first and last local day a pipeline may cover: a window needs its day's
 # end, and every zone's midnight must still be an instant Python can hold.
@@ -166,7 +167,24 @@ class StateConfig(_Section):
     url: str = "sqlite:///pipestate.db"
     table: str = "pipeline_state"
     schema_: str = Field(default="", alias="schema")
+    # Network databases (PostgreSQL): bounds on every wait; "0s" for none.
+    connect_timeout: str = "10s"
+    statement_timeout: str = "5m"
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("connect_timeout", "statement_timeout")
+    @classmethod
+    def _wait(cls, value: str) -> str:
+        parse_duration(value, MAX_STATEMENT_TIMEOUT)
+        return value
+
+    @property
+    def connect_timeout_delta(self) -> timedelta:
+        return parse_duration(self.connect_timeout)
+
+    @property
+    def statement_timeout_delta(self) -> timedelta:
+        return parse_duration(self.statement_timeout)
 
     @field_validator("table")
     @classmethod

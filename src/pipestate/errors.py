@@ -121,6 +121,12 @@ class WorkerStopped(Exception):
     """Raised inside the batch when a second stop signal asks to stop at once."""
 
 
+class LeaseInDoubt(LeaseLost):
+    """Raised inside the batch when no heartbeat reached the database before the
+    lease ran out: another worker may hold the batch by now; nothing more is
+    written for it."""
+
+
 def retryable(err: BaseException) -> bool | None:
     """Whether retrying can get past `err`: its `retryable` answer (True, False or None
     for unknown). An exception that carries none is unknown, except a failed import:

@@ -22,6 +22,7 @@ from .errors import StoreBusyError
 from .planning import InvalidRow, Plan, Settings, UnsortedInput, plan
 from .report import CreatedLog, PopulateReport, iso
 from .rows import RowBuilder
+from .store.dialects import Waits
 from .store.store import RowChanged, StateStore
 from .windows import day_bounds, day_cells, local_date_of, parse_instant, step_minutes
 
@@ -58,6 +59,7 @@ class PipelineStateManager:
             state.schema_ or None,
             lock_timeout=parse_duration(config.concurrency.lock_timeout),
             engine=engine,
+            waits=Waits(state.connect_timeout_delta, state.statement_timeout_delta),
         )
         self._clock = clock
         self.actor = actor or f"pipestate@{socket.gethostname()}:{os.getpid()}"

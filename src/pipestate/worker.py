@@ -5,11 +5,19 @@
 
 The first SIGTERM (or SIGINT) lets the current batch finish and then stops;
 a second one stops at once and releases the batch, so another worker can take
-it without waiting for the lease to run out.
+it without waiting for the lease to run out. A second signal that arrives while
+a database call is under way gives the call STOP_GRACE seconds, then cuts its
+connection, so a frozen network cannot keep the worker alive.
+
+Heartbeats that cannot reach the database leave the lease in doubt: when the
+lease would have run out without one succeeding, the handler is stopped with
+LeaseInDoubt (another worker may take the batch from then on) and nothing more
+is written for that batch.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -24,15 +32,21 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import parse_duration
-from .errors import LeaseLost, PipestateError, WorkerStopped, retryable
+from .errors import LeaseInDoubt, LeaseLost, PipestateError, WorkerStopped, retryable
+from .store.dialects import interrupt_statements
 
 if TYPE_CHECKING:
     from .batches import Batch
     from .manager import PipelineStateManager
 
-__all__ = ["Worker", "WorkerStopped", "RunSummary"]
+__all__ = ["Worker", "WorkerStopped", "LeaseInDoubt", "RunSummary"]
 
 log = logging.getLogger("pipestate.worker")
+
+# After a second stop signal, how long a database call under way may still take.
+STOP_GRACE = 5.0
+# How long stopping waits for a heartbeat thread (one stuck on the network is left behind).
+_HEARTBEAT_JOIN = 2.0
 
 T = TypeVar("T")
 
@@ -50,16 +64,49 @@ class RunSummary:
 
 
 class _Heartbeat(threading.Thread):
-    """Extends the lease every `interval` seconds until stopped or the claim is lost."""
+    """Extends the lease every `interval` seconds until stopped or the claim is lost.
 
-    def __init__(self, manager: PipelineStateManager, batch: Batch, interval: float) -> None:
+    A timer runs out when the lease would, unless a heartbeat succeeded
+    meanwhile; then `in_doubt` is set and `on_doubt` called (from the timer's
+    thread: the heartbeat thread itself may be stuck in a call).
+    """
+
+    def __init__(
+        self,
+        manager: PipelineStateManager,
+        batch: Batch,
+        interval: float,
+        lease: float,
+        on_doubt: Callable[[], None],
+    ) -> None:
         super().__init__(name=f"heartbeat-{batch.batch_id}", daemon=True)
-        self.manager, self.batch, self.interval = manager, batch, interval
+        self.manager, self.batch, self.interval, self.lease = manager, batch, interval, lease
         self.stopped = threading.Event()
         self.lost: LeaseLost | None = None
+        self.in_doubt = False
+        self._on_doubt = on_doubt
+        self._timer: threading.Timer | None = None
+        self._arm(time.monotonic())
+
+    def _arm(self, since: float) -> None:
+        # Counted from before the call that (re)started the lease: never later than its expiry.
+        if self._timer is not None:
+            self._timer.cancel()
+        remaining = max(since + self.lease - time.monotonic(), 0.0)
+        self._timer = threading.Timer(remaining, self._doubt)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _doubt(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.in_doubt = True
+        log.error("no heartbeat for %s reached the database within the lease", self.batch.batch_id)
+        self._on_doubt()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
+            started = time.monotonic()
             try:
                 self.manager.heartbeat(self.batch.batch_id, self.batch.worker_id, self.batch.claim_token)
             except LeaseLost as err:
@@ -68,10 +115,21 @@ class _Heartbeat(threading.Thread):
                 return
             except PipestateError as err:  # a database blip: try again next beat
                 log.warning("heartbeat for %s failed, will retry: %s", self.batch.batch_id, err)
+            else:
+                if not self.stopped.is_set() and not self.in_doubt:
+                    self._arm(started)
 
     def stop(self) -> None:
         self.stopped.set()
-        self.join()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.join(timeout=_HEARTBEAT_JOIN)
+
+
+def _raise_in(thread_id: int, kind: type[BaseException]) -> None:
+    """Raise `kind` in another Python thread at its next bytecode (how a lease in
+    doubt stops a handler running in the worker's thread)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(kind))
 
 
 class Worker:
@@ -95,9 +153,9 @@ class Worker:
     ) -> None:
         self.manager = manager
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        lease = parse_duration(manager.config.concurrency.lease).total_seconds()
+        self.lease = parse_duration(manager.config.concurrency.lease).total_seconds()
         # At most a third of the lease, so two beats can be late before it lapses.
-        ceiling = lease / 3
+        ceiling = self.lease / 3
         self.heartbeat_interval = min(heartbeat_interval or ceiling, ceiling)
         self.store_retries = store_retries
         self.store_backoff = store_backoff
@@ -105,6 +163,8 @@ class Worker:
         self.released = 0  # batches given back unfinished by a second stop signal
         self._signals = 0
         self._interruptible = False
+        self._cut: threading.Timer | None = None
+        self._in_doubt = False  # the current batch's lease: no heartbeat reached the database in time
 
     # -- the state database, transient errors retried -----------------------------
 
@@ -156,8 +216,17 @@ class Worker:
     def _beating(self, claimed: Batch) -> Iterator[None]:
         """Heartbeats in a thread, and a second stop signal allowed to interrupt,
         while the caller's code runs; neither during a claim, complete, fail or
-        release, which would leave the batch held until its lease ran out."""
-        beat = _Heartbeat(self.manager, claimed, self.heartbeat_interval)
+        release, which would leave the batch held until its lease ran out.
+        A lease in doubt raises LeaseInDoubt in the caller's code."""
+        caller = threading.get_ident()
+        self._in_doubt = False
+
+        def stop_caller() -> None:
+            self._in_doubt = True
+            if self._interruptible:
+                _raise_in(caller, LeaseInDoubt)
+
+        beat = _Heartbeat(self.manager, claimed, self.heartbeat_interval, self.lease, stop_caller)
         beat.start()
         self._interruptible = True
         try:
@@ -165,6 +234,12 @@ class Worker:
         finally:
             self._interruptible = False
             beat.stop()
+
+    def _doubted(self, claimed: Batch) -> LeaseInDoubt:
+        return LeaseInDoubt(
+            f"batch {claimed.batch_id}: no heartbeat reached the database within the lease; "
+            "stopped without writing"
+        )
 
     # -- one batch ----------------------------------------------------------------
 
@@ -190,6 +265,8 @@ class Worker:
             self._release(claimed)
             raise
         except BaseException as err:
+            if self._in_doubt:  # nothing is written: the batch may be someone else's by now
+                raise self._doubted(claimed) from err
             self._fail(claimed, err)
             raise
         self._complete(claimed)
@@ -204,6 +281,9 @@ class Worker:
         except WorkerStopped:
             return _settled(partial(self._release, claimed), "released")
         except BaseException as err:
+            if self._in_doubt:  # nothing is written: the batch may be someone else's by now
+                log.error("%s", self._doubted(claimed))
+                return "lost"
             outcome = _settled(partial(self._fail, claimed, err), "failed")
             if not isinstance(err, Exception):
                 raise  # KeyboardInterrupt, SystemExit: the batch is failed, and they go on up
@@ -261,6 +341,12 @@ class Worker:
             self.stopping = True
             if self._signals > 1 and self._interruptible:
                 raise WorkerStopped(f"stopped by signal {signum}")
+            if self._signals > 1 and self._cut is None:
+                # In a claim, complete, fail or release: let it finish, unless it
+                # hangs on the network; then cut its connection so it fails.
+                self._cut = threading.Timer(STOP_GRACE, interrupt_statements, (self.manager.store.engine,))
+                self._cut.daemon = True
+                self._cut.start()
             log.info("signal %s: finishing the current batch, then stopping", signum)
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -268,6 +354,9 @@ class Worker:
         def restore() -> None:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self._cut is not None:
+                self._cut.cancel()
+                self._cut = None
 
         return restore
 

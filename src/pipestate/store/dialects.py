@@ -9,8 +9,13 @@ share a lock.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import time
+import weakref
 import zlib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,18 +45,50 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
-def make_engine(url: str, lock_timeout: timedelta) -> Engine:
+@dataclass(frozen=True)
+class Waits:
+    """How long a network database may keep pipestate waiting ([state] keys).
+
+    `connect_timeout` bounds opening a connection; `statement_timeout` bounds
+    each statement, on the server (PostgreSQL cancels it) and on the client: a
+    statement still unanswered `statement_timeout + WATCHDOG_GRACE` later (a
+    frozen network, a stopped proxy: nothing the server can cancel) has its
+    socket shut down, so the call fails instead of waiting forever. Zero: no bound.
+    """
+
+    connect_timeout: timedelta = timedelta(seconds=10)
+    statement_timeout: timedelta = timedelta(minutes=5)
+
+
+# After the server's own statement timeout, how long the client still waits for
+# its answer before it calls the connection dead.
+WATCHDOG_GRACE = timedelta(seconds=5)
+# TCP keepalives: a silent peer is noticed after about idle + interval * count.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def make_engine(url: str, lock_timeout: timedelta, waits: Waits | None = None) -> Engine:
     """An engine set up for pipestate's transactions on that database."""
+    waits = waits or Waits()
     parsed = normalize_url(url)
     backend = parsed.get_backend_name()
     connect_args: dict[str, Any] = {}
     if backend == "sqlite":
         connect_args = {"timeout": lock_timeout.total_seconds(), "check_same_thread": False}
     elif backend == "postgresql":
-        # Bound every wait for a row lock (the pipeline lock row), per session:
-        # a SET LOCAL in each transaction would cost a round trip per claim.
-        millis = max(1, int(lock_timeout.total_seconds() * 1000))
-        connect_args = {"options": f"-c lock_timeout={millis}"}
+        # Per session, not per transaction (a SET LOCAL would cost a round trip
+        # per claim): bound every wait for a row lock (the pipeline lock row)
+        # and every statement, and read and write instants in UTC whatever the
+        # server's or the client's (PGTZ) zone, so that a zone-less column
+        # another tool made is at least read as the UTC pipestate means.
+        options = [f"-c lock_timeout={_millis(lock_timeout)}", "-c timezone=UTC"]
+        if waits.statement_timeout:
+            options.append(f"-c statement_timeout={_millis(waits.statement_timeout)}")
+        connect_args = {"options": " ".join(options), **_KEEPALIVES}
+        if waits.connect_timeout:
+            connect_args["connect_timeout"] = max(1, int(waits.connect_timeout.total_seconds()))
+            # unacknowledged data: libpq gives up on the connection after this
+            connect_args["tcp_user_timeout"] = _millis(waits.statement_timeout + WATCHDOG_GRACE)
     try:
         engine = create_engine(parsed, connect_args=connect_args)
     except (NoSuchModuleError, ModuleNotFoundError) as err:
@@ -60,7 +97,110 @@ def make_engine(url: str, lock_timeout: timedelta) -> Engine:
         raise ConfigError(f"[state] url: no driver for {parsed.drivername!r}; {how}") from err
     if backend == "sqlite":
         _setup_sqlite(engine)
+    if backend == "postgresql" and waits.statement_timeout:
+        _watch_statements(engine, waits.statement_timeout + WATCHDOG_GRACE)
     return engine
+
+
+def _millis(value: timedelta) -> int:
+    return max(1, int(value.total_seconds() * 1000))
+
+
+class _Watchdog:
+    """Shuts down the socket of a statement unanswered past its deadline.
+
+    Registering a statement is a dict write, so a claim costs no timer thread;
+    one checking thread runs while statements are registered and ends when
+    none are. psycopg then raises OperationalError (the connection is lost) in
+    the waiting thread, and SQLAlchemy discards the connection from its pool.
+    """
+
+    def __init__(self, limit: timedelta) -> None:
+        self.limit = limit.total_seconds()
+        self.running: dict[int, tuple[float, Any]] = {}
+        self.guard = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def begin(self, dbapi_connection: Any) -> None:
+        with self.guard:
+            self.running[id(dbapi_connection)] = (time.monotonic() + self.limit, dbapi_connection)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._watch, name="pipestate-watchdog", daemon=True)
+                self.thread.start()
+
+    def end(self, dbapi_connection: Any) -> None:
+        with self.guard:
+            self.running.pop(id(dbapi_connection), None)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.limit / 4))
+            now = time.monotonic()
+            with self.guard:
+                late = [conn for deadline, conn in self.running.values() if deadline <= now]
+                for conn in late:
+                    self.running.pop(id(conn), None)
+                idle = not self.running
+                if idle:
+                    self.thread = None
+            for conn in late:
+                _shut_down(conn)
+            if idle:
+                return
+
+
+def _shut_down(dbapi_connection: Any) -> None:
+    try:
+        fd = dbapi_connection.pgconn.socket
+        # shutdown acts on the socket itself, so a duplicate descriptor does:
+        # the waiting recv returns at once, and psycopg keeps its own fd to close.
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError, ValueError):  # already closed, or not psycopg
+        pass
+
+
+_WATCHDOGS: weakref.WeakKeyDictionary[Engine, _Watchdog] = weakref.WeakKeyDictionary()
+
+
+def interrupt_statements(engine: Engine) -> int:
+    """Cut the connections of the engine's statements still waiting for an answer
+    (each then fails at once); returns how many. A worker's second stop signal
+    uses it on a call that hangs on a frozen network."""
+    watchdog = _WATCHDOGS.get(engine)
+    if watchdog is None:
+        return 0
+    with watchdog.guard:
+        waiting = [conn for _, conn in watchdog.running.values()]
+        watchdog.running.clear()
+    for conn in waiting:
+        _shut_down(conn)
+    return len(waiting)
+
+
+def _watch_statements(engine: Engine, limit: timedelta) -> None:
+    watchdog = _WATCHDOGS[engine] = _Watchdog(limit)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn: Connection, cursor: Any, *args: Any) -> None:
+        watchdog.begin(cursor.connection)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(conn: Connection, cursor: Any, *args: Any) -> None:
+        watchdog.end(cursor.connection)
+
+    @event.listens_for(engine, "handle_error")
+    def _failed(context: Any) -> None:
+        cursor = getattr(context, "cursor", None)
+        if cursor is not None:
+            watchdog.end(cursor.connection)
+            return
+        try:
+            dbapi_connection = context.connection.connection.dbapi_connection
+        except Exception:  # noqa: BLE001 - an invalidated connection: nothing left to watch
+            return
+        if dbapi_connection is not None:
+            watchdog.end(dbapi_connection)
 
 
 # The SQL function through which SQLite claims read a stored instant: the reader
@@ -177,6 +317,8 @@ def busy_error(engine: Engine, err: BaseException) -> StoreBusyError:
 
 __all__ = [
     "SQLITE_INSTANT_FUNCTION",
+    "Waits",
+    "interrupt_statements",
     "sqlite_instant",
     "busy_error",
     "db_now",

@@ -39,6 +39,7 @@ from ..windows import read_instant
 from . import bulk
 from .dialects import (
     SQLITE_INSTANT_FUNCTION,
+    Waits,
     busy_error,
     db_now,
     is_lock_timeout,
@@ -149,8 +150,9 @@ class StateStore:
         schema: str | None = None,
         lock_timeout: timedelta = timedelta(seconds=60),
         engine: Engine | None = None,
+        waits: Waits | None = None,
     ) -> None:
-        self.engine = engine or make_engine(url, lock_timeout)
+        self.engine = engine or make_engine(url, lock_timeout, waits)
         self.tables: StateTables = build_tables(table, schema or None, self.engine.dialect.name)
         self.lock_timeout = lock_timeout
         self._thread_lock: threading.Lock | None = process_lock(self.engine)
