@@ -28,6 +28,7 @@ from .store.claims import (
     find_candidate,
     guarded_update,
 )
+from .store.schema import COLUMNS
 from .store.types import UTCDateTime
 
 if TYPE_CHECKING:
@@ -40,6 +41,21 @@ STEP_COLUMNS = {
     "stage": ("stage_write_status", "stage_write_started_at", "stage_write_completed_at"),
     "target": ("target_load_status", "target_load_started_at", "target_load_completed_at"),
 }
+# What a worker may write beside its claim (record_step, and the values of
+# complete and fail): the columns of the three steps, and its own notes. Never
+# the status, the lease or the window: those change only through the claim protocol.
+STEP_VALUE_COLUMNS = frozenset(
+    name for group, name, *_ in COLUMNS if group in ("source", "stage", "target")
+) | {"source_type", "stage_type", "target_type", "batch_metadata"}
+
+
+def _check_values(values: dict[str, Any] | None) -> None:
+    others = sorted(set(values or ()) - STEP_VALUE_COLUMNS)
+    if others:
+        raise UsageError(
+            f"{', '.join(others)}: not a step column; a worker writes only the source, stage "
+            "and target columns (and batch_metadata)"
+        )
 
 
 @dataclass(frozen=True)
@@ -340,6 +356,7 @@ def record_step(
     step: str | None = None,
 ) -> None:
     """Write step columns (counts, locations, timestamps) while holding the claim."""
+    _check_values(values)
     store = manager.store
     with store.transaction(write=True) as conn:
         row = _fenced(manager, conn, batch_id, worker, token)
@@ -375,6 +392,7 @@ def complete(
     values: dict[str, Any] | None = None,
 ) -> None:
     """Mark the batch COMPLETED (fenced)."""
+    _check_values(values)
     store = manager.store
     if store.dialect == "postgresql" and not values:
         with pg_claims.autocommit(store) as conn:
@@ -436,6 +454,7 @@ def fail(
     good at once and its retry_count is left as it was; `last_error_kind` says
     which it was. Returns `{"retry_count", "permanent", "next_attempt_at"}`.
     """
+    _check_values(values)
     store, settings = manager.store, manager.config.concurrency
     with store.transaction(write=True) as conn:
         row = _fenced(manager, conn, batch_id, worker, token)

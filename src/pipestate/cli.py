@@ -97,10 +97,16 @@ def init(force: bool) -> None:
 
 @cli.command("init-db")
 @config_option
-def init_db() -> None:
+@click.option(
+    "--migrate-timestamps",
+    is_flag=True,
+    help="On PostgreSQL, convert zone-less timestamp columns another tool made to "
+    "timestamptz, reading their values as UTC (refused otherwise).",
+)
+def init_db(migrate_timestamps: bool) -> None:
     """Create the state table, its _events and _meta tables (idempotent)."""
     manager = _manager()
-    actions = manager.init_db()
+    actions = manager.init_db(migrate_timestamps=migrate_timestamps)
     table = manager.config.state.table
     click.echo(f"{table}: " + ("; ".join(actions) if actions else "already up to date"))
 
@@ -485,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - a bug: say so in one line unless --debug
         if debug:
             raise
-        click.echo(f"pipestate: internal error: {type(err).__name__}: {err} (rerun with --debug)", err=True)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        click.echo(f"pipestate: internal error: {type(err).__name__}: {first} (rerun with --debug)", err=True)
         return 3
     return 0
 

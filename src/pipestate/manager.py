@@ -91,9 +91,14 @@ class PipelineStateManager:
 
     # -- schema -------------------------------------------------------------------
 
-    def init_db(self) -> list[str]:
-        """Create the state, events and meta tables if missing (idempotent)."""
-        return self.store.init_db()
+    def init_db(self, migrate_timestamps: bool = False) -> list[str]:
+        """Create the state, events and meta tables if missing (idempotent).
+
+        On PostgreSQL a table whose instants are zone-less `timestamp` columns is
+        refused (SchemaError), or with `migrate_timestamps` converted to
+        `timestamptz`, its values read as UTC.
+        """
+        return self.store.init_db(migrate_timestamps=migrate_timestamps)
 
     # -- populate -----------------------------------------------------------------
 
@@ -108,7 +113,7 @@ class PipelineStateManager:
         run_id = uuid.uuid4().hex
         if dry_run:
             return self._dry_run(run_id, verb_is_validate=False)
-        if not self.store.exists():
+        if not self.store.is_set_up():
             self.store.init_db()
         self.store.ensure_lock_row(self.pipeline)
         for attempt in range(_REPLANS + 1):

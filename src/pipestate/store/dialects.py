@@ -97,9 +97,24 @@ def make_engine(url: str, lock_timeout: timedelta, waits: Waits | None = None) -
         raise ConfigError(f"[state] url: no driver for {parsed.drivername!r}; {how}") from err
     if backend == "sqlite":
         _setup_sqlite(engine)
-    if backend == "postgresql" and waits.statement_timeout:
-        _watch_statements(engine, waits.statement_timeout + WATCHDOG_GRACE)
+    if backend == "postgresql":
+        _utc_sessions(engine)
+        if waits.statement_timeout:
+            _watch_statements(engine, waits.statement_timeout + WATCHDOG_GRACE)
     return engine
+
+
+def _utc_sessions(engine: Engine) -> None:
+    # `-c timezone=UTC` in the options is overridden by a PGTZ in the client's
+    # environment (libpq sends it too); a SET once per new connection is not.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            dbapi_connection.execute("SET TIME ZONE 'UTC'")
+        finally:
+            dbapi_connection.autocommit = autocommit
 
 
 def _millis(value: timedelta) -> int:

@@ -239,6 +239,7 @@ def _complete_statement(quoted: str, quoted_events: str, with_token: bool, clock
 @contextmanager
 def autocommit(store: StateStore) -> Iterator[Connection]:
     """A connection whose every statement is its own transaction."""
+    store.check_version()
     try:
         with store.engine.connect() as conn:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sqlite3
+import sys
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
     type_coerce,
     update,
 )
@@ -133,6 +136,33 @@ def _chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
         yield chunk
 
 
+def _driver_error(err: BaseException) -> bool:
+    """Whether `err` comes from a driver pipestate talks to directly (only those
+    already imported can have raised it, so none is imported here)."""
+    if isinstance(err, sqlite3.Error):
+        return True
+    for name in ("psycopg", "duckdb"):
+        module = sys.modules.get(name)
+        if module is not None and isinstance(err, module.Error):
+            return True
+    return False
+
+
+def _refuse_newer(table: str, version: Any) -> None:
+    """SchemaError unless `version` (the meta row's text, or None) is one we can write."""
+    if version is None:
+        return
+    try:
+        number = int(str(version).strip())
+    except ValueError:
+        raise SchemaError(f"state table {table} has an unreadable schema version {version!r}") from None
+    if number > SCHEMA_VERSION:
+        raise SchemaError(
+            f"state table {table} has schema version {number}, newer than this pipestate "
+            f"({SCHEMA_VERSION}); upgrade pipestate (nothing was written)"
+        )
+
+
 class RowChanged(StateStoreError):
     """A row populate planned to change was changed by someone else meanwhile (a
     worker's claim, heartbeat or completion); nothing of the plan was written."""
@@ -158,6 +188,7 @@ class StateStore:
         self._thread_lock: threading.Lock | None = process_lock(self.engine)
         self._insert_sql: dict[Any, str] = {}
         self._unique_ids: bool | None = None
+        self._version_checked = False
 
     @property
     def dialect(self) -> str:
@@ -196,6 +227,8 @@ class StateStore:
     def transaction(self, write: bool = True) -> Iterator[Connection]:
         """A transaction; `write=True` takes the database's write lock where that
         is how the database serializes writers (SQLite, DuckDB threads)."""
+        if write:
+            self.check_version()
         guard = self._thread_lock if write else None
         if guard is not None and not guard.acquire(timeout=self.lock_timeout.total_seconds()):
             raise busy_error(self.engine, TimeoutError())
@@ -211,11 +244,33 @@ class StateStore:
                         yield connection
                 except SQLAlchemyError as err:
                     raise self._translate(err) from err
+                except Exception as err:
+                    # raised around SQLAlchemy (psycopg's COPY, DuckDB's Arrow scan, a
+                    # full disk): the same one-line error as any other database error
+                    if _driver_error(err):
+                        raise self._translate(err) from err
+                    raise
         finally:
             if guard is not None:
                 guard.release()
 
-    def _translate(self, err: SQLAlchemyError) -> StateStoreError:
+    def check_version(self) -> None:
+        """Refuse to write to tables a newer pipestate made (once per store: a
+        table is not downgraded while we run). SchemaError (exit 3) if so."""
+        if self._version_checked:
+            return
+        meta = self.tables.meta
+        try:
+            with self.engine.connect() as conn:
+                if not inspect(conn).has_table(meta.name, schema=meta.schema):
+                    return  # nothing made yet: init-db records our version
+                version = conn.execute(select(meta.c.value).where(meta.c.name == "schema_version")).scalar()
+        except DBAPIError as err:
+            raise self._translate(err) from err
+        _refuse_newer(self.tables.state.name, version)
+        self._version_checked = True
+
+    def _translate(self, err: BaseException) -> StateStoreError:
         if is_lock_timeout(err):
             return busy_error(self.engine, err)
         original = getattr(err, "orig", None) or err
@@ -239,8 +294,24 @@ class StateStore:
         except DBAPIError as err:
             raise self._translate(err) from err
 
-    def init_db(self) -> list[str]:
-        """Create missing tables and columns (idempotent); returns what it did."""
+    def is_set_up(self) -> bool:
+        """Whether the state table and its helper tables all exist (a table another
+        tool made lacks `_meta` and `_events` until init-db adds them)."""
+        try:
+            with self.engine.connect() as conn:
+                inspector = inspect(conn)
+                return all(
+                    inspector.has_table(table.name, schema=table.schema)
+                    for table in (self.tables.state, self.tables.events, self.tables.meta)
+                )
+        except DBAPIError as err:
+            raise self._translate(err) from err
+
+    def init_db(self, migrate_timestamps: bool = False) -> list[str]:
+        """Create missing tables and columns (idempotent); returns what it did.
+
+        Zone-less instants on PostgreSQL are refused, or converted with
+        `migrate_timestamps` (see `_zone_less_instants`)."""
         actions: list[str] = []
         with self.transaction() as conn:
             serialize_schema_changes(conn, f"pipestate init-db {self.tables.state.fullname}")
@@ -251,6 +322,7 @@ class StateStore:
                     actions.append(f"created table {table.name}")
             self.tables.metadata.create_all(conn, checkfirst=True)
             actions += self._add_missing_columns(conn)
+            actions += self._zone_less_instants(conn, migrate_timestamps)
             version = conn.execute(
                 select(self.tables.meta.c.value).where(self.tables.meta.c.name == "schema_version")
             ).scalar()
@@ -262,11 +334,8 @@ class StateStore:
                     )
                 )
                 actions.append(f"recorded schema version {SCHEMA_VERSION}")
-            elif int(version) > SCHEMA_VERSION:
-                raise SchemaError(
-                    f"state table {self.tables.state.name} has schema version {version}, "
-                    f"newer than this pipestate ({SCHEMA_VERSION}); upgrade pipestate"
-                )
+            else:
+                _refuse_newer(self.tables.state.name, version)
         return actions
 
     def _add_missing_columns(self, conn: Connection) -> list[str]:
@@ -295,6 +364,43 @@ class StateStore:
             conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {preparer.quote(name)} {column_type}")
             actions.append(f"added column {name}")
         return actions
+
+    def _zone_less_instants(self, conn: Connection, migrate: bool) -> list[str]:
+        """PostgreSQL: instant columns of the state table typed `timestamp without
+        time zone` (another tool's layout). Their values mean nothing without a
+        zone; read in the session's zone they moved windows by hours and populate
+        made windows overlapping COMPLETED ones. Refused, or converted to
+        timestamptz reading the values as UTC (how pipestate stores naive UTC)."""
+        if conn.dialect.name != "postgresql":
+            return []
+        state = self.tables.state
+        instants = [column.name for column in state.columns if isinstance(column.type, UTCDateTime)]
+        found = conn.execute(
+            text(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                "coalesce(:schema, current_schema()) AND table_name = :table "
+                "AND data_type = 'timestamp without time zone'"
+            ),
+            {"schema": state.schema, "table": state.name},
+        ).scalars()
+        zone_less = sorted(set(found) & set(instants), key=instants.index)
+        if not zone_less:
+            return []
+        if not migrate:
+            raise SchemaError(
+                f"table {state.name}: {', '.join(zone_less)} are timestamp without time zone; "
+                "pipestate needs timestamptz (run 'pipestate init-db --migrate-timestamps' to "
+                "convert them, reading their values as UTC)"
+            )
+        preparer = conn.dialect.identifier_preparer
+        table_name = preparer.format_table(state)
+        for name in zone_less:
+            column = preparer.quote(name)
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table_name} ALTER COLUMN {column} TYPE timestamptz "
+                f"USING {column} AT TIME ZONE 'UTC'"
+            )
+        return [f"converted {name} to timestamptz (values read as UTC)" for name in zone_less]
 
     def check_ready(self) -> None:
         if not self.exists():
