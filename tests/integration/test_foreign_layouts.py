@@ -165,3 +165,21 @@ def test_a_copy_error_is_one_line(pg_table, monkeypatch):
         manager.populate_pipeline_batches()
     assert "\n" not in str(caught.value) and "duplicate key" in str(caught.value)
     manager.close()
+
+
+@pytest.mark.duckdb
+def test_a_full_disk_under_duckdb_is_one_line(tmp_path, monkeypatch):
+    """DuckDB's errors from its Arrow path reach us around SQLAlchemy: a full disk was a 57-line traceback."""
+    duckdb = pytest.importorskip("duckdb")
+    pytest.importorskip("duckdb_engine")
+    manager = support.make_manager(f"duckdb:///{tmp_path / 'state.duckdb'}", "pipeline_state")
+
+    def disk_full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise duckdb.IOException('Could not write file "state.duckdb.wal": No space left on device\n(detail)')
+
+    monkeypatch.setattr(manager.store, "insert_windows", disk_full)
+    with pytest.raises(StateStoreError) as caught:
+        manager.populate_pipeline_batches()
+    assert "No space left on device" in str(caught.value) and "\n" not in str(caught.value)
+    assert manager.counts() == {}
+    manager.close()

@@ -296,3 +296,32 @@ def test_the_claim_statement_keeps_quoted_identifiers_exactly():
         assert sql.count('"a  b"."x  y"') >= 3 and '"a b"' not in sql and '"x y"' not in sql
     sql = str(_complete_statement(state, events, True, False).compile(dialect=dialect))
     assert '"a  b"."x  y"_events' not in sql and '"a  b"."x  y_events"' in sql and '"a b"' not in sql
+
+
+def test_a_window_rewritten_with_a_t_reaches_the_target(tmp_path):
+    """The reproduction: validate counted the rewritten window as covered (exit 0)
+    while run processed none of its events."""
+    import run_support
+
+    from pipestate.runner import run_pipeline
+
+    events = run_support.write_events(tmp_path / "source", DAY, 24, 20)
+    data = run_support.config(
+        tmp_path, "2026-01-01", "2026-01-02", target_url=f"sqlite:///{tmp_path / 't.db'}"
+    )
+    with PipelineStateManager(Config.from_dict(data)) as manager:
+        manager.populate_pipeline_batches()
+        with manager.store.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE pipeline_state SET source_query_window_start_time = '2026-01-01T05:00:00', "
+                    "source_query_window_end_time = '2026-01-01T06:00:00Z' "
+                    "WHERE source_query_window_start_time LIKE '2026-01-01 05:00:00%'"
+                )
+            )
+        report = manager.validate()
+        assert not report.plan.invalid and not report.plan.gaps
+        result = run_pipeline(manager)
+        assert result.summary.completed == 24 and manager.counts() == {"COMPLETED": 24}
+    loaded = run_support.target_rows(data["target"]["url"], data["state"]["url"])
+    assert len({row[0] for row in loaded}) == events
