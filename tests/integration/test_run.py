@@ -137,7 +137,7 @@ def test_retry_after_staging_does_not_extract_again(tmp_path: Path) -> None:
             if batch.batch_id not in self.failed:
                 self.failed.add(batch.batch_id)
                 raise RuntimeError("target unavailable")
-            super()._load(batch, ctx, staged)
+            return super()._load(batch, ctx, staged)
 
     from pipestate.worker import Worker
 

@@ -2,7 +2,7 @@
 
 Read with pyarrow, never record by record. An NDJSON or CSV file is parsed once per process,
 sorted by time and kept in a cache bounded in bytes, so the 24 hourly windows of a daily file
-cost one parse and 24 slices; a file too big for the cache is streamed block by block and
+cost one parse and 24 slices; a file bigger than the cache is streamed block by block and
 filtered instead, so memory stays bounded by a block. Parquet files are read a row group at a
 time, and a row group (or a file) whose time statistics miss the window is not read at all.
 Hive-style folders (`dt=2026-03-07/hour=05/`) whose span misses the window are skipped.
@@ -33,6 +33,7 @@ __all__ = ["FilesSource", "partition_span"]
 _FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv"}
 _FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
 _BLOCK_BYTES = 16 << 20  # pyarrow's parse block: a record must fit in one
+_SMALL_BLOCK_BYTES = 1 << 20  # pyarrow's default block, for files read whole (a longer record: 16 MB)
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError)
 
 
@@ -161,7 +162,7 @@ class FilesSource:
                 continue  # read before: none of its records is in this window
             if kind == "parquet":
                 yield from self._parquet(path, key, batch)
-            elif key in self._cache or stat.st_size * 4 <= self._cache_bytes:
+            elif key in self._cache or _parsed_estimate(path, stat.st_size) <= self._cache_bytes:
                 table = self._cached(path, kind, key)
                 yield from _window_of_sorted(table, self.options.time_field, batch)
             else:
@@ -185,6 +186,15 @@ class FilesSource:
         return table
 
     def _read_whole(self, path: Path, kind: str) -> pa.Table:
+        # Streamed a block at a time (a third less memory than reading the file at once);
+        # when a later block brings a field or a type the first did not have, the file is
+        # read whole instead, which infers its schema from all of it.
+        try:
+            with pa.input_stream(str(path), compression="detect") as stream:
+                reader = self._reader(stream, kind, _SMALL_BLOCK_BYTES)
+                return pa.Table.from_batches(list(reader), schema=reader.schema)
+        except _ARROW_ERRORS:
+            pass
         try:
             with pa.input_stream(str(path), compression="detect") as stream:
                 if kind == "csv":
@@ -192,6 +202,13 @@ class FilesSource:
                 return pa_json.read_json(stream, read_options=pa_json.ReadOptions(block_size=_BLOCK_BYTES))
         except _ARROW_ERRORS as err:
             raise ConnectorError(f"{path}: cannot read as {kind}: {_first_line(err)}") from err
+
+    def _reader(self, stream: Any, kind: str, block: int) -> Any:
+        if kind == "csv":
+            return pa_csv.open_csv(
+                stream, read_options=pa_csv.ReadOptions(block_size=block), parse_options=self._csv_parse()
+            )
+        return pa_json.open_json(stream, read_options=pa_json.ReadOptions(block_size=block))
 
     def _streamed(
         self, path: Path, kind: str, key: tuple[str, int, int], batch: BatchContext
@@ -273,6 +290,12 @@ class FilesSource:
                         ) from err
                     yield from _window_of(self._with_times(path, table, first_row), field, batch)
                 first_row += rows
+
+
+def _parsed_estimate(path: Path, size: int) -> int:
+    """About how many bytes a file takes once parsed: JSON and CSV text is usually bigger than
+    its Arrow columns; gzip'ed text is about a fifth of its size."""
+    return size * 5 if path.suffix.lower() == ".gz" else size
 
 
 def _row_group_spans(handle: pq.ParquetFile, field: str) -> list[tuple[datetime, datetime] | None]:

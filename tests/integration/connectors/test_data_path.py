@@ -283,3 +283,31 @@ def test_a_table_of_the_earlier_record_layout_asks_for_raw(tmp_path: Path) -> No
     assert _load(url, table, tmp_path, [record], raw=True) == 1
     (row,) = _select(url, "SELECT id, record FROM events")
     assert row.id == 1 and json.loads(row.record)["id"] == 1
+
+
+def test_a_field_that_appears_late_in_a_big_file_is_read(tmp_path: Path) -> None:
+    # More than one parse block (1 MB) before the new field: the streamed read cannot take
+    # it, the whole-file read does.
+    lines = [
+        json.dumps({"id": n, "timestamp": "2026-01-01T10:00:00Z", "pad": "x" * 40}) for n in range(30_000)
+    ]
+    lines.append(json.dumps({"id": 30_000, "timestamp": "2026-01-01T10:30:00Z", "late": {"k": 1}}))
+    (tmp_path / "big.ndjson").write_text("\n".join(lines) + "\n")
+    got = rows(build_source({"type": "files", "path": str(tmp_path)}).extract(hourly(10)))
+    assert len(got) == 30_001 and got[-1]["late"] == {"k": 1} and got[0]["late"] is None
+
+
+def test_nested_values_become_the_same_json_as_json_dumps() -> None:
+    from pipestate.connectors.base import dumps
+    from pipestate.connectors.landing import _json_text
+
+    values = [
+        {"s": 'q"\\x', "n": 1, "f": 1.5, "b": True, "l": [1, None, 3], "st": {"k": "é"}},
+        None,
+        {"s": "line\nbreak", "n": None, "f": None, "b": False, "l": None, "st": None},
+    ]
+    column = pa.Table.from_pylist([{"v": v} for v in values]).column("v")
+    got = _json_text(column).to_pylist()
+    assert [None if g is None else json.loads(g) for g in got] == [
+        json.loads(dumps(v)) if v else None for v in values
+    ]
