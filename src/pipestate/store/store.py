@@ -575,6 +575,10 @@ class StateStore:
         finally:
             chunks.close()
 
+    def read_chunks(self, conn: Connection, stmt: Any) -> Generator[Sequence[Any], None, None]:
+        """The rows of a read-only statement as plain tuples, in chunks, the fastest way."""
+        return self._partitions(conn, stmt)
+
     def _partitions(self, conn: Connection, stmt: Any) -> Generator[Sequence[Any], None, None]:
         """The statement's rows as plain tuples, in chunks.
 

@@ -1,0 +1,407 @@
+"""What a person or an alert asks of a pipeline: its local days and their state,
+the windows of a time range, and the figures worth alerting on.
+
+Every function takes the manager first and only reads. Per-day figures are
+aggregated by the database (store/daily.py); the day bounds come from
+windows.py, so DST days are 23 or 25 hours long here as everywhere else.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from .report import iso
+from .store.daily import HOURS_PER_DAY_SLOT, DayBucket, bucket_rows, span_query
+from .store.views import alert_figures, window_rows
+from .windows import day_bounds, local_date_of, read_instant
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from .manager import PipelineStateManager
+    from .planning import Settings
+
+__all__ = [
+    "DAY_STATES",
+    "Calendar",
+    "Day",
+    "alert_data",
+    "calendar",
+    "list_windows",
+    "local_text",
+    "settings_at",
+]
+
+# The states of a local day, most urgent first: a day takes the first that applies.
+DAY_STATES = {
+    "failed": "a window FAILED for good (no retries left): needs a requeue",
+    "gap": "a gap or an overlap among its active windows: run populate",
+    "in_progress": "work under way: running, retrying, or partly completed",
+    "pending": "all windows PENDING, none started",
+    "completed": "every window COMPLETED and the day fully covered",
+    "outside": "outside the configured range",
+}
+STATUSES = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
+
+
+def settings_at(manager: PipelineStateManager, now: datetime) -> Settings:
+    """The planner's view of the configured range at `now` (as populate sees it)."""
+    return manager._settings(now)
+
+
+def local_text(instant: datetime | None, tz: ZoneInfo, seconds: bool = False) -> str:
+    """`2026-03-08 03:00 EDT`: the wall clock of `tz`, with the zone's abbreviation
+    (which tells the two 01:30s of a DST fall-back apart)."""
+    if instant is None:
+        return "-"
+    local = instant.astimezone(tz)
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z")
+
+
+@dataclass
+class Day:
+    """One local day of the range and what its windows say."""
+
+    date: date
+    start: datetime  # UTC
+    end: datetime  # UTC, exclusive
+    expected_seconds: int  # the part of the day inside the range (and before now - lag)
+    counts: Counter[str] = field(default_factory=Counter)
+    covered_seconds: int = 0
+    overlaps: int = 0
+    failed_permanently: int = 0
+    retries: int = 0
+    records: int = 0
+    processing_seconds: float = 0.0
+    step_seconds: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    # with hours: hour of the local day -> windows starting in it by status, and
+    # under "EXHAUSTED" the FAILED ones without retries left
+    hours: dict[int, Counter[str]] | None = None
+    overlap_hours: set[int] = field(default_factory=set)  # hours of the day where overlaps start
+
+    def add(self, row: DayBucket) -> None:
+        self.counts[row.status] += row.windows
+        self.covered_seconds += row.covered_seconds
+        self.failed_permanently += row.exhausted
+        self.retries += row.retries
+        self.records += row.records
+        self.processing_seconds += row.processing_seconds
+        for index, seconds in enumerate(row.step_seconds):
+            self.step_seconds[index] += seconds
+
+    @property
+    def active(self) -> int:
+        return sum(n for status, n in self.counts.items() if status != "SUPERSEDED")
+
+    @property
+    def gap(self) -> bool:
+        """Less of the day covered than expected (overlapping time counts twice,
+        so a day with overlaps may hide a gap: populate reports both)."""
+        return self.expected_seconds > 0 and self.covered_seconds < self.expected_seconds
+
+    @property
+    def state(self) -> str:
+        if self.expected_seconds <= 0:
+            return "outside"
+        if self.failed_permanently:
+            return "failed"
+        if self.overlaps or self.gap:
+            return "gap"
+        active = self.active
+        done = self.counts.get("COMPLETED", 0)
+        if done == active:
+            return "completed"
+        if self.counts.get("PENDING", 0) == active:
+            return "pending"
+        return "in_progress"
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "date": self.date.isoformat(),
+            "start": iso(self.start),
+            "end": iso(self.end),
+            "state": self.state,
+            "windows": self.active,
+            "counts": {status: self.counts.get(status, 0) for status in STATUSES},
+            "covered_minutes": round(self.covered_seconds / 60, 3),
+            "expected_minutes": round(self.expected_seconds / 60, 3),
+            "gap": self.gap,
+            "overlaps": self.overlaps,
+            "failed_permanently": self.failed_permanently,
+            "retries": self.retries,
+        }
+        return data
+
+
+@dataclass
+class Calendar:
+    """The range's local days, oldest first, with the pipeline's clock and zone."""
+
+    pipeline: str
+    timezone: str
+    now: datetime
+    start: datetime
+    end: datetime
+    days: list[Day]
+
+    def totals(self) -> dict[str, int]:
+        """Days per state (every state named, zeros included)."""
+        found = Counter(day.state for day in self.days)
+        return {state: found.get(state, 0) for state in DAY_STATES}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "timezone": self.timezone,
+            "now": iso(self.now),
+            "range": {"start": iso(self.start), "end": iso(self.end)},
+            "day_totals": self.totals(),
+            "days": [day.to_dict() for day in self.days],
+        }
+
+
+def _range_days(settings: Settings) -> list[Day]:
+    start, stop = settings.start, settings.covered_stop
+    if stop <= start:
+        return []
+    tz = settings.tz
+    day, last = local_date_of(start, tz), local_date_of(stop - timedelta(microseconds=1), tz)
+    days = []
+    while day <= last:
+        day_start, day_end = day_bounds(day, tz)
+        expected = (min(day_end, stop) - max(day_start, start)).total_seconds()
+        days.append(Day(day, day_start, day_end, max(int(expected), 0)))
+        day += timedelta(days=1)
+    return days
+
+
+def calendar(
+    manager: PipelineStateManager, *, hours: bool = False, steps: bool = False, conn: Connection | None = None
+) -> Calendar:
+    """The range's local days with their counts, coverage, overlaps and state.
+
+    With `hours`, each day also gets its counts per hour of the local day (for
+    the report's heatmap); with `steps`, the summed durations of the three steps.
+    """
+    store = manager.store
+    store.check_ready()
+    if conn is None:
+        with store.transaction(write=False) as conn:
+            return calendar(manager, hours=hours, steps=steps, conn=conn)
+    now = manager.now(conn)
+    settings = settings_at(manager, now)
+    days = _range_days(settings)
+    rows = bucket_rows(
+        conn,
+        store.tables,
+        manager.pipeline,
+        [(day.start, day.end) for day in days],
+        range_start=settings.start,
+        range_end=settings.covered_stop,
+        max_retries=manager.config.concurrency.max_retries,
+        hours=hours,
+        steps=steps,
+    )
+    if hours:
+        for day in days:
+            day.hours = {}
+    for row in rows:
+        index = row.bucket // HOURS_PER_DAY_SLOT if hours else row.bucket
+        day = days[index]
+        day.add(row)
+        if day.hours is not None:
+            hour = day.hours.setdefault(row.bucket % HOURS_PER_DAY_SLOT, Counter())
+            hour[row.status] += row.windows
+            hour["EXHAUSTED"] += row.exhausted
+    _count_overlaps(manager, conn, days)
+    return Calendar(
+        manager.pipeline,
+        manager.config.pipeline.timezone,
+        now,
+        settings.start,
+        settings.covered_stop,
+        days,
+    )
+
+
+def _count_overlaps(manager: PipelineStateManager, conn: Connection, days: list[Day]) -> None:
+    """Set each day's `overlaps`: its active windows that start before an earlier
+    active window ends.
+
+    First every window, in the window index's order (which alone answers it):
+    a day without such a window has no overlap. Only the days where one turns
+    up, and the day before each (a window may end past midnight), are read
+    again, active windows only. A clean million-window table is read once.
+    """
+    store, tz = manager.store, manager.config.pipeline.tz
+    query = partial(span_query, store.tables, store.raw_column, manager.pipeline)
+    index_of = {day.date: index for index, day in enumerate(days)}
+
+    def day_indexes(starts: Iterable[datetime]) -> list[int]:
+        return [index_of[day] for day in (local_date_of(start, tz) for start in starts) if day in index_of]
+
+    def count(starts: Iterable[datetime], first: int = 0, last: int = len(days) - 1) -> None:
+        for start in starts:
+            index = index_of.get(local_date_of(start, tz))
+            if index is not None and first <= index <= last:
+                day = days[index]
+                day.overlaps += 1
+                day.overlap_hours.add(int((start - day.start).total_seconds() // 3600))
+
+    starts = _overlapping_starts(store.read_chunks(conn, query(active_only=False)))
+    if starts is None:  # not in the instants' order: read everything, parse and sort it
+        spans = store.read_chunks(conn, query(active_only=True))
+        count(_overlaps_parsed(row for chunk in spans for row in chunk))
+        return
+    for first, last in _runs(sorted(set(day_indexes(starts)))):
+        low, high = days[max(first - 1, 0)].start, days[last].end
+        found = _overlapping_starts(store.read_chunks(conn, query(active_only=True, start=low, end=high)))
+        count(found or (), first, last)
+
+
+def _runs(indexes: list[int]) -> Iterator[tuple[int, int]]:
+    """Consecutive stretches `(first, last)` of sorted day indexes."""
+    first = previous = None
+    for index in indexes:
+        if first is None or previous is None:
+            first = previous = index
+        elif index == previous + 1:
+            previous = index
+        else:
+            yield first, previous
+            first = previous = index
+    if first is not None and previous is not None:
+        yield first, previous
+
+
+def _overlapping_starts(chunks: Any) -> list[datetime] | None:
+    """Starts of the windows that begin before an earlier one ends, or None if
+    the rows did not come in the instants' order.
+
+    `chunks` hold `(start, end)` as stored, sorted: they are compared as stored
+    (text on SQLite and PostgreSQL sorts like the instants) and only the few
+    overlapping ones are parsed. Text in mixed formats, written by other tools,
+    can sort otherwise: then None.
+    """
+    found = []
+    previous_start = latest_end = None
+    try:
+        for chunk in chunks:
+            for start, end in chunk:
+                if start is None or end is None or not end > start:
+                    continue
+                if previous_start is not None and start < previous_start:
+                    return None
+                if latest_end is not None and start < latest_end:
+                    found.append(start)
+                if latest_end is None or end > latest_end:
+                    latest_end = end
+                previous_start = start
+    finally:
+        chunks.close()
+    return [instant for instant in (read_instant(value) for value in found) if instant is not None]
+
+
+def _overlaps_parsed(rows: Iterable[tuple[Any, Any]]) -> list[datetime]:
+    """`_overlapping_starts` for stored rows in any order: parsed, then sorted."""
+    found: list[datetime] = []
+    latest_end: datetime | None = None
+    parsed = ((read_instant(start), read_instant(end)) for start, end in rows)
+    for start, end in sorted((s, e) for s, e in parsed if s is not None and e is not None and e > s):
+        if latest_end is not None and start < latest_end:
+            found.append(start)
+        if latest_end is None or end > latest_end:
+            latest_end = end
+    return found
+
+
+def list_windows(
+    manager: PipelineStateManager,
+    start: datetime,
+    end: datetime,
+    statuses: Sequence[str] = (),
+    limit: int = 1000,
+) -> dict[str, Any]:
+    """The windows starting in `[start, end)` with their local times, at most `limit`."""
+    store = manager.store
+    store.check_ready()
+    tz = manager.config.pipeline.tz
+    with store.transaction(write=False) as conn:
+        now = manager.now(conn)
+        rows, total = window_rows(
+            conn, store.tables, store.raw_column, manager.pipeline, start, end, statuses, limit
+        )
+    windows = []
+    for row in rows:
+        begin, finish = row["source_query_window_start_time"], row["source_query_window_end_time"]
+        expires = row["lease_expires_at"]
+        windows.append(
+            {
+                "batch_id": row["batch_id"],
+                "start": iso(begin),
+                "end": iso(finish),
+                "local_start": _wall(begin, tz),
+                "local_end": _wall(finish, tz),
+                "local_date": local_date_of(begin, tz).isoformat() if begin else None,
+                "duration_minutes": row["source_query_window_duration_minutes"],
+                "status": row["pipeline_status"],
+                "step": row["current_step"],
+                "retry_count": row["retry_count"] or 0,
+                "worker_id": row["worker_id"],
+                "lease_expires_at": iso(expires),
+                "lease_expired": bool(
+                    row["pipeline_status"] == "IN_PROGRESS" and (not expires or expires <= now)
+                ),
+                "last_error": row["last_error"],
+                "last_error_step": row["last_error_step"],
+                "last_error_at": iso(row["last_error_at"]),
+                "record_origin": row["record_origin"],
+                "records": row["source_record_count"],
+                "processing_seconds": row["processing_seconds"],
+                "superseded_by": row["superseded_by"],
+                "supersede_reason": row["supersede_reason"],
+            }
+        )
+    return {
+        "pipeline": manager.pipeline,
+        "timezone": manager.config.pipeline.timezone,
+        "now": iso(now),
+        "start": iso(start),
+        "end": iso(end),
+        "statuses": list(statuses),
+        "total": total,
+        "shown": len(windows),
+        "windows": windows,
+    }
+
+
+def _wall(instant: datetime | None, tz: ZoneInfo) -> str | None:
+    """The wall clock of `tz` (no offset: it is a local time, not an instant;
+    JSON instants stay UTC), beside the UTC instant."""
+    return None if instant is None else instant.astimezone(tz).replace(tzinfo=None).isoformat()
+
+
+def alert_data(manager: PipelineStateManager) -> dict[str, Any]:
+    """The figures to alert on, with `now`; see store.views.alert_figures."""
+    store = manager.store
+    store.check_ready()
+    with store.transaction(write=False) as conn:
+        now = manager.now(conn)
+        figures = alert_figures(
+            conn,
+            store.tables,
+            store.raw_column,
+            manager.pipeline,
+            now,
+            manager.config.concurrency.max_retries,
+        )
+    settings = settings_at(manager, now)
+    figures["now"] = now
+    figures["range_start"] = settings.start
+    return figures
