@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from .errors import UsageError
 from .report import iso
 from .store.daily import HOURS_PER_DAY_SLOT, DayBucket, bucket_rows, span_query
 from .store.views import alert_figures, window_rows
@@ -36,6 +37,7 @@ __all__ = [
     "list_windows",
     "local_text",
     "settings_at",
+    "window_range",
 ]
 
 # The states of a local day, most urgent first: a day takes the first that applies.
@@ -319,6 +321,51 @@ def _overlaps_parsed(rows: Iterable[tuple[Any, Any]]) -> list[datetime]:
         if latest_end is None or end > latest_end:
             latest_end = end
     return found
+
+
+def window_range(
+    manager: PipelineStateManager, day: str | None, start: str | None, end: str | None
+) -> tuple[datetime, datetime]:
+    """The UTC `[low, high)` that `pipestate windows` lists: the local day `day`
+    (YYYY-MM-DD), or from `start` (default: the range's start) to `end`
+    (default: a day later), or with neither the range's last local day. `start`
+    and `end` are each a local date (its first instant), a local datetime, or an
+    instant with an offset. UsageError naming the option otherwise."""
+    tz = manager.config.pipeline.tz
+    if day is not None and (start is not None or end is not None):
+        raise UsageError("--date: give --date, or --start/--end, not both")
+    if day is not None:
+        if len(day) != 10:
+            raise UsageError(f"--date: not a date (YYYY-MM-DD): {day!r}")
+        return day_bounds(_read_day(day, "--date"), tz)
+    if start is None and end is None:
+        with manager.store.transaction(write=False) as conn:
+            stop = settings_at(manager, manager.now(conn)).covered_stop
+        return day_bounds(local_date_of(stop - timedelta(microseconds=1), tz), tz)
+    low = _local_bound(start, "--start", tz) if start else manager.config.pipeline.start_utc
+    high = _local_bound(end, "--end", tz) if end else low + timedelta(days=1)
+    if high <= low:
+        raise UsageError(f"--end: must be after --start ({end!r} is not)")
+    return low, high
+
+
+def _read_day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as err:
+        raise UsageError(f"{option}: not a date (YYYY-MM-DD): {value!r}") from err
+
+
+def _local_bound(value: str, option: str, tz: ZoneInfo) -> datetime:
+    if len(value) == 10:
+        return day_bounds(_read_day(value, option), tz)[0]
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as err:
+        raise UsageError(f"{option}: not a date or ISO 8601 datetime: {value!r}") from err
+    if parsed.tzinfo is None:  # a wall clock of the pipeline's zone
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.astimezone(UTC)
 
 
 def list_windows(

@@ -1,0 +1,205 @@
+"""What the observing commands print: the coverage calendar of `pipestate status`
+and the window table of `pipestate windows`.
+
+The calendar has one cell per local day, coloured by the day's state on a
+terminal, one symbol per state in plain text (not a terminal, or NO_COLOR set).
+Up to ten weeks show as weeks (rows, Monday first); longer ranges as one row of
+up to 31 days per month, with runs of months in one state folded into a line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, timedelta
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+from rich.text import Text
+
+from .observe import DAY_STATES, Calendar, Day, local_text
+from .windows import read_instant
+
+__all__ = ["COLOURS", "SYMBOLS", "render_calendar", "render_windows"]
+
+SYMBOLS = {
+    "completed": "#",
+    "in_progress": "+",
+    "pending": ".",
+    "failed": "X",
+    "gap": "!",
+    "outside": " ",
+}
+# rich styles: a coloured background with the day's number on it (weeks), or a block (months)
+COLOURS = {
+    "completed": "green",
+    "in_progress": "blue",
+    "pending": "grey50",
+    "failed": "red",
+    "gap": "yellow",
+    "outside": "grey23",
+}
+_WEEKS_UP_TO = 70  # days; longer ranges show months as rows
+_FOLD_MONTHS = 3  # at least this many months in a row in one state fold into one line
+
+
+class _Cells:
+    """Cells in colour (a coloured background) or plain (a symbol per state)."""
+
+    def __init__(self, colour: bool) -> None:
+        self.colour = colour
+
+    def number(self, day: Day | None, day_date: date) -> Text:
+        """The day's number, on its colour or followed by its symbol (3 characters)."""
+        state = "outside" if day is None else day.state
+        if not self.colour:
+            return Text(f"{day_date.day:>2}{SYMBOLS[state]}" if day else "   ")
+        if day is None:
+            return Text("   ")
+        return Text(f"{day_date.day:>2} ", style=f"bold white on {COLOURS[state]}")
+
+    def block(self, state: str, width: int = 1) -> Text:
+        """`width` characters in the state's colour, or its symbol repeated."""
+        if self.colour:
+            return Text(" " * width, style=f"on {COLOURS[state]}")
+        return Text(SYMBOLS[state] * width)
+
+
+def render_calendar(calendar: Calendar, stream: IO[str] | None = None, colour: bool | None = None) -> None:
+    """Print the calendar, its legend and the day totals on `stream` (stdout).
+
+    `colour` None decides as rich does: colours on a terminal unless NO_COLOR
+    is set (or TERM=dumb); otherwise plain symbols.
+    """
+    console = Console(file=stream, highlight=False, soft_wrap=True, emoji=False)
+    if colour is None:
+        colour = console.is_terminal and not console.no_color and console.color_system is not None
+    if not colour:
+        console = Console(file=stream, highlight=False, soft_wrap=True, emoji=False, no_color=True)
+    cells = _Cells(colour)
+    days = calendar.days
+    where = f"local days in {calendar.timezone}"
+    if not days:
+        console.print(f"  calendar   no local days in the range yet ({where})")
+        return
+    console.print(f"  calendar   {days[0].date} .. {days[-1].date}, {where}")
+    lines = _weeks(days, cells) if len(days) <= _WEEKS_UP_TO else _months(days, cells)
+    for line in lines:
+        console.print(line)
+    legend = Text("  legend     ")
+    totals = calendar.totals()
+    for state in DAY_STATES:
+        if state == "outside":
+            continue
+        legend.append_text(cells.block(state, 2 if colour else 1))
+        legend.append(f" {state.replace('_', ' ')} {totals[state]:,}   ")
+    legend.rstrip()
+    console.print(legend)
+
+
+def _weeks(days: list[Day], cells: _Cells) -> Iterator[Text]:
+    by_date = {day.date: day for day in days}
+    header = Text(" " * 14 + "  ".join(("Mo", "Tu", "We", "Th", "Fr", "Sa", "Su")))
+    yield header
+    week = days[0].date - timedelta(days=days[0].date.weekday())
+    while week <= days[-1].date:
+        line = Text(f"  {week.isoformat()}  ")
+        for offset in range(7):
+            day_date = week + timedelta(days=offset)
+            if offset:
+                line.append(" ")
+            line.append_text(cells.number(by_date.get(day_date), day_date))
+        line.rstrip()
+        yield line
+        week += timedelta(days=7)
+
+
+def _months(days: list[Day], cells: _Cells) -> Iterator[Text]:
+    months: dict[tuple[int, int], list[Day]] = {}
+    for day in days:
+        months.setdefault((day.date.year, day.date.month), []).append(day)
+    header = Text("           " + "".join(f"{number:<5}" for number in range(1, 32, 5)))
+    header.rstrip()
+    header_shown = False
+    keys = list(months)
+    states = [{day.state for day in months[key]} for key in keys]
+    index = 0
+    while index < len(keys):
+        run = index
+        while len(states[index]) == 1 and run + 1 < len(keys) and states[run + 1] == states[index]:
+            run += 1
+        if run - index + 1 >= _FOLD_MONTHS:
+            (state,) = states[index]
+            count = sum(len(months[keys[k]]) for k in range(index, run + 1))
+            (y0, m0), (y1, m1) = keys[index], keys[run]
+            line = Text(f"  {y0}-{m0:02d} .. {y1}-{m1:02d}  ")
+            line.append_text(cells.block(state, 3))
+            line.append(f" all {state.replace('_', ' ')} ({run - index + 1} months, {count:,} days)")
+            yield line
+            index = run + 1
+            continue
+        if not header_shown:
+            yield header
+            header_shown = True
+        year, month = keys[index]
+        line = Text(f"  {year}-{month:02d}  ")
+        by_number = {day.date.day: day for day in months[keys[index]]}
+        for number in range(1, 32):
+            found = by_number.get(number)
+            line.append_text(cells.block(found.state) if found else Text(" "))
+        line.rstrip()
+        yield line
+        index += 1
+
+
+def _duration(minutes: Any) -> str:
+    if minutes is None:
+        return "-"
+    hours, rest = divmod(int(minutes), 60)
+    return f"{hours}h{rest:02d}" if hours else f"{rest}m"
+
+
+def render_windows(data: dict[str, Any], tz: ZoneInfo) -> str:
+    """`pipestate windows` as text: a header, then one line per window (local
+    start and end, UTC start, length, status, step, retries, worker, batch id),
+    with the last error or supersession on an indented line below."""
+    low, high = read_instant(data["start"]), read_instant(data["end"])
+    shown, total = data["shown"], data["total"]
+    which = f" {'/'.join(data['statuses'])}" if data["statuses"] else ""
+    lines = [
+        f"pipeline {data['pipeline']}: {total}{which} window(s) starting {local_text(low, tz)} .. "
+        f"{local_text(high, tz)} ({data['timezone']}; UTC {data['start']} .. {data['end']})"
+    ]
+    if not data["windows"]:
+        return "\n".join(lines)
+    rows = []
+    for window in data["windows"]:
+        start, end = read_instant(window["start"]), read_instant(window["end"])
+        local_start, local_end = local_text(start, tz), local_text(end, tz)
+        if local_end[:10] == local_start[:10]:
+            local_end = local_end[11:]  # same date: the time and zone suffice
+        rows.append((window, start, local_start, local_end))
+    end_width = max(len("local end"), *(len(row[3]) for row in rows))
+    lines.append(
+        f"  {'local start':<21} {'local end':<{end_width}} {'UTC start':<15} {'length':>6}  {'status':<12} "
+        f"{'step':<7} {'retries':>7}  {'worker':<20} batch_id"
+    )
+    for window, start, local_start, local_end in rows:
+        utc = start.strftime("%m-%d %H:%M UTC") if start else "-"
+        status = window["status"] + ("!" if window["lease_expired"] else "")
+        length = _duration(window["duration_minutes"])
+        lines.append(
+            f"  {local_start:<21} {local_end:<{end_width}} {utc:<15} {length:>6}  "
+            f"{status:<12} {window['step'] or '-':<7} {window['retry_count']:>7}  "
+            f"{(window['worker_id'] or '-')[:20]:<20} {window['batch_id']}"
+        )
+        if window["last_error"]:
+            step = f" in {window['last_error_step']}" if window["last_error_step"] else ""
+            lines.append(f"      last error{step}: {str(window['last_error']).splitlines()[0][:200]}")
+        if window["superseded_by"]:
+            lines.append(f"      superseded by {window['superseded_by']}: {window['supersede_reason'] or ''}")
+    if shown < total:
+        lines.append(f"  ... and {total - shown} more (raise --limit, or narrow with --status)")
+    if any(window["lease_expired"] for window in data["windows"]):
+        lines.append("  ! IN_PROGRESS under an expired lease (stuck: the next claim takes it over)")
+    return "\n".join(lines)
