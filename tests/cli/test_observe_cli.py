@@ -138,7 +138,8 @@ def test_windows_lists_a_local_day_with_local_and_utc_times(project):
     assert lines[0].startswith(
         "pipeline orders: 4 window(s) starting 2026-03-08 00:00 EST .. 2026-03-09 00:00 EDT"
     )
-    assert re.search(r"2026-03-08 00:00 EST  07:00 EDT +03-08 05:00 UTC   6h00  PENDING", out)  # DST: 6 h later
+    # DST: 6 hours later in absolute time
+    assert re.search(r"2026-03-08 00:00 EST  07:00 EDT +03-08 05:00 UTC   6h00  PENDING", out)
     failed = ok("windows", "--start", "2026-03-04", "--end", "2026-03-05", "--status", "FAILED", cwd=project)
     assert "FAILED" in failed and "last error: HTTP 503 <script>x</script>" in failed
     data = json.loads(ok("windows", "--date", "2026-03-04", "--json", cwd=project))
