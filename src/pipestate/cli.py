@@ -166,7 +166,7 @@ def status(no_calendar: bool, as_json: bool) -> None:
             data["calendar"] = days.to_dict()
         _print_json(data)
         return
-    click.echo(status_text(data))
+    click.echo(status_text(data, manager.config.pipeline.tz))
     if days is not None:
         from .console import render_calendar
 
@@ -336,11 +336,12 @@ def history(batch_id: str, as_json: bool) -> None:
     """Print a batch's story from the audit trail."""
     from .report import history_text
 
-    events = _manager().history(batch_id)
+    manager = _manager()
+    events = manager.history(batch_id)
     if as_json:
         _print_json({"batch_id": batch_id, "events": events})
     else:
-        click.echo(history_text(batch_id, events))
+        click.echo(history_text(batch_id, events, manager.config.pipeline.tz))
 
 
 # -- observing ---------------------------------------------------------------------

@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo
 from rich.console import Console
 from rich.text import Text
 
-from .observe import DAY_STATES, Calendar, Day, local_text
+from .observe import DAY_STATES, Calendar, Day
+from .report import local_text
 from .windows import read_instant
 
 __all__ = ["COLOURS", "SYMBOLS", "render_calendar", "render_windows"]

@@ -21,8 +21,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from . import observe, operations
-from .observe import DAY_STATES, Calendar, Day, local_text
-from .report import iso
+from .observe import DAY_STATES, Calendar, Day
+from .report import iso, local_text
 from .store.views import latest_populate, window_rows
 
 if TYPE_CHECKING:

@@ -35,7 +35,6 @@ __all__ = [
     "alert_data",
     "calendar",
     "list_windows",
-    "local_text",
     "settings_at",
     "window_range",
 ]
@@ -55,15 +54,6 @@ STATUSES = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
 def settings_at(manager: PipelineStateManager, now: datetime) -> Settings:
     """The planner's view of the configured range at `now` (as populate sees it)."""
     return manager._settings(now)
-
-
-def local_text(instant: datetime | None, tz: ZoneInfo, seconds: bool = False) -> str:
-    """`2026-03-08 03:00 EDT`: the wall clock of `tz`, with the zone's abbreviation
-    (which tells the two 01:30s of a DST fall-back apart)."""
-    if instant is None:
-        return "-"
-    local = instant.astimezone(tz)
-    return local.strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z")
 
 
 @dataclass

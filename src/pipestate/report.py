@@ -11,9 +11,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .planning import Fill, Plan, dominant, fill_cells, seconds_to_minutes
 from .plugins import default_batch_id
-from .windows import format_step
+from .windows import format_step, read_instant
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from .batches import Batch
     from .demo import DemoResult
     from .runner import RunResult
@@ -26,16 +28,60 @@ __all__ = [
     "fail_text",
     "history_text",
     "iso",
+    "local_text",
     "requeue_text",
     "run_json",
     "run_text",
+    "span_with_local",
     "status_text",
+    "with_local",
 ]
 
 
 def iso(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with an explicit offset, as every JSON output writes instants."""
     return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def local_text(instant: datetime | None, tz: ZoneInfo, seconds: bool = False) -> str:
+    """`2026-03-08 03:00 EDT`: the wall clock of `tz`, with the zone's abbreviation
+    (which tells the two 01:30s of a DST fall-back apart)."""
+    if instant is None:
+        return "-"
+    local = instant.astimezone(tz)
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z")
+
+
+def _is_utc(tz: ZoneInfo | None) -> bool:
+    return tz is None or tz.key in ("UTC", "Etc/UTC", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu")
+
+
+def with_local(text: Any, tz: ZoneInfo | None, inside: bool = False) -> str:
+    """An instant's UTC ISO text followed by its local time in `tz`, for the
+    plain-text outputs: `2026-03-08T06:00:00+00:00 (2026-03-08 01:00 EST)`, or
+    `..., local 2026-03-08 01:00 EST` when `inside` parentheses already. The UTC
+    text alone when the zone is UTC or the value is not an instant."""
+    if _is_utc(tz) or not isinstance(text, str | datetime):
+        return str(text)
+    instant = read_instant(text) if isinstance(text, str) else text
+    if instant is None or tz is None:
+        return str(text)
+    shown = iso(instant) if isinstance(text, datetime) else text
+    return f"{shown}, local {local_text(instant, tz)}" if inside else f"{shown} ({local_text(instant, tz)})"
+
+
+def span_with_local(start: Any, end: Any, tz: ZoneInfo | None) -> str:
+    """`A .. B (local A' .. B')` for two instants, or `A .. B` in UTC zones."""
+    first = iso(start) if isinstance(start, datetime) else start
+    last = iso(end) if isinstance(end, datetime) else end
+    plain = f"{first} .. {last}"
+    if _is_utc(tz) or tz is None:
+        return plain
+    low = read_instant(first) if isinstance(first, str) else None
+    high = read_instant(last) if isinstance(last, str) else None
+    if low is None and high is None:
+        return plain
+    return f"{plain} (local {local_text(low, tz)} .. {local_text(high, tz)})"
 
 
 def _distribution(counter: Any) -> dict[str, int]:
@@ -207,25 +253,29 @@ class PopulateReport:
     # -- plain text -------------------------------------------------------------
 
     def render(self, verb: str = "populate", limit: int = 20) -> str:
+        """Plain text; instants in UTC, each followed by its local time in the
+        pipeline's zone (unless that is UTC)."""
         plan = self.plan
         analysis = plan.analysis
         header = self.header()
+        tz = plan.settings.tz
         lines = [
             f"pipeline {self.pipeline}: {verb}{' (dry run: nothing written)' if self.dry_run else ''}",
-            f"  range       {header['range']['start']} .. {header['range']['end']}",
+            f"  range       {span_with_local(header['range']['start'], header['range']['end'], tz)}",
         ]
         if analysis.active_windows:
             dominant_minutes = header["analysis"]["dominant_duration_minutes"]
             lines.append(
-                f"  found       {analysis.active_windows} active window(s) from {iso(analysis.first_start)} "
-                f"to {iso(analysis.last_end)}, mostly {dominant_minutes} min"
+                f"  found       {analysis.active_windows} active window(s) from "
+                f"{with_local(analysis.first_start, tz)} to {with_local(analysis.last_end, tz)}, "
+                f"mostly {dominant_minutes} min"
             )
         elif self.table_missing:
             lines.append("  found       no state table yet")
         else:
             lines.append("  found       no active windows")
         sections = [
-            ("gaps", [f"{g.kind:<16} {iso(g.start)} .. {iso(g.end)}" for g in plan.gaps]),
+            ("gaps", [f"{g.kind:<16} {span_with_local(g.start, g.end, tz)}" for g in plan.gaps]),
             (
                 "overlaps",
                 [
@@ -258,7 +308,7 @@ class PopulateReport:
             lines.append(f"  {done:<11} {len(self.created)} window(s)")
             for fill in plan.fills[:limit]:
                 lines.append(
-                    f"    {fill.origin:<9} {fill.local_date} {iso(fill.start)} .. {iso(fill.end)} "
+                    f"    {fill.origin:<9} {fill.local_date} {span_with_local(fill.start, fill.end, tz)} "
                     f"on the {format_step(fill.step)} grid"
                 )
             if len(plan.fills) > limit:
@@ -271,20 +321,22 @@ class PopulateReport:
 # -- the other commands ------------------------------------------------------------
 
 
-def status_text(data: dict[str, Any]) -> str:
-    """`status` in plain text, from the dict `PipelineStateManager.status()` returns."""
+def status_text(data: dict[str, Any], tz: ZoneInfo | None = None) -> str:
+    """`status` in plain text, from the dict `PipelineStateManager.status()` returns;
+    with `tz` (the pipeline's zone), each instant also in local time."""
     coverage = data["coverage"]
     covered, whole = coverage["covered_minutes"], coverage["range_minutes"]
     lines = [
-        f"pipeline {data['pipeline']}  (now {data['now']})",
-        f"  range      {data['range']['start']} .. {data['range']['end']}",
+        f"pipeline {data['pipeline']}  (now {with_local(data['now'], tz, inside=True)})",
+        f"  range      {span_with_local(data['range']['start'], data['range']['end'], tz)}",
         f"  coverage   {coverage['percent']}% ({covered} of {whole} min)",
-        f"  windows    {data['first_window_start']} .. {data['last_window_end']}",
+        f"  windows    {span_with_local(data['first_window_start'], data['last_window_end'], tz)}",
         "  counts     " + ", ".join(f"{k} {v}" for k, v in data["counts"].items()),
     ]
     pending = data["oldest_pending"]
     if pending:
-        lines.append(f"  oldest pending  {pending['batch_id']} (window start {pending['start']})")
+        start = with_local(pending["start"], tz, inside=True)
+        lines.append(f"  oldest pending  {pending['batch_id']} (window start {start})")
     if data["failures"]:
         lines.append(f"  failures   {len(data['failures'])}")
         for failure in data["failures"][:10]:
@@ -294,12 +346,12 @@ def status_text(data: dict[str, Any]) -> str:
     for entry in data.get("in_flight", [])[:20]:
         lines.append(
             f"  in flight  {entry['batch_id']} by {entry['worker_id']} for {entry['lease_age_seconds']}s, "
-            f"lease until {entry['lease_expires_at']}"
+            f"lease until {with_local(entry['lease_expires_at'], tz)}"
         )
     for entry in data.get("expired_leases", [])[:20]:
         lines.append(
             f"  STUCK      {entry['batch_id']} by {entry['worker_id']}: "
-            f"lease expired {entry['lease_expires_at']}"
+            f"lease expired {with_local(entry['lease_expires_at'], tz)}"
         )
     for entry in data.get("failed_permanently", [])[:20]:
         lines.append(
@@ -328,14 +380,19 @@ def requeue_text(done: list[str], limit: int = 50) -> str:
     return "\n".join([f"requeued {len(done)} batch(es)", *(f"  {batch_id}" for batch_id in done[:limit])])
 
 
-def history_text(batch_id: str, events: list[dict[str, Any]]) -> str:
+def history_text(batch_id: str, events: list[dict[str, Any]], tz: ZoneInfo | None = None) -> str:
+    """The audit trail, one line per event; with `tz`, each time also in local time."""
     if not events:
         return f"no events for {batch_id}"
     lines = []
     for event in events:
         change = f"{event['old_status'] or '-'} -> {event['new_status'] or '-'}"
+        when = event["event_time"]
+        if tz is not None and not _is_utc(tz):
+            instant = read_instant(when) if isinstance(when, str) else None
+            when = f"{when} ({local_text(instant, tz, seconds=True)})" if instant else when
         lines.append(
-            f"{event['event_time']}  {event['event_type']:<13} {change:<26} "
+            f"{when}  {event['event_type']:<13} {change:<26} "
             f"{event['worker_id'] or ''}  {event['details'] or ''}"
         )
     return "\n".join(lines)

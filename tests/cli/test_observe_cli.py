@@ -247,3 +247,29 @@ def test_report_renders_in_a_real_browser(project, tmp_path):
     taken = _browser("--window-size=1280,1600", f"--screenshot={shot}", page.as_uri())
     assert taken.returncode == 0, taken.stderr
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_text_outputs_show_local_times_beside_utc_and_json_stays_utc(project, tmp_path):
+    populate = ok("populate", "--dry-run", cwd=project)
+    utc_range = "2026-03-02T05:00:00+00:00 .. 2026-03-10T04:00:00+00:00"
+    assert f"{utc_range} (local 2026-03-02 00:00 EST .. 2026-03-10 00:00 EDT)" in populate
+    assert "2026-03-02T05:00:00+00:00 (2026-03-02 00:00 EST)" in populate
+    validate = ok("validate", cwd=project)
+    assert "(local 2026-03-02 00:00 EST .. 2026-03-10 00:00 EDT)" in validate
+    status = ok("status", "--no-calendar", cwd=project)
+    assert "(window start 2026-03-04T11:00:00+00:00, local 2026-03-04 06:00 EST)" in status
+    assert re.search(r"\(now \S+\+00:00, local \d{4}-\d\d-\d\d \d\d:\d\d E[SD]T\)", status)
+    failed = json.loads(ok("windows", "--date", "2026-03-04", "--status", "FAILED", "--json", cwd=project))
+    history = ok("history", failed["windows"][0]["batch_id"], cwd=project)
+    assert re.search(r"^\S+\+00:00 \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d E[SD]T\)  CREATED ", history, re.M)
+    # JSON keeps UTC instants only
+    for command in (("populate", "--dry-run", "--json"), ("validate", "--json"), ("status", "--json")):
+        text = run(*command, cwd=project).stdout
+        assert " EST" not in text and " EDT" not in text and "local " not in text
+    events = json.loads(ok("history", failed["windows"][0]["batch_id"], "--json", cwd=project))["events"]
+    assert all(event["event_time"].endswith("+00:00") for event in events)
+    # a UTC pipeline's text says each instant once
+    (tmp_path / "pipestate.toml").write_text(
+        CONFIG.format(db=tmp_path / "state.db").replace("America/New_York", "UTC")
+    )
+    assert "(local" not in ok("populate", "--dry-run", cwd=tmp_path)
