@@ -1,0 +1,166 @@
+"""Benchmark the observing commands on the bench/populate.py table (1,000,000 windows).
+
+    python bench/observe.py                    # SQLite (default)
+    python bench/observe.py --postgres         # also the local PostgreSQL
+    python bench/observe.py --windows 100000   # a smaller table, for a quick look
+
+Builds the table of bench/populate.py (15-minute windows from 1998-01-01 UTC),
+then gives it the mix of states a real pipeline has: all but the last week
+COMPLETED, a window FAILED for good, one IN_PROGRESS, the rest PENDING. Each
+command then runs as a user runs it, in a fresh `pipestate` process, side by
+side with its peer: `status --no-calendar` (status as it was before the
+calendar) against `status` and `status --json` (with the per-day calendar).
+It also times `report --html` and the page it writes in headless Chromium
+(the page's own time to ready, from performance.now(), and the whole browser
+run), `metrics` and `windows --date`. Wall times, best of --repeat runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from populate import DEFAULT_PG, START, STEP, _config, _reset_postgres  # noqa: E402
+
+PIPESTATE = str(Path(sys.executable).with_name("pipestate"))
+
+
+def _toml(config: dict) -> str:
+    lines = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        lines += [f'{key} = "{value}"' for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def build(url: str, table: str, windows: int, folder: Path) -> Path:
+    """The populated table, its states mixed; returns the config file."""
+    from sqlalchemy import update
+
+    from pipestate.config import Config
+    from pipestate.manager import PipelineStateManager
+
+    config = _config(url, table, windows)
+    path = folder / f"{table}.toml"
+    path.write_text(_toml(config), encoding="utf-8")
+    end = START + windows * STEP
+    manager = PipelineStateManager(Config.from_dict(config), clock=lambda: end + timedelta(days=1))
+    began = time.perf_counter()
+    manager.populate_pipeline_batches()
+    state = manager.store.tables.state
+    c = state.c
+    done_until = end - timedelta(days=7)
+    with manager.store.engine.begin() as conn:
+        conn.execute(
+            update(state)
+            .where(c.pipeline_name == "bench", c.source_query_window_start_time < done_until)
+            .values(pipeline_status="COMPLETED", source_record_count=900, processing_seconds=1.5)
+        )
+        failed = done_until - timedelta(days=30)
+        conn.execute(
+            update(state)
+            .where(c.pipeline_name == "bench", c.source_query_window_start_time == failed)
+            .values(pipeline_status="FAILED", retry_count=3, last_error="HTTP 503 from the source")
+        )
+        conn.execute(
+            update(state)
+            .where(c.pipeline_name == "bench", c.source_query_window_start_time == done_until)
+            .values(pipeline_status="IN_PROGRESS", worker_id="bench-worker", lease_expires_at=end)
+        )
+    manager.close()
+    print(f"  built {windows:,} windows in {time.perf_counter() - began:.1f} s", flush=True)
+    return path
+
+
+def _time(args: list[str], repeat: int) -> tuple[float, str]:
+    best, out = float("inf"), ""
+    for _ in range(repeat):
+        began = time.perf_counter()
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
+        elapsed = time.perf_counter() - began
+        if done.returncode != 0:
+            sys.exit(f"{' '.join(args)} failed:\n{done.stderr}")
+        best, out = min(best, elapsed), done.stdout
+    return best, out
+
+
+def _chromium() -> str | None:
+    return next((found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None)
+
+
+def measure(name: str, config: Path, folder: Path, repeat: int) -> list[tuple[str, str, str]]:
+    rows = []
+    base = [PIPESTATE, "--config", str(config)]
+    for label, extra in (
+        ("status --no-calendar", ["status", "--no-calendar"]),
+        ("status", ["status"]),
+        ("status --json", ["status", "--json"]),
+        ("metrics", ["metrics"]),
+        ("windows --date", ["windows", "--date", "2020-02-29"]),
+    ):
+        seconds, _ = _time(base + extra, repeat)
+        rows.append((name, label, f"{seconds:.2f} s"))
+        print(f"  {label:<22} {seconds:6.2f} s", flush=True)
+    page = folder / f"{name}.html"
+    seconds, _ = _time(base + ["report", "--html", str(page)], repeat)
+    size = page.stat().st_size / 1e6
+    rows.append((name, "report --html", f"{seconds:.2f} s, {size:.1f} MB"))
+    print(f"  {'report --html':<22} {seconds:6.2f} s, {size:.1f} MB", flush=True)
+    chromium = _chromium()
+    if chromium is None:
+        rows.append((name, "page in Chromium", "no Chromium installed"))
+        return rows
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()]
+    seconds, dom = _time(command, repeat)
+    ready = re.search(r'data-ready-ms="(\d+)"', dom)
+    figure = (
+        f"ready after {int(ready.group(1)) / 1000:.2f} s; browser run {seconds:.2f} s"
+        if ready
+        else "not ready"
+    )
+    rows.append((name, "page in Chromium", figure))
+    print(f"  {'page in Chromium':<22} {figure}", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--windows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per command; the best is shown")
+    parser.add_argument("--postgres", action="store_true", help="also the local PostgreSQL")
+    parser.add_argument("--pg-url", default=DEFAULT_PG)
+    args = parser.parse_args()
+    os.environ.pop("NO_COLOR", None)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="pipestate-bench-observe-") as tmp:
+        folder = Path(tmp)
+        print(f"sqlite: {args.windows:,} windows", flush=True)
+        config = build(f"sqlite:///{folder / 'bench.db'}", "bench_state", args.windows, folder)
+        results += measure("sqlite", config, folder, args.repeat)
+        if args.postgres:
+            print(f"postgresql: {args.windows:,} windows", flush=True)
+            _reset_postgres(args.pg_url, "bench_observe")
+            try:
+                config = build(args.pg_url, "bench_observe", args.windows, folder)
+                results += measure("postgresql", config, folder, args.repeat)
+            finally:
+                _reset_postgres(args.pg_url, "bench_observe")
+    print()
+    print(f"{'database':<11} {'command':<22} result (best of {args.repeat}, wall, fresh process)")
+    for database, label, figure in results:
+        print(f"{database:<11} {label:<22} {figure}")
+
+
+if __name__ == "__main__":
+    main()
