@@ -103,13 +103,14 @@ def _hour_state(day: Day, hour: int, carried: str | None) -> str:
 
 
 def heatmap_rows(cal: Calendar) -> tuple[list[str], int]:
-    """One string per day, one letter per hour of the local day (`LETTER`), and
-    the most hours any day has. An hour in which no window starts takes the
-    state of the hour before (a window of several hours covers it) unless the
-    day has a gap; hours outside the range or past the day's end are `o`."""
+    """One string per day that has hours (the latest `HOURS_FOR_DAYS`), one
+    letter per hour of the local day (`LETTER`), and the most hours any day
+    has. An hour in which no window starts takes the state of the hour before
+    (a window of several hours covers it) unless the day has a gap; hours
+    outside the range or past the day's end are `o`."""
     rows = []
     longest = 24
-    for day in cal.days:
+    for day in _with_hours(cal):
         hours = int((day.end - day.start).total_seconds() // 3600) + (
             1 if (day.end - day.start).total_seconds() % 3600 else 0
         )
@@ -128,6 +129,10 @@ def heatmap_rows(cal: Calendar) -> tuple[list[str], int]:
             carried = state
         rows.append("".join(letters))
     return rows, longest
+
+
+def _with_hours(cal: Calendar) -> list[Day]:
+    return [day for day in cal.days if day.hours is not None]
 
 
 def _calendar_svg(cal: Calendar) -> Markup:
@@ -233,29 +238,39 @@ def _line_chart(title: str, unit: str, labels: list[str], series: dict[str, list
     return Markup("".join(parts))
 
 
-def _throughput(cal: Calendar) -> tuple[Markup, Markup]:
-    """Step durations (mean seconds per completed window) and records/s over time,
-    in at most `_CHART_POINTS` points of one or more local days each."""
-    days = cal.days
+def _points(days: list[Day]) -> tuple[list[list[Day]], str]:
+    """`days` in at most `_CHART_POINTS` consecutive groups, and what one group is."""
     size = max(1, -(-len(days) // _CHART_POINTS))
-    labels: list[str] = []
+    groups = [days[first : first + size] for first in range(0, len(days), size)]
+    return groups, "day" if size == 1 else f"{size} days"
+
+
+def _throughput(cal: Calendar) -> tuple[Markup, Markup]:
+    """Step durations (mean seconds per completed window, over the days with hours)
+    and records per second of processing (over all days)."""
+    groups, per = _points(_with_hours(cal))
     steps: dict[str, list[float | None]] = {"extract": [], "stage": [], "load": []}
-    rates: dict[str, list[float | None]] = {"records/s": []}
-    for first in range(0, len(days), size):
-        group = days[first : first + size]
-        labels.append(str(group[0].date))
+    for group in groups:
         done = sum(day.counts.get("COMPLETED", 0) for day in group)
         for index, name in enumerate(steps):
             total = sum(day.step_seconds[index] for day in group)
             steps[name].append(total / done if done and total else None)
+    step_chart = _line_chart(
+        f"step durations, mean per completed window, per {per}",
+        "s",
+        [str(group[0].date) for group in groups],
+        steps,
+    )
+    groups, per = _points(cal.days)
+    rates: dict[str, list[float | None]] = {"records/s": []}
+    for group in groups:
         seconds = sum(day.processing_seconds for day in group)
         records = sum(day.records for day in group)
         rates["records/s"].append(records / seconds if seconds else None)
-    per = "day" if size == 1 else f"{size} days"
-    return (
-        _line_chart(f"step durations, mean per completed window, per {per}", "s", labels, steps),
-        _line_chart(f"records per second of processing, per {per}", "rec/s", labels, rates),
+    rate_chart = _line_chart(
+        f"records per second of processing, per {per}", "rec/s", [str(g[0].date) for g in groups], rates
     )
+    return step_chart, rate_chart
 
 
 def render_report(report: Report) -> str:
@@ -286,7 +301,8 @@ def render_report(report: Report) -> str:
         hex=HEX,
         calendar_svg=_calendar_svg(cal),
         heat={
-            "first": str(cal.days[0].date) if cal.days else "",
+            "first": str(_with_hours(cal)[0].date) if _with_hours(cal) else "",
+            "all_days": len(cal.days),
             "hours": longest,
             "rows": rows,
             "colours": {LETTER[state]: HEX[state] for state in LETTER},

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DAY_STATES",
+    "HOURS_FOR_DAYS",
     "Calendar",
     "Day",
     "alert_data",
@@ -48,6 +49,9 @@ DAY_STATES = {
     "completed": "every window COMPLETED and the day fully covered",
     "outside": "outside the configured range",
 }
+# The report's heatmap and step durations cover this many of the latest days (the
+# calendar covers all): a million windows stay a few MB and a few seconds.
+HOURS_FOR_DAYS = 400
 STATUSES = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
 
 
@@ -76,6 +80,16 @@ class Day:
     # under "EXHAUSTED" the FAILED ones without retries left
     hours: dict[int, Counter[str]] | None = None
     overlap_hours: set[int] = field(default_factory=set)  # hours of the day where overlaps start
+
+    def add_hour(self, hour: int, row: DayBucket) -> None:
+        """The windows of one status starting in `hour` of this day (and their step times)."""
+        if self.hours is None:
+            self.hours = {}
+        counts = self.hours.setdefault(hour, Counter())
+        counts[row.status] += row.windows
+        counts["EXHAUSTED"] += row.exhausted
+        for index, seconds in enumerate(row.step_seconds):
+            self.step_seconds[index] += seconds
 
     def add(self, row: DayBucket) -> None:
         self.counts[row.status] += row.windows
@@ -178,8 +192,9 @@ def calendar(
 ) -> Calendar:
     """The range's local days with their counts, coverage, overlaps and state.
 
-    With `hours`, each day also gets its counts per hour of the local day (for
-    the report's heatmap); with `steps`, the summed durations of the three steps.
+    With `hours`, the last `HOURS_FOR_DAYS` days also get their counts per hour
+    of the local day (the report's heatmap) and, with `steps`, the summed
+    durations of the three steps (which cost six instants read per window).
     """
     store = manager.store
     store.check_ready()
@@ -189,28 +204,23 @@ def calendar(
     now = manager.now(conn)
     settings = settings_at(manager, now)
     days = _range_days(settings)
-    rows = bucket_rows(
+    aggregate = partial(
+        bucket_rows,
         conn,
         store.tables,
         manager.pipeline,
-        [(day.start, day.end) for day in days],
         range_start=settings.start,
         range_end=settings.covered_stop,
         max_retries=manager.config.concurrency.max_retries,
-        hours=hours,
-        steps=steps,
     )
+    for row in aggregate([(day.start, day.end) for day in days]):
+        days[row.bucket].add(row)
     if hours:
-        for day in days:
+        recent = days[-HOURS_FOR_DAYS:]
+        for day in recent:
             day.hours = {}
-    for row in rows:
-        index = row.bucket // HOURS_PER_DAY_SLOT if hours else row.bucket
-        day = days[index]
-        day.add(row)
-        if day.hours is not None:
-            hour = day.hours.setdefault(row.bucket % HOURS_PER_DAY_SLOT, Counter())
-            hour[row.status] += row.windows
-            hour["EXHAUSTED"] += row.exhausted
+        for row in aggregate([(day.start, day.end) for day in recent], hours=True, steps=steps):
+            recent[row.bucket // HOURS_PER_DAY_SLOT].add_hour(row.bucket % HOURS_PER_DAY_SLOT, row)
     _count_overlaps(manager, conn, days)
     return Calendar(
         manager.pipeline,

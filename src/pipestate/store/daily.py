@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, Integer, and_, case, cast, func, literal, literal_column, select
@@ -35,6 +35,7 @@ HOURS_PER_DAY_SLOT = 48
 
 
 _NO_LIMIT = 2**62
+_MARGIN = timedelta(days=1)
 _STEPS = ("source_extract", "stage_write", "target_load")
 
 
@@ -192,7 +193,13 @@ def bucket_rows(
             func.coalesce(c.processing_seconds, 0).label("processing"),
             *step_columns,
         )
-        .where(c.pipeline_name == pipeline)
+        .where(
+            c.pipeline_name == pipeline,
+            # loose bounds on the stored column, so the window index narrows the scan
+            # (a day either side: stored text may lack the fraction the bound has)
+            c.source_query_window_start_time >= bounds[0][0] - _MARGIN,
+            c.source_query_window_start_time < bounds[-1][1] + _MARGIN,
+        )
         # A LIMIT keeps SQLite from flattening the subquery into the aggregate,
         # which would read each instant again in every expression that uses it.
         .limit(_NO_LIMIT)
