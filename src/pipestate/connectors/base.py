@@ -271,6 +271,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "source": {
         "files": "pipestate.connectors.files:FilesSource",
         "elasticsearch": "pipestate.connectors.elastic:ElasticsearchSource",
+        "opensearch": "pipestate.connectors.opensearch:OpenSearchSource",
     },
     "stage": {
         "fsspec": "pipestate.connectors.fsspec_stage:FsspecStage",

@@ -1,8 +1,9 @@
 """Fixtures for the connector tests: a batch, and the local stand-ins of outside services.
 
 Every stand-in is labelled as such: the S3 tests run against moto's server, the Snowflake tests
-against fakesnow, the Elasticsearch tests against the small HTTP server in `es_standin.py`.
-Tests against the real services run only when their credentials are in the environment.
+against fakesnow, the Elasticsearch and OpenSearch tests against the small HTTP server in
+`es_standin.py` and against two third-party EMULATORS (`noida-db`, `osmem-server`; see
+`emulators.py`). Tests against the real services run only when their credentials are set.
 """
 
 from __future__ import annotations
@@ -33,6 +34,28 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def noida(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """EMULATOR of Elasticsearch 8.15: noida-db's server on 127.0.0.1; yields its URL."""
+    pytest.importorskip("noida_db")
+    pytest.importorskip("elasticsearch")
+    from emulators import start_noida
+
+    with start_noida(tmp_path_factory.mktemp("noida")) as emulator:
+        yield emulator.url
+
+
+@pytest.fixture(scope="session")
+def osmem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """EMULATOR of OpenSearch: osmem-server on 127.0.0.1; yields its URL."""
+    pytest.importorskip("osmem_server")
+    pytest.importorskip("opensearchpy")
+    from emulators import start_osmem
+
+    with start_osmem(tmp_path_factory.mktemp("osmem")) as emulator:
+        yield emulator.url
 
 
 @pytest.fixture(scope="session")
