@@ -45,25 +45,34 @@ def find_candidate(
         order = (c.source_query_window_start_time.desc(), c.batch_id.desc())
     else:
         order = (c.source_query_window_start_time.asc(), c.batch_id.asc())
-    base = select(state).where(c.pipeline_name == pipeline, *store.claimable_window(conn))
     lease, next_attempt = store.instant(c.lease_expires_at), store.instant(c.next_attempt_at)
-    pending = base.where(c.pipeline_status == "PENDING").order_by(*order).limit(1)
+    pending = (
+        select(state)
+        .where(c.pipeline_name == pipeline, *store.claimable(conn, c.pipeline_status == "PENDING"))
+        .order_by(*order)
+        .limit(1)
+    )
     retryable = (
-        base.where(
-            # The IN lets the (pipeline, status, start) index skip COMPLETED rows;
-            # without it the OR below is checked on every row of the pipeline.
-            c.pipeline_status.in_(("FAILED", "IN_PROGRESS")),
-            or_(
-                and_(
-                    c.pipeline_status == "FAILED",
-                    func.coalesce(c.retry_count, 0) < max_retries,
-                    not_terminal(store),
-                    or_(next_attempt.is_(None), next_attempt <= now),
-                ),
-                and_(
-                    c.pipeline_status == "IN_PROGRESS",
-                    # (on SQLite an unreadable lease reads as NULL: expired, as populate ranks it)
-                    or_(lease.is_(None), lease <= now),
+        select(state)
+        .where(
+            c.pipeline_name == pipeline,
+            *store.claimable(
+                conn,
+                # The IN lets the (pipeline, status, start) index skip COMPLETED rows;
+                # without it the OR below is checked on every row of the pipeline.
+                c.pipeline_status.in_(("FAILED", "IN_PROGRESS")),
+                or_(
+                    and_(
+                        c.pipeline_status == "FAILED",
+                        func.coalesce(c.retry_count, 0) < max_retries,
+                        not_terminal(store),
+                        or_(next_attempt.is_(None), next_attempt <= now),
+                    ),
+                    and_(
+                        c.pipeline_status == "IN_PROGRESS",
+                        # (on SQLite an unreadable lease reads as NULL: expired, as populate ranks it)
+                        or_(lease.is_(None), lease <= now),
+                    ),
                 ),
             ),
         )

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     and_,
     case,
+    false,
     func,
     insert,
     inspect,
@@ -521,6 +522,17 @@ class StateStore:
             same = select(func.count()).where(other.c.batch_id == state.c.batch_id).scalar_subquery()
             conditions.append(same == 1)
         return conditions
+
+    def claimable(self, conn: Connection, status: Any, *conditions: Any) -> list[Any]:
+        """WHERE terms of a claim's candidate query: `status` (which the index
+        serves), `conditions`, and `claimable_window`. On SQLite the rest is
+        evaluated only for rows `status` admits (a CASE): its planner may walk
+        every row of the pipeline for this query, and `pipestate_instant()` is
+        a Python call."""
+        rest = [*conditions, *self.claimable_window(conn)]
+        if self.dialect == "sqlite":
+            return [status, case((status, and_(*rest)), else_=false())]
+        return [status, *rest]
 
     def unique_ids(self, conn: Connection) -> bool:
         """Whether the table itself keeps batch_id unique (a primary key or unique
