@@ -134,8 +134,13 @@ def _event(
     return manager._event(batch_id, kind, now, old, new, details, worker_id=worker, claim_token=token)
 
 
-def claim(manager: PipelineStateManager, worker: str) -> Batch | None:
-    """Take the next claimable batch, or None (nothing claimable, or max_in_flight reached)."""
+def claim(
+    manager: PipelineStateManager, worker: str, within: tuple[datetime, datetime] | None = None
+) -> Batch | None:
+    """Take the next claimable batch, or None (nothing claimable, or max_in_flight reached).
+
+    `within` (UTC `[low, high)`) takes only a window that starts in it.
+    """
     if not worker:
         raise UsageError("--worker: a worker id is required")
     store, settings = manager.store, manager.config.concurrency
@@ -146,7 +151,8 @@ def claim(manager: PipelineStateManager, worker: str) -> Batch | None:
     pipeline_lock = bool(settings.max_in_flight) or store.dialect not in ("postgresql", "sqlite", "duckdb")
     if pipeline_lock:
         store.ensure_lock_row(manager.pipeline)
-    if store.dialect == "postgresql" and not pipeline_lock:
+    # The one-statement PostgreSQL claim takes any window; a range goes the general way.
+    if store.dialect == "postgresql" and not pipeline_lock and within is None:
         fast = _claim_in_one_statement(manager, worker, lease)
         if fast is not None:
             return fast
@@ -169,6 +175,7 @@ def claim(manager: PipelineStateManager, worker: str) -> Batch | None:
                     now,
                     settings.max_retries,
                     settings.claim_order == "newest_first",
+                    within,
                 )
                 if row is None:
                     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -62,7 +63,10 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    invoke_without_command=True,
+)
 @config_option
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="pipestate")
@@ -75,9 +79,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
     workers claim windows, and heartbeat, complete or fail them.
 
     Exit codes: 0 ok, 1 validate found problems, 2 bad configuration or usage,
-    3 database or internal error, 4 the caller does not hold the batch's lease.
+    3 database or internal error, 4 the caller does not hold the batch's lease,
+    5 run finished but a batch of it ended FAILED or lost its lease.
     """
     ctx.ensure_object(dict)["debug"] = debug
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())  # plain `pipestate`: the help, exit 0
 
 
 @cli.command()
@@ -135,15 +142,23 @@ def populate(dry_run: bool, as_json: bool) -> None:
 
 @cli.command()
 @config_option
+@click.option(
+    "--require-coverage",
+    is_flag=True,
+    help="Also exit 1 when part of the range has no window yet (populate has not run since).",
+)
 @json_option
-def validate(as_json: bool) -> None:
-    """Report gaps, overlaps and invalid rows; write nothing. Exit 1 if any."""
+def validate(require_coverage: bool, as_json: bool) -> None:
+    """Report gaps, overlaps and invalid rows; write nothing. Exit 1 if any, or if
+    the state table does not exist."""
     report = _manager().validate()
+    problems = report.problems(require_coverage)
     if as_json:
-        _print_json(report.validate_dict())
+        _print_json(report.validate_dict(require_coverage))
     else:
         click.echo(report.render("validate"))
-    if report.found_problems:
+    if problems:
+        click.echo(f"pipestate: validate: {'; '.join(problems)}", err=True)
         sys.exit(1)
 
 
@@ -537,14 +552,21 @@ def run(workers: int, once: bool, limit: int | None, inject: float, seed: int | 
     replaces its rows in the target instead of duplicating them. A retried
     batch resumes at its first unfinished step. SIGTERM stops cleanly.
     """
-    from .report import run_json, run_text
+    from .report import run_json, run_problems, run_text
 
     manager = _manager()
     result = _run(manager, workers, once, limit, inject, seed)
+    summary = result.summary
     if as_json:
         _print_json(run_json(result, manager.counts()))
     else:
         click.echo(run_text(result))
+    if not summary.ok:
+        click.echo(f"pipestate: {run_problems(summary)}", err=True)
+        sys.exit(RUN_HAD_FAILURES)
+
+
+RUN_HAD_FAILURES = 5  # the contract's exit code: the run ended but a batch failed or lost its lease
 
 
 @cli.command()
@@ -588,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: exit codes per the contract, one line per user error."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if debug:  # accepted before or after the subcommand, like --config
+        args = ["--debug", *(arg for arg in args if arg != "--debug")]
     try:
         cli.main(args=args, prog_name="pipestate", standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -600,17 +624,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except PipestateError as err:
         if debug:
-            raise
+            traceback.print_exc()  # --debug adds the traceback; the exit code stays the contract's
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        notes = [note for note in getattr(err, "__notes__", ()) if note]  # e.g. what was written before
+        if notes:
+            message += f" ({'; '.join(notes)})"
         click.echo(f"pipestate: error: {message}", err=True)
         return err.exit_code
     except SystemExit as done:
         return int(done.code or 0) if not isinstance(done.code, str) else 1
     except Exception as err:  # noqa: BLE001 - a bug: say so in one line unless --debug
         if debug:
-            raise
+            traceback.print_exc()
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        click.echo(f"pipestate: internal error: {type(err).__name__}: {first} (rerun with --debug)", err=True)
+        hint = "" if debug else " (rerun with --debug)"
+        click.echo(f"pipestate: internal error: {type(err).__name__}: {first}{hint}", err=True)
         return 3
     return 0
 

@@ -385,13 +385,60 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], 
     return overrides, names
 
 
+# The keys that may hold a local path (a plain path, or a sqlite:/// or duckdb:/// URL).
+_PATH_KEYS = {
+    "state": ("url",),
+    "source": ("path", "url"),
+    "stage": ("url", "path"),
+    "target": ("url", "path"),
+}
+_EMBEDDED_URL = re.compile(r"^(?P<scheme>(sqlite|duckdb)(\+\w+)?:///)(?P<path>[^?]*)(?P<query>\?.*)?$")
+
+
+def anchor_path(value: str, base: Path) -> str:
+    """`value` with a relative local path made absolute against `base`; anything else as is.
+
+    Handles plain paths (`data/events`, `./stage`) and the embedded databases'
+    URLs (`sqlite:///state.db`, `duckdb:///target.duckdb?threads=2`); leaves
+    absolute paths, `:memory:`, `file:` URIs and other URLs (`s3://`, `postgresql://`) alone.
+    """
+    match = _EMBEDDED_URL.match(value)
+    if match:
+        path = match.group("path")
+        if not path or path.startswith((":memory:", "file:", "md:")) or Path(path).is_absolute():
+            return value
+        return f"{match.group('scheme')}{base / path}{match.group('query') or ''}"
+    if "://" in value or not value or Path(value).expanduser().is_absolute():
+        return str(Path(value).expanduser()) if value.startswith("~") else value
+    return str(base / value)
+
+
+def _anchor_section_paths(data: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of `data` (config sections) absolute against `base`, in place."""
+    for section, keys in _PATH_KEYS.items():
+        values = data.get(section)
+        if not isinstance(values, dict):
+            continue
+        for key in keys:
+            if isinstance(values.get(key), str):
+                values[key] = anchor_path(values[key], base)
+
+
 def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
     """Read the TOML file (`path`, else $PIPESTATE_CONFIG, else ./pipestate.toml),
-    apply PIPESTATE_<SECTION>__<KEY> overrides and validate the result."""
+    apply PIPESTATE_<SECTION>__<KEY> overrides and validate the result.
+
+    Relative paths in the file (state URL, source path, stage and target URLs)
+    are relative to the file's folder; those from the environment, to the
+    current folder. The Config holds them absolute, so every message names the
+    path that is really used.
+    """
     environ = dict(os.environ if environ is None else environ)
     chosen = Path(path or environ.get("PIPESTATE_CONFIG") or DEFAULT_CONFIG_PATH)
     overrides, names = _env_overrides(environ)
+    _anchor_section_paths(overrides, Path.cwd())
     data: dict[str, Any] = {}
+    base = Path.cwd()
     if chosen.exists():
         if not chosen.is_file():
             # A FIFO would block the read forever; a folder cannot be read.
@@ -404,6 +451,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
             raise ConfigError(f"{chosen}: not UTF-8 text (byte {err.start}): TOML files are UTF-8") from err
         except OSError as err:
             raise ConfigError(f"{chosen}: cannot read: {err.strerror}") from err
+        base = chosen.absolute().parent
+        _anchor_section_paths(data, base)
     elif not overrides:
         raise ConfigError(f"{chosen}: config file not found (run 'pipestate init' to write one)")
     for section, values in overrides.items():
@@ -411,6 +460,10 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         if not isinstance(current, dict):
             raise ConfigError(f"{chosen}: [{section}] must be a table")
         data[section] = {**current, **values}
+    # The default state file sits next to the config file too.
+    state = data.setdefault("state", {})
+    if isinstance(state, dict) and "url" not in state:
+        state["url"] = anchor_path(StateConfig.model_fields["url"].default, base)
     origin = str(chosen) if chosen.exists() else "environment"
     if names and chosen.exists():
         origin = f"{chosen} (+ env {', '.join(sorted(names))})"

@@ -3,6 +3,8 @@
 EXAMPLE_CONFIG = """\
 # pipestate configuration. Every key can be overridden from the environment as
 # PIPESTATE_<SECTION>__<KEY>, e.g. PIPESTATE_STATE__URL=postgresql+psycopg://...
+# Relative paths here (sqlite:///pipestate.db, a source path, a stage folder) are
+# relative to this file's folder, so the file works from any current folder.
 
 [pipeline]
 name = "orders"                 # letters, digits, '_' and '-'
@@ -13,7 +15,7 @@ start = "2026-01-01"            # first local day (or local datetime) to cover
 lag = "15m"                     # a window is only created once now >= its end + lag
 
 [state]
-url = "sqlite:///pipestate.db"  # any SQLAlchemy URL: sqlite, duckdb, postgresql+psycopg, snowflake
+url = "sqlite:///pipestate.db"  # beside this file; any SQLAlchemy URL: duckdb, postgresql+psycopg, ...
 table = "pipeline_state"
 # schema = ""
 

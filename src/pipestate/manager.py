@@ -7,7 +7,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,16 @@ class PipelineStateManager:
             return self._clock()
         return self.store.now(conn)
 
+    def _now_without_table(self) -> datetime:
+        """Now, for a read-only look at a pipeline with no table: an embedded
+        database whose file does not exist is not created just to ask its clock."""
+        if self._clock is not None:
+            return self._clock()
+        if self.store.file_missing():
+            return datetime.now(UTC)
+        with self.store.engine.connect() as conn:
+            return self.store.now(conn)
+
     def close(self) -> None:
         self.store.engine.dispose()
 
@@ -145,8 +155,7 @@ class PipelineStateManager:
 
     def _dry_run(self, run_id: str, verb_is_validate: bool) -> PopulateReport:
         if not self.store.exists():
-            with self.store.engine.connect() as conn:
-                now = self.now(conn)
+            now = self._now_without_table()
             the_plan = plan([], self._settings(now))
             report = PopulateReport(self.pipeline, True, run_id, now, the_plan, CreatedLog(self.pipeline))
             report.table_missing = True
@@ -335,9 +344,10 @@ class PipelineStateManager:
 
     # -- workers (the state table is the lock; see batches.py) --------------------
 
-    def claim(self, worker: str) -> Batch | None:
-        """Atomically take the next claimable batch, or None."""
-        return batches.claim(self, worker)
+    def claim(self, worker: str, within: tuple[datetime, datetime] | None = None) -> Batch | None:
+        """Atomically take the next claimable batch, or None; with `within` (UTC
+        `[low, high)`), only a window that starts in that range."""
+        return batches.claim(self, worker, within)
 
     def heartbeat(self, batch_id: str, worker: str, token: str | None = None) -> datetime:
         """Extend the caller's lease; LeaseLost if the claim is not current."""
@@ -412,6 +422,19 @@ class PipelineStateManager:
                 .group_by(state.c.pipeline_status)
             ).all()
         return {str(status): int(count) for status, count in rows}
+
+    def statuses(self, batch_ids: Iterable[str]) -> dict[str, str]:
+        """The current status of each of these batches of the pipeline that exists."""
+        state = self.store.tables.state
+        ids = list(batch_ids)
+        found: dict[str, str] = {}
+        with self.store.transaction(write=False) as conn:
+            for low in range(0, len(ids), 500):
+                stmt = select(state.c.batch_id, state.c.pipeline_status).where(
+                    state.c.pipeline_name == self.pipeline, state.c.batch_id.in_(ids[low : low + 500])
+                )
+                found.update((str(batch_id), str(status)) for batch_id, status in conn.execute(stmt))
+        return found
 
     def status(self) -> dict[str, Any]:
         """Counts by status, coverage of the range, first/last window, oldest pending, failures."""

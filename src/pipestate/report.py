@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .batches import Batch
     from .demo import DemoResult
     from .runner import RunResult
+    from .worker import RunSummary
 
 __all__ = [
     "CreatedLog",
@@ -223,16 +224,38 @@ class PopulateReport:
             "superseded": len(self.superseded),
         }
 
+    def problems(self, require_coverage: bool = False) -> list[str]:
+        """What makes `validate` exit 1: no table, gaps, overlaps, invalid rows; with
+        `require_coverage`, also time in the range that no window covers yet."""
+        plan = self.plan
+        found = []
+        if self.table_missing:
+            found.append("the state table does not exist")
+        for count, what in (
+            (len(plan.gaps), "gap(s)"),
+            (len(plan.resolutions), "overlap(s)"),
+            (len(plan.invalid), "invalid row(s)"),
+        ):
+            if count:
+                found.append(f"{count} {what}")
+        if require_coverage and plan.fills and not self.table_missing:
+            minutes = sum((fill.end - fill.start).total_seconds() for fill in plan.fills) / 60
+            found.append(f"{minutes:g} min of the range not covered by any window (run populate)")
+        return found
+
     @property
     def found_problems(self) -> bool:
-        """Whether there is any gap, overlap or invalid row (validate exits 1)."""
-        return bool(self.plan.gaps or self.plan.resolutions or self.plan.invalid)
+        """Whether validate exits 1: a gap, an overlap, an invalid row, or no table."""
+        return bool(self.problems())
 
-    def validate_dict(self) -> dict[str, Any]:
-        """`validate --json`: the header without the fills, and `ok`."""
+    def validate_dict(self, require_coverage: bool = False) -> dict[str, Any]:
+        """`validate --json`: the header without the fills, `ok`, `problems`, `table_exists`."""
         data = self.header()
         data.pop("fills", None)
-        data["ok"] = not self.found_problems
+        problems = self.problems(require_coverage)
+        data["table_exists"] = not self.table_missing
+        data["ok"] = not problems
+        data["problems"] = problems
         return data
 
     def to_dict(self) -> dict[str, Any]:
@@ -406,9 +429,22 @@ def run_json(result: RunResult, counts: dict[str, int]) -> dict[str, Any]:
         "completed": result.summary.completed,
         "failed": result.summary.failed,
         "lost": result.summary.lost,
+        "ok": result.summary.ok,
+        "failed_batches": sorted(result.summary.failed_ids),
+        "lost_batches": sorted(result.summary.lost_ids),
         "seconds": round(result.seconds, 3),
         "counts": counts,
     }
+
+
+def run_problems(summary: RunSummary) -> str:
+    """The last line of a run whose batches did not all succeed (exit 5): which ones, and what next."""
+    parts = []
+    for ids, what in ((summary.failed_ids, "ended FAILED"), (summary.lost_ids, "lost their lease")):
+        if ids:
+            shown = ", ".join(sorted(ids)[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            parts.append(f"{len(ids)} batch(es) {what}: {shown}")
+    return "; ".join(parts) + " (exit 5; see pipestate status, pipestate history BATCH_ID)"
 
 
 def run_text(result: RunResult) -> str:

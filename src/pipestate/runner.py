@@ -86,6 +86,14 @@ class PipelineRunner:
         self.inject_failures = inject_failures
         self.random = random.Random(seed)
 
+    def check(self) -> None:
+        """Before any work: a connector that cannot work at all (a source path that does
+        not exist) is a ConfigError now, not a failure of every batch later."""
+        for connector in (self.source, self.stage, self.target):
+            check = getattr(connector, "check", None)
+            if callable(check):
+                check()
+
     def close(self) -> None:
         """Release what the connectors hold (connection pools, clients), where they say how."""
         for connector in (self.source, self.stage, self.target):
@@ -212,6 +220,7 @@ def _worker_process(
     inject_failures: float,
     seed: int | None,
     results: Any,
+    within: tuple[datetime, datetime] | None = None,
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     # Own process group: a Ctrl-C in the terminal reaches the parent only, which
@@ -221,7 +230,7 @@ def _worker_process(
         with PipelineStateManager(config) as manager:
             runner = PipelineRunner(manager, inject_failures=inject_failures, seed=seed)
             try:
-                summary = Worker(manager, worker_id).run(
+                summary = Worker(manager, worker_id, within=within).run(
                     runner.process, limit=1 if once else None, keep_going=_budget_taker(budget)
                 )
             finally:
@@ -229,7 +238,7 @@ def _worker_process(
     except PipestateError as err:  # the state database failed: one line, not a traceback
         print(f"pipestate: worker {worker_id} stopped: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
-    results.put((summary.completed, summary.failed, summary.lost, summary.released))
+    results.put(summary)
 
 
 def _budget_taker(budget: Any) -> Callable[[], bool] | None:
@@ -255,12 +264,14 @@ def run_pipeline(
     seed: int | None = None,
     progress: Callable[[dict[str, int]], None] | None = None,
     worker_prefix: str | None = None,
+    within: tuple[datetime, datetime] | None = None,
 ) -> RunResult:
     """Populate, then claim and process batches until none is claimable.
 
     `workers` > 1 runs that many processes (each its own connection and worker
     id); `once` gives each worker one batch; `limit` caps batches in total.
-    `progress` is called with the status counts while work goes on.
+    `progress` is called with the status counts while work goes on. `within`
+    (UTC `[low, high)`) processes only windows that start in it (one local day).
     """
     if workers < 1:
         raise ConfigError("--workers: must be at least 1")
@@ -268,31 +279,46 @@ def run_pipeline(
         raise ConfigError("--limit: must be at least 1")
     began = time.monotonic()
     result = RunResult()
-    report = manager.populate_pipeline_batches()
-    result.created, result.superseded = len(report.created), len(report.superseded)
-    prefix = worker_prefix or manager.actor.removeprefix("pipestate@")
-    if workers == 1:
-        runner = PipelineRunner(manager, inject_failures=inject_failures, seed=seed)
-        remaining = [limit]
+    # The connectors first: a missing [source], extra or source path is exit 2 with
+    # nothing written, not an error after populate has already added windows.
+    runner = PipelineRunner(manager, inject_failures=inject_failures, seed=seed)
+    populated = False
+    try:
+        runner.check()
+        report = manager.populate_pipeline_batches()
+        result.created, result.superseded = len(report.created), len(report.superseded)
+        populated = True
+        prefix = worker_prefix or manager.actor.removeprefix("pipestate@")
+        if workers == 1:
+            remaining = [limit]
 
-        def keep_going() -> bool:
-            if progress is not None:
-                progress(manager.counts())
-            if remaining[0] is None:
-                return True
-            remaining[0] -= 1
-            return remaining[0] >= 0
+            def keep_going() -> bool:
+                if progress is not None:
+                    progress(manager.counts())
+                if remaining[0] is None:
+                    return True
+                remaining[0] -= 1
+                return remaining[0] >= 0
 
-        try:
-            result.summary = Worker(manager, f"{prefix}/w1").run(
+            result.summary = Worker(manager, f"{prefix}/w1", within=within).run(
                 runner.process, limit=1 if once else None, keep_going=keep_going
             )
-        finally:
-            runner.close()
-    else:
-        result.summary = _run_processes(
-            manager, workers, once, limit, inject_failures, seed, progress, prefix
-        )
+        else:
+            result.summary = _run_processes(
+                manager, workers, once, limit, inject_failures, seed, progress, prefix, within
+            )
+    except PipestateError as err:
+        if populated:  # say what was written before the failure
+            created, superseded = result.created, result.superseded
+            err.add_note(f"before it, populate had created {created} and superseded {superseded} window(s)")
+        raise
+    finally:
+        runner.close()
+    summary = result.summary
+    if summary.failed_ids:
+        # A batch one worker failed may have been retried and completed by another.
+        now = manager.statuses(summary.failed_ids)
+        summary.failed_ids = {batch_id for batch_id in summary.failed_ids if now.get(batch_id) == "FAILED"}
     if progress is not None:
         progress(manager.counts())
     result.seconds = time.monotonic() - began
@@ -308,6 +334,7 @@ def _run_processes(
     seed: int | None,
     progress: Callable[[dict[str, int]], None] | None,
     prefix: str,
+    within: tuple[datetime, datetime] | None = None,
 ) -> RunSummary:
     context = multiprocessing.get_context("spawn")
     budget = context.Value("i", limit) if limit is not None else None
@@ -323,6 +350,7 @@ def _run_processes(
                 inject_failures,
                 None if seed is None else seed + index,
                 results,
+                within,
             ),
             daemon=False,
         )
@@ -350,11 +378,7 @@ def _run_processes(
         signal.signal(signal.SIGTERM, previous)
     summary = RunSummary()
     while not results.empty():
-        completed, failed, lost, released = results.get()
-        summary.completed += completed
-        summary.failed += failed
-        summary.lost += lost
-        summary.released += released
+        summary.merge(results.get())
     bad = [process.exitcode for process in processes if process.exitcode]
     if bad:
         print(f"pipestate: {len(bad)} worker process(es) exited with {bad}", file=sys.stderr)

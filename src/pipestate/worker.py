@@ -26,7 +26,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -53,14 +54,42 @@ T = TypeVar("T")
 
 @dataclass
 class RunSummary:
+    """Counts of attempts, and which batches ended the run failed or lost their lease."""
+
     completed: int = 0
     failed: int = 0
     lost: int = 0
     released: int = 0
+    failed_ids: set[str] = field(default_factory=set)  # failed, and not completed later in the run
+    lost_ids: set[str] = field(default_factory=set)
 
     @property
     def processed(self) -> int:
         return self.completed + self.failed + self.lost
+
+    @property
+    def ok(self) -> bool:
+        """No batch of the run ended FAILED or lost its lease (`pipestate run` exits 5 otherwise)."""
+        return not self.failed_ids and not self.lost_ids
+
+    def record(self, outcome: str, batch_id: str) -> None:
+        """Count one settled batch: "completed", "failed" or "lost"."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        if outcome == "completed":
+            self.failed_ids.discard(batch_id)
+        elif outcome == "failed":
+            self.failed_ids.add(batch_id)
+        elif outcome == "lost":
+            self.lost_ids.add(batch_id)
+
+    def merge(self, other: RunSummary) -> None:
+        """Add another worker's summary to this one."""
+        self.completed += other.completed
+        self.failed += other.failed
+        self.lost += other.lost
+        self.released += other.released
+        self.failed_ids |= other.failed_ids
+        self.lost_ids |= other.lost_ids
 
 
 class _Heartbeat(threading.Thread):
@@ -150,8 +179,10 @@ class Worker:
         *,
         store_retries: int = 5,
         store_backoff: float = 0.5,
+        within: tuple[datetime, datetime] | None = None,
     ) -> None:
         self.manager = manager
+        self.within = within  # claim only windows starting in this UTC range (one local day)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = parse_duration(manager.config.concurrency.lease).total_seconds()
         # At most a third of the lease, so two beats can be late before it lapses.
@@ -189,7 +220,7 @@ class Worker:
             time.sleep(min(left, 0.1))
 
     def _claim(self) -> Batch | None:
-        return self._store_call("claim", lambda: self.manager.claim(self.worker_id))
+        return self._store_call("claim", lambda: self.manager.claim(self.worker_id, self.within))
 
     def _complete(self, claimed: Batch, values: dict[str, Any] | None = None) -> None:
         self._store_call(
@@ -330,7 +361,7 @@ class Worker:
                 outcome = self._process(claimed, handler)
                 if outcome == "released":
                     break
-                setattr(summary, outcome, getattr(summary, outcome) + 1)
+                summary.record(outcome, claimed.batch_id)
         finally:
             restore()
         summary.released = self.released - released_before

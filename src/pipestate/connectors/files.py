@@ -25,6 +25,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
+from ..errors import ConfigError
 from ..windows import UTC, zone
 from .base import CHUNK_ROWS, BatchContext, ConnectorError, Options, utc_times
 
@@ -142,6 +143,12 @@ class FilesSource:
         else:
             raise ConnectorError(f"[source] path: {pattern} does not exist")
         return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+
+    def check(self) -> None:
+        """Before any work: the path must exist (a glob may match nothing yet)."""
+        pattern = self.options.path
+        if not any(char in pattern for char in "*?[") and not Path(pattern).exists():
+            raise ConfigError(f"[source] path: {Path(pattern).absolute()} does not exist")
 
     def describe(self, batch: BatchContext) -> tuple[str, str]:
         location = str(Path(self.options.path).absolute())

@@ -32,8 +32,12 @@ def find_candidate(
     now: datetime,
     max_retries: int,
     newest_first: bool,
+    within: tuple[datetime, datetime] | None = None,
 ) -> dict[str, Any] | None:
     """The next claimable row, locked where the database can lock one row.
+
+    `within` (UTC `[low, high)`) takes only windows that start in it: one local
+    day of a pipeline, for an orchestrator's daily partition.
 
     Two index-friendly queries (PENDING; then FAILED past its backoff or
     IN_PROGRESS past its lease) instead of one OR, so a table with a million
@@ -45,10 +49,16 @@ def find_candidate(
         order = (c.source_query_window_start_time.desc(), c.batch_id.desc())
     else:
         order = (c.source_query_window_start_time.asc(), c.batch_id.asc())
+    # `within`: only windows that start in the range (one local day).
+    window = (
+        []
+        if within is None
+        else [c.source_query_window_start_time >= within[0], c.source_query_window_start_time < within[1]]
+    )
     lease, next_attempt = store.instant(c.lease_expires_at), store.instant(c.next_attempt_at)
     pending = (
         select(state)
-        .where(c.pipeline_name == pipeline, *store.claimable(conn, c.pipeline_status == "PENDING"))
+        .where(c.pipeline_name == pipeline, *window, *store.claimable(conn, c.pipeline_status == "PENDING"))
         .order_by(*order)
         .limit(1)
     )
@@ -56,6 +66,7 @@ def find_candidate(
         select(state)
         .where(
             c.pipeline_name == pipeline,
+            *window,
             *store.claimable(
                 conn,
                 # The IN lets the (pipeline, status, start) index skip COMPLETED rows;

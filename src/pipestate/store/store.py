@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from itertools import islice
 from operator import itemgetter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -131,6 +132,17 @@ def _details_json(details: Any, encoded: dict[Any, str]) -> str:
     return text
 
 
+def _names_missing_table(error: BaseException, table: str) -> bool:
+    """Whether a driver error says the state table (or its events/meta table) does not exist."""
+    if getattr(error, "sqlstate", None) == "42P01":  # PostgreSQL undefined_table
+        return True
+    text = str(error).lower()
+    if table.lower() not in text:
+        return False
+    # SQLite: "no such table: t"; DuckDB: "Table with name t does not exist"
+    return "no such table" in text or ("table with name" in text and "does not exist" in text)
+
+
 def _chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
@@ -224,10 +236,34 @@ class StateStore:
 
     # -- transactions -------------------------------------------------------------
 
+    @cached_property
+    def database_file(self) -> Path | None:
+        """The file of an embedded database (SQLite, DuckDB), which connecting would create."""
+        database = self.engine.url.database
+        if self.dialect not in ("sqlite", "duckdb") or not database or database == ":memory:":
+            return None
+        if database.startswith("file:") or database.startswith("md:"):
+            return None  # a URI filename or MotherDuck: not a plain path
+        return Path(database).absolute()
+
+    def file_missing(self) -> bool:
+        """Whether the embedded database's file does not exist yet (so neither does the table)."""
+        return self.database_file is not None and not self.database_file.exists()
+
+    def missing_table_error(self) -> SchemaError:
+        where = f" (no database file {self.database_file})" if self.file_missing() else ""
+        return SchemaError(
+            f"state table {self.tables.state.fullname} does not exist{where}; "
+            "run 'pipestate init-db' or 'pipestate populate'"
+        )
+
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Connection]:
+    def transaction(self, write: bool = True, create: bool = False) -> Iterator[Connection]:
         """A transaction; `write=True` takes the database's write lock where that
-        is how the database serializes writers (SQLite, DuckDB threads)."""
+        is how the database serializes writers (SQLite, DuckDB threads). Without
+        `create`, a missing SQLite or DuckDB file is an error, not a new empty file."""
+        if not create and self.file_missing():
+            raise self.missing_table_error()
         if write:
             self.check_version()
         guard = self._thread_lock if write else None
@@ -275,6 +311,8 @@ class StateStore:
         if is_lock_timeout(err):
             return busy_error(self.engine, err)
         original = getattr(err, "orig", None) or err
+        if _names_missing_table(original, self.tables.state.name):
+            return self.missing_table_error()
         first_line = str(original).strip().splitlines()[0] if str(original).strip() else repr(err)
         if isinstance(err, DBAPIError) and err.connection_invalidated:
             # The driver says the connection dropped (a restart, a network cut): transient.
@@ -289,6 +327,8 @@ class StateStore:
     # -- schema -------------------------------------------------------------------
 
     def exists(self) -> bool:
+        if self.file_missing():
+            return False  # and connecting would create the file
         try:
             with self.engine.connect() as conn:
                 return inspect(conn).has_table(self.tables.state.name, schema=self.tables.state.schema)
@@ -314,7 +354,7 @@ class StateStore:
         Zone-less instants on PostgreSQL are refused, or converted with
         `migrate_timestamps` (see `_zone_less_instants`)."""
         actions: list[str] = []
-        with self.transaction() as conn:
+        with self.transaction(create=True) as conn:
             serialize_schema_changes(conn, f"pipestate init-db {self.tables.state.fullname}")
             inspector = inspect(conn)
             schema = self.tables.state.schema
@@ -405,7 +445,7 @@ class StateStore:
 
     def check_ready(self) -> None:
         if not self.exists():
-            raise SchemaError(f"state table {self.tables.state.name} does not exist; run 'pipestate init-db'")
+            raise self.missing_table_error()
 
     # -- locks ----------------------------------------------------------------------
 
