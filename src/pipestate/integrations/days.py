@@ -45,7 +45,7 @@ def day_span(manager: PipelineStateManager, day: date) -> tuple[datetime, dateti
         high = min(high, pipeline.end_utc)
     if high <= low:
         raise UsageError(
-            f"day {day.isoformat()} is outside pipeline {pipeline.name}'s range "
+            f"day {day.isoformat()} is outside the range of pipeline {pipeline.name} "
             f"(from {pipeline.start}{' to ' + pipeline.end if pipeline.end else ''}, {pipeline.timezone})"
         )
     return low, high
