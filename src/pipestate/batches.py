@@ -151,8 +151,9 @@ def claim(
     pipeline_lock = bool(settings.max_in_flight) or store.dialect not in ("postgresql", "sqlite", "duckdb")
     if pipeline_lock:
         store.ensure_lock_row(manager.pipeline)
-    # The one-statement PostgreSQL claim takes any window; a range goes the general way.
-    if store.dialect == "postgresql" and not pipeline_lock and within is None:
+    # The one-statement PostgreSQL claim takes any window and reads statuses in its own
+    # SQL; a range or a [state] status_map goes the general way.
+    if store.dialect == "postgresql" and not pipeline_lock and within is None and not store.status_aliases:
         fast = _claim_in_one_statement(manager, worker, lease)
         if fast is not None:
             return fast

@@ -345,6 +345,28 @@ def requeue(
 
 @cli.command()
 @config_option
+@click.argument("batch_ids", nargs=-1, required=True, metavar="BATCH_ID...")
+@click.option("--reason", required=True, metavar="TEXT", help="Why (kept in supersede_reason and the event).")
+@click.option("--force", is_flag=True, help="Also quarantine a batch under a live lease.")
+@json_option
+def quarantine(batch_ids: tuple[str, ...], reason: str, force: bool, as_json: bool) -> None:
+    """Take rows out of the active set: SUPERSEDED with the reason, and an audit event.
+
+    For a row validate reports as invalid (no times, end before start, unknown
+    status) or one that must not be processed. The row stays in the table;
+    populate then fills its time with new windows. See docs/adopting.md.
+    """
+    done = _manager().quarantine(list(batch_ids), reason, force=force)
+    if as_json:
+        _print_json({"quarantined": done, "reason": reason})
+        return
+    click.echo(f"quarantined {len(done)} batch(es); run pipestate populate to cover their time")
+    for entry in done:
+        click.echo(f"  {entry['batch_id']} (was {entry['previous_status']})")
+
+
+@cli.command()
+@config_option
 @click.argument("batch_id")
 @json_option
 def history(batch_id: str, as_json: bool) -> None:

@@ -163,6 +163,9 @@ class PipelineConfig(_Section):
         return parse_duration(self.lag, MAX_LAG)
 
 
+STATUSES = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
+
+
 class StateConfig(_Section):
     url: str = "sqlite:///pipestate.db"
     table: str = "pipeline_state"
@@ -170,6 +173,8 @@ class StateConfig(_Section):
     # Network databases (PostgreSQL): bounds on every wait; "0s" for none.
     connect_timeout: str = "10s"
     statement_timeout: str = "5m"
+    # Statuses another tool wrote, read as pipestate's: {"SUCCESS" = "COMPLETED", "done" = "COMPLETED"}.
+    status_map: dict[str, str] = Field(default_factory=dict)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @field_validator("connect_timeout", "statement_timeout")
@@ -185,6 +190,29 @@ class StateConfig(_Section):
     @property
     def statement_timeout_delta(self) -> timedelta:
         return parse_duration(self.statement_timeout)
+
+    @field_validator("status_map", mode="before")
+    @classmethod
+    def _status_map_text(cls, value: Any) -> Any:
+        # From the environment: PIPESTATE_STATE__STATUS_MAP="SUCCESS=COMPLETED,done=COMPLETED".
+        if isinstance(value, str):
+            pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ValueError(f"expected OTHER=STATUS[,OTHER=STATUS...], got {value!r}")
+            return {other.strip(): status.strip() for other, _, status in pairs}
+        return value
+
+    @field_validator("status_map")
+    @classmethod
+    def _status_map(cls, value: dict[str, str]) -> dict[str, str]:
+        for other, status in value.items():
+            if status not in STATUSES:
+                raise ValueError(f"{other!r} must map to one of {', '.join(STATUSES)}, got {status!r}")
+            if other in STATUSES:
+                raise ValueError(f"{other!r} is pipestate's own status and cannot be mapped")
+            if not other.strip():
+                raise ValueError("an empty status cannot be mapped")
+        return value
 
     @field_validator("table")
     @classmethod

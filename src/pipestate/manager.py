@@ -12,7 +12,7 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from . import batches, operations, plugins
@@ -60,6 +60,7 @@ class PipelineStateManager:
             lock_timeout=parse_duration(config.concurrency.lock_timeout),
             engine=engine,
             waits=Waits(state.connect_timeout_delta, state.statement_timeout_delta),
+            status_map=state.status_map,
         )
         self._clock = clock
         self.actor = actor or f"pipestate@{socket.gethostname()}:{os.getpid()}"
@@ -406,6 +407,10 @@ class PipelineStateManager:
             self, batch_ids, start=start, end=end, statuses=statuses, force=force, from_step=from_step
         )
 
+    def quarantine(self, batch_ids: list[str], reason: str, *, force: bool = False) -> list[dict[str, Any]]:
+        """Take rows out of the active set (SUPERSEDED, with the reason and an audit event)."""
+        return operations.quarantine(self, batch_ids, reason, force=force)
+
     def history(self, batch_id: str) -> list[dict[str, Any]]:
         """The batch's audit trail, oldest first."""
         return operations.history(self, batch_id)
@@ -414,14 +419,8 @@ class PipelineStateManager:
 
     def counts(self) -> dict[str, int]:
         """Rows of the pipeline by status (cheap: one grouped count)."""
-        state = self.store.tables.state
         with self.store.transaction(write=False) as conn:
-            rows = conn.execute(
-                select(state.c.pipeline_status, func.count())
-                .where(state.c.pipeline_name == self.pipeline)
-                .group_by(state.c.pipeline_status)
-            ).all()
-        return {str(status): int(count) for status, count in rows}
+            return self.store.status_counts(conn, self.pipeline)
 
     def statuses(self, batch_ids: Iterable[str]) -> dict[str, str]:
         """The current status of each of these batches of the pipeline that exists."""
@@ -443,13 +442,7 @@ class PipelineStateManager:
         with self.store.transaction(write=False) as conn:
             now = self.now(conn)
             settings = self._settings(now)
-            counts: dict[str, int] = dict(
-                conn.execute(
-                    select(state.c.pipeline_status, func.count())
-                    .where(state.c.pipeline_name == self.pipeline)
-                    .group_by(state.c.pipeline_status)
-                ).all()
-            )
+            counts = self.store.status_counts(conn, self.pipeline)
             covered, first, last, active = _coverage(
                 self.store.iter_candidates(conn, self.pipeline), settings.start, settings.covered_stop
             )

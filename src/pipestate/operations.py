@@ -18,7 +18,7 @@ from .windows import parse_instant
 if TYPE_CHECKING:
     from .manager import PipelineStateManager
 
-__all__ = ["history", "leases", "requeue", "REQUEUE_STEPS"]
+__all__ = ["history", "leases", "quarantine", "requeue", "REQUEUE_STEPS"]
 
 # The step a requeued batch starts from, and the step columns that makes unfinished again.
 REQUEUE_STEPS = {
@@ -116,6 +116,87 @@ def requeue(
                 )
             )
             done.append(batch_id)
+        store.insert_events(conn, events)
+    return done
+
+
+def quarantine(
+    manager: PipelineStateManager,
+    batch_ids: list[str],
+    reason: str,
+    *,
+    force: bool = False,
+    by: str | None = None,
+) -> list[dict[str, Any]]:
+    """Take rows out of the active set the documented way: SUPERSEDED, by nobody, with the reason.
+
+    For an invalid row (no times, end before start, an unknown status) or one
+    that should not be processed. It stays in the table (rows are never
+    deleted); populate then treats its time as uncovered. Each gets a
+    QUARANTINED event. A batch under a live claim is refused unless `force`.
+    Returns `{"batch_id", "previous_status"}` per row, in the order given.
+    """
+    if not batch_ids:
+        raise UsageError("BATCH_ID: name at least one batch")
+    if not reason.strip():
+        raise UsageError("--reason: say why the rows are quarantined")
+    store = manager.store
+    c = store.tables.state.c
+    who = by or manager.actor
+    with store.transaction(write=True) as conn:
+        now = manager.now(conn)
+        rows = {
+            row.batch_id: row
+            for row in conn.execute(
+                select(c.batch_id, c.pipeline_status, c.lease_expires_at, c.claim_token).where(
+                    c.pipeline_name == manager.pipeline, c.batch_id.in_(batch_ids)
+                )
+            )
+        }
+        if missing := [batch_id for batch_id in batch_ids if batch_id not in rows]:
+            raise UsageError(f"no such batch in pipeline {manager.pipeline}: {', '.join(missing)}")
+        done, events = [], []
+        for batch_id in dict.fromkeys(batch_ids):
+            row = rows[batch_id]
+            if row.pipeline_status == "SUPERSEDED":
+                raise UsageError(f"batch {batch_id} is already SUPERSEDED (not active); nothing changed")
+            lease = row.lease_expires_at
+            live = row.pipeline_status == "IN_PROGRESS" and lease is not None and lease > now
+            if live and not force:
+                raise UsageError(
+                    f"batch {batch_id} is IN_PROGRESS under a live lease; use --force to quarantine it"
+                )
+            guarded_update(
+                store,
+                conn,
+                manager.pipeline,
+                batch_id,
+                row.pipeline_status,
+                row.claim_token,
+                {
+                    "pipeline_status": "SUPERSEDED",
+                    "superseded_by": None,
+                    "superseded_at": now,
+                    "supersede_reason": f"quarantined: {reason}"[:4000],
+                    "lease_expires_at": None,
+                    "claim_token": None,
+                    "updated_at": now,
+                    "updated_by": who,
+                },
+            )
+            events.append(
+                manager._event(
+                    batch_id,
+                    "QUARANTINED",
+                    now,
+                    row.pipeline_status,
+                    "SUPERSEDED",
+                    {"reason": reason},
+                    worker_id=who,
+                    claim_token=row.claim_token,
+                )
+            )
+            done.append({"batch_id": batch_id, "previous_status": row.pipeline_status})
         store.insert_events(conn, events)
     return done
 

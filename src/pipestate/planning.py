@@ -379,7 +379,8 @@ class _Planner:
             self.invalid.append(
                 InvalidRow(
                     str(batch_id),
-                    f"unknown pipeline_status {status!r}; treated as an active, not completed window",
+                    f"unknown pipeline_status {status!r}; treated as an active, not completed window "
+                    "(map it with [state] status_map, see docs/adopting.md)",
                     True,
                 )
             )

@@ -281,3 +281,22 @@ def test_environment_only_paths_are_relative_to_the_current_folder(tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "from-env.db").exists()
+
+
+def test_quarantine_command(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    assert run("populate", cwd=tmp_path).returncode == 0
+    batch = "orders-20260101T000000Z-20260101T060000Z"
+    missing = run("quarantine", "nope", "--reason", "x", cwd=tmp_path)
+    assert missing.returncode == 2 and "no such batch in pipeline orders: nope" in missing.stderr
+    no_reason = run("quarantine", batch, cwd=tmp_path)
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+    done = run("quarantine", batch, "--reason", "loaded by hand", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "quarantined": [{"batch_id": batch, "previous_status": "PENDING"}],
+        "reason": "loaded by hand",
+    }
+    history = json.loads(run("history", batch, "--json", cwd=tmp_path).stdout)
+    assert history["events"][-1]["event_type"] == "QUARANTINED"
+    assert json.loads(history["events"][-1]["details"]) == {"reason": "loaded by hand"}

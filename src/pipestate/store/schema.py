@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeEngine
 
-from .types import UTCDateTime
+from .types import StatusType, UTCDateTime
 
 SCHEMA_VERSION = 1
 
@@ -358,15 +358,25 @@ class StateTables:
 
 
 def build_tables(
-    name: str = "pipeline_state", schema: str | None = None, dialect: str | None = None
+    name: str = "pipeline_state",
+    schema: str | None = None,
+    dialect: str | None = None,
+    status_aliases: tuple[tuple[str, str], ...] = (),
 ) -> StateTables:
     """The tables for one state-table name, shaped for `dialect` where databases differ:
     Snowflake's standard tables take no indexes (it prunes by micro-partition
-    instead), and DuckDB numbers events from a sequence, the others by identity."""
+    instead), and DuckDB numbers events from a sequence, the others by identity.
+    `status_aliases` ([state] status_map) are read as the statuses they mean."""
     metadata = MetaData(schema=schema or None)
     snowflake = dialect == "snowflake"
     columns = [
-        Column(col, typ, primary_key=(col == "batch_id"), nullable=not notnull, comment=comment)
+        Column(
+            col,
+            StatusType(status_aliases) if col == "pipeline_status" else typ,
+            primary_key=(col == "batch_id"),
+            nullable=not notnull,
+            comment=comment,
+        )
         for _, col, typ, notnull, comment in COLUMNS
     ]
     indexes = (

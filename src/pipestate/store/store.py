@@ -7,7 +7,7 @@ import json
 import sqlite3
 import sys
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -53,7 +53,7 @@ from .dialects import (
     serialize_schema_changes,
 )
 from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION, StateTables, build_tables
-from .types import UTCDateTime
+from .types import StatusType, UTCDateTime
 
 if TYPE_CHECKING:
     pass
@@ -194,9 +194,14 @@ class StateStore:
         lock_timeout: timedelta = timedelta(seconds=60),
         engine: Engine | None = None,
         waits: Waits | None = None,
+        status_map: Mapping[str, str] | None = None,
     ) -> None:
         self.engine = engine or make_engine(url, lock_timeout, waits)
-        self.tables: StateTables = build_tables(table, schema or None, self.engine.dialect.name)
+        # [state] status_map: other tools' statuses, read as the ones they mean (see StatusType).
+        self.status_aliases = tuple(sorted((status_map or {}).items()))
+        self.tables: StateTables = build_tables(
+            table, schema or None, self.engine.dialect.name, self.status_aliases
+        )
         self.lock_timeout = lock_timeout
         self._thread_lock: threading.Lock | None = process_lock(self.engine)
         self._insert_sql: dict[Any, str] = {}
@@ -530,6 +535,8 @@ class StateStore:
         later, +-infinity) would fail the whole read; it comes as PostgreSQL's
         own text instead, which the planner reports as an invalid row."""
         column = self.tables.state.c[name]
+        if isinstance(column.type, StatusType):
+            return column.label(name)  # text anyway; read through the status map
         if self.dialect != "postgresql" or not isinstance(column.type, UTCDateTime):
             return type_coerce(column, NullType()).label(name)
         readable = and_(column >= _PG_FIRST_INSTANT, column < _PG_PAST_LAST_INSTANT)
@@ -651,6 +658,20 @@ class StateStore:
                 yield rows
         finally:
             cursor.close()
+
+    def status_counts(self, conn: Connection, pipeline: str) -> dict[str, int]:
+        """The pipeline's rows by status (statuses read through the status map)."""
+        state = self.tables.state
+        stmt = (
+            select(state.c.pipeline_status, func.count())
+            .where(state.c.pipeline_name == pipeline)
+            .group_by(type_coerce(state.c.pipeline_status, String()))
+        )
+        counts: dict[str, int] = {}
+        for status, count in conn.execute(stmt):
+            # Two statuses another tool wrote may mean the same one: add them up.
+            counts[str(status)] = counts.get(str(status), 0) + int(count)
+        return counts
 
     def inactive_ids(self, conn: Connection, pipeline: str) -> set[str]:
         """batch_ids of this pipeline's SUPERSEDED rows (new ids must not reuse them)."""

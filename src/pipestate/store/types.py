@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime
+from sqlalchemy import DateTime, String, and_, case, or_
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import operators
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from ..windows import parse_instant
@@ -47,3 +48,48 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         return parse_instant(value)
+
+
+class StatusType(TypeDecorator[str]):
+    """`pipeline_status`, read through `[state] status_map`: the one place statuses are mapped.
+
+    `aliases` pairs a status another tool writes with the one it means
+    (`("SUCCESS", "COMPLETED")`). Every SELECT of the column reads the meant
+    status (a CASE), and every comparison with a status also matches its
+    aliases (`= 'COMPLETED'` becomes `= 'COMPLETED' OR = 'SUCCESS'`, which the
+    status index still serves). pipestate itself writes only its own names.
+    Without aliases the column is a plain string.
+    """
+
+    impl = String(32)
+    cache_ok = True
+
+    def __init__(self, aliases: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__()
+        self.aliases = tuple(aliases)
+
+    def column_expression(self, column: Any) -> Any:
+        if not self.aliases:
+            return column
+        return case(dict(self.aliases), value=column, else_=column)
+
+    def variants(self, status: str) -> list[str]:
+        """`status` and every alias that means it."""
+        return [status, *(alias for alias, meant in self.aliases if meant == status)]
+
+    class comparator_factory(TypeDecorator.Comparator[str]):  # noqa: N801 - SQLAlchemy's name
+        def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
+            status_type, compare = self.type, super().operate
+            if not isinstance(status_type, StatusType) or not status_type.aliases or not other:
+                return super().operate(op, *other, **kwargs)
+            # OR of equalities, not IN: plain bound values, which SQL compiled by hand
+            # (the SQLite scan in StateStore) can take like any other.
+            if op in (operators.eq, operators.in_op) and isinstance(other[0], str | list | tuple):
+                statuses = [other[0]] if isinstance(other[0], str) else other[0]
+                values = [variant for status in statuses for variant in status_type.variants(status)]
+                return or_(*(compare(operators.eq, value) for value in values))
+            if op in (operators.ne, operators.not_in_op) and isinstance(other[0], str | list | tuple):
+                statuses = [other[0]] if isinstance(other[0], str) else other[0]
+                values = [variant for status in statuses for variant in status_type.variants(status)]
+                return and_(*(compare(operators.ne, value) for value in values))
+            return super().operate(op, *other, **kwargs)
