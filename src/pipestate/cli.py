@@ -90,8 +90,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @cli.command()
 @config_option
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(force: bool) -> None:
-    """Write a commented example config (works as is, on SQLite)."""
+@json_option
+def init(force: bool, as_json: bool) -> None:
+    """Write a commented example config (works as is, on SQLite, from any folder)."""
     path = Path(_config_path() or DEFAULT_CONFIG_PATH)
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists (use --force to overwrite)")
@@ -99,7 +100,10 @@ def init(force: bool) -> None:
         path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"--config: cannot write {path}: {err.strerror}") from err
-    click.echo(f"wrote {path}; next: pipestate populate --dry-run")
+    if as_json:
+        _print_json({"written": str(path.absolute())})
+    else:
+        click.echo(f"wrote {path}; next: pipestate populate --dry-run")
 
 
 @cli.command("init-db")
@@ -110,12 +114,16 @@ def init(force: bool) -> None:
     help="On PostgreSQL, convert zone-less timestamp columns another tool made to "
     "timestamptz, reading their values as UTC (refused otherwise).",
 )
-def init_db(migrate_timestamps: bool) -> None:
-    """Create the state table, its _events and _meta tables (idempotent)."""
+@json_option
+def init_db(migrate_timestamps: bool, as_json: bool) -> None:
+    """Create the state table, its _events and _meta tables, and add missing columns (idempotent)."""
     manager = _manager()
     actions = manager.init_db(migrate_timestamps=migrate_timestamps)
     table = manager.config.state.table
-    click.echo(f"{table}: " + ("; ".join(actions) if actions else "already up to date"))
+    if as_json:
+        _print_json({"table": table, "actions": actions})
+    else:
+        click.echo(f"{table}: " + ("; ".join(actions) if actions else "already up to date"))
 
 
 @cli.command()
@@ -228,10 +236,16 @@ def claim(worker: str, as_json: bool) -> None:
 @click.argument("batch_id")
 @worker_option
 @token_option
-def heartbeat(batch_id: str, worker: str, token: str | None) -> None:
+@json_option
+def heartbeat(batch_id: str, worker: str, token: str | None, as_json: bool) -> None:
     """Extend the lease of a batch the worker holds (exit 4 if it does not)."""
+    from .report import iso
+
     expires = _manager().heartbeat(batch_id, worker, token)
-    click.echo(f"{batch_id}: lease extended to {expires.isoformat()}")
+    if as_json:
+        _print_json({"batch_id": batch_id, "lease_expires_at": iso(expires)})
+    else:
+        click.echo(f"{batch_id}: lease extended to {expires.isoformat()}")
 
 
 @cli.command()
@@ -239,10 +253,14 @@ def heartbeat(batch_id: str, worker: str, token: str | None) -> None:
 @click.argument("batch_id")
 @worker_option
 @token_option
-def complete(batch_id: str, worker: str, token: str | None) -> None:
+@json_option
+def complete(batch_id: str, worker: str, token: str | None, as_json: bool) -> None:
     """Mark a batch the worker holds COMPLETED (exit 4 if it does not)."""
     _manager().complete(batch_id, worker, token)
-    click.echo(f"{batch_id}: COMPLETED")
+    if as_json:
+        _print_json({"batch_id": batch_id, "status": "COMPLETED"})
+    else:
+        click.echo(f"{batch_id}: COMPLETED")
 
 
 @cli.command()
@@ -252,11 +270,16 @@ def complete(batch_id: str, worker: str, token: str | None) -> None:
 @token_option
 @click.option("--error", required=True, metavar="TEXT", help="What went wrong (stored in last_error).")
 @click.option("--step", default=None, metavar="STEP", help="Step that failed: source, stage or target.")
-def fail(batch_id: str, worker: str, token: str | None, error: str, step: str | None) -> None:
+@json_option
+def fail(batch_id: str, worker: str, token: str | None, error: str, step: str | None, as_json: bool) -> None:
     """Record a failed attempt: retry_count + 1, FAILED, retry after the backoff."""
     from .report import fail_text
 
-    click.echo(fail_text(batch_id, _manager().fail(batch_id, worker, error, token, step)))
+    outcome = _manager().fail(batch_id, worker, error, token, step)
+    if as_json:
+        _print_json({"batch_id": batch_id, "status": "FAILED", **outcome})
+    else:
+        click.echo(fail_text(batch_id, outcome))
 
 
 @cli.command()
@@ -264,10 +287,14 @@ def fail(batch_id: str, worker: str, token: str | None, error: str, step: str | 
 @click.argument("batch_id")
 @worker_option
 @token_option
-def release(batch_id: str, worker: str, token: str | None) -> None:
+@json_option
+def release(batch_id: str, worker: str, token: str | None, as_json: bool) -> None:
     """Give a held batch back unfinished (PENDING again, no retry counted)."""
     _manager().release(batch_id, worker, token)
-    click.echo(f"{batch_id}: released")
+    if as_json:
+        _print_json({"batch_id": batch_id, "status": "PENDING"})
+    else:
+        click.echo(f"{batch_id}: released")
 
 
 def _instant(value: str | None, name: str) -> datetime | None:
@@ -604,26 +631,41 @@ RUN_HAD_FAILURES = 5  # the contract's exit code: the run ended but a batch fail
 @click.option("--events-per-hour", type=click.IntRange(1, 100_000), default=120, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True)
 @_inject_option
-def demo(directory: str, days: int, events_per_hour: int, workers: int, inject: float) -> None:
+@json_option
+def demo(directory: str, days: int, events_per_hour: int, workers: int, inject: float, as_json: bool) -> None:
     """Run the whole pipeline locally on synthetic events (files -> local stage -> DuckDB).
 
     Writes everything under --dir (recreated each time): NDJSON events, a
     config, the SQLite state table, the staged files and a DuckDB target.
     """
     from .demo import run_demo, write_demo
-    from .report import demo_text
+    from .report import demo_text, run_json
 
     setup = write_demo(Path(directory), days=days, events_per_hour=events_per_hour)
-    click.echo(
+    generated = (
         f"generated {setup.events} events for {setup.first_day} .. {setup.last_day} "
         f"({days} local days, America/New_York) in {setup.directory / 'source'}"
     )
+    click.echo(generated, err=as_json)
     progress = _Progress()
     try:
         result = run_demo(setup, workers=workers, inject_failures=inject, progress=progress)
     finally:
         progress.close()
-    click.echo(demo_text(result))
+    if as_json:
+        _print_json(
+            {
+                "directory": str(setup.directory.absolute()),
+                "config": str(setup.config_path.absolute()),
+                "events": setup.events,
+                "target_rows": result.rows,
+                "distinct_events": result.distinct,
+                "verdict": result.verdict,
+                "run": run_json(result.run, result.counts),
+            }
+        )
+    else:
+        click.echo(demo_text(result))
     if result.verdict != "exactly once":
         raise SystemExit(1)
 

@@ -300,3 +300,30 @@ def test_quarantine_command(tmp_path: Path) -> None:
     history = json.loads(run("history", batch, "--json", cwd=tmp_path).stdout)
     assert history["events"][-1]["event_type"] == "QUARANTINED"
     assert json.loads(history["events"][-1]["details"]) == {"reason": "loaded by hand"}
+
+
+def test_every_command_takes_json() -> None:
+    from pipestate.cli import cli
+
+    assert [
+        name for name, command in cli.commands.items() if "as_json" not in {p.name for p in command.params}
+    ] == []
+
+
+def test_the_worker_commands_print_one_json_object(tmp_path: Path) -> None:
+    written = run("init", "--json", "--config", str(tmp_path / "p.toml"), cwd=tmp_path)
+    assert json.loads(written.stdout) == {"written": str(tmp_path / "p.toml")}
+    write_config(tmp_path)
+    assert json.loads(run("init-db", "--json", cwd=tmp_path).stdout)["table"] == "pipeline_state"
+    assert run("populate", cwd=tmp_path).returncode == 0
+    batch = json.loads(run("claim", "--worker", "w", "--json", cwd=tmp_path).stdout)["batch"]
+    beat = json.loads(run("heartbeat", batch["batch_id"], "--worker", "w", "--json", cwd=tmp_path).stdout)
+    assert beat["lease_expires_at"].endswith("+00:00")
+    failed = run("fail", batch["batch_id"], "--worker", "w", "--error", "boom", "--json", cwd=tmp_path)
+    assert json.loads(failed.stdout)["status"] == "FAILED"
+    again = json.loads(run("claim", "--worker", "w", "--json", cwd=tmp_path).stdout)["batch"]
+    released = run("release", again["batch_id"], "--worker", "w", "--json", cwd=tmp_path)
+    assert json.loads(released.stdout) == {"batch_id": again["batch_id"], "status": "PENDING"}
+    third = json.loads(run("claim", "--worker", "w", "--json", cwd=tmp_path).stdout)["batch"]
+    done = run("complete", third["batch_id"], "--worker", "w", "--json", cwd=tmp_path)
+    assert json.loads(done.stdout) == {"batch_id": third["batch_id"], "status": "COMPLETED"}
