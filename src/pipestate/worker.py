@@ -220,7 +220,10 @@ class Worker:
             time.sleep(min(left, 0.1))
 
     def _claim(self) -> Batch | None:
-        return self._store_call("claim", lambda: self.manager.claim(self.worker_id, self.within))
+        if self.within is None:
+            return self._store_call("claim", lambda: self.manager.claim(self.worker_id))
+        within = self.within
+        return self._store_call("claim", lambda: self.manager.claim(self.worker_id, within))
 
     def _complete(self, claimed: Batch, values: dict[str, Any] | None = None) -> None:
         self._store_call(

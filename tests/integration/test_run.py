@@ -281,4 +281,7 @@ def _toml_value(item: Any) -> str:
         return "true" if item else "false"
     if isinstance(item, int | float):
         return str(item)
+    if isinstance(item, dict):  # an inline table, e.g. [state] status_map
+        pairs = (f"{_toml_value(key)} = {_toml_value(value)}" for key, value in item.items())
+        return "{" + ", ".join(pairs) + "}"
     return '"' + str(item).replace("\\", "\\\\").replace('"', '\\"') + '"'

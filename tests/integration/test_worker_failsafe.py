@@ -78,7 +78,7 @@ def test_missing_table_stops_the_loop_at_the_first_claim(tmp_path: Path, table_n
     claims = CountingClaims(manager)
     handled: list[Any] = []
     began = time.monotonic()
-    with pytest.raises(StateStoreError, match="no such table"):
+    with pytest.raises(StateStoreError, match=f"state table {table_name} does not exist"):
         Worker(manager, "w1", store_backoff=0.01).run(handled.append)
     assert claims.calls == 1, "the worker claimed again after the state database failed"
     assert handled == []

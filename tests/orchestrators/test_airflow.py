@@ -109,8 +109,8 @@ def test_failed_batches_fail_the_run_tasks_and_no_day_is_announced(
     assert done.returncode == 1
     states = task_states(airflow_home)
     assert states[("populate", -1)] == "success"
-    # The first copy failed every batch for good (max_retries = 1); the second found none left.
-    assert (states[("run", 0)], states[("run", 1)]) == ("failed", "success")
+    # The copy that ran first failed every batch for good (max_retries = 1); the other found none left.
+    assert sorted((states[("run", 0)], states[("run", 1)])) == ["failed", "success"]
     assert states[("validate", -1)] == "upstream_failed"
     assert states[("complete_day", -1)] == "upstream_failed"
     assert "exited 5 (batches of the run ended FAILED or lost their lease)" in done.stdout + done.stderr
