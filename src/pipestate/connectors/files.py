@@ -33,7 +33,7 @@ __all__ = ["FilesSource", "partition_span"]
 
 _FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv"}
 _FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
-_BLOCK_BYTES = 16 << 20  # pyarrow's parse block: a record must fit in one
+_BLOCK_BYTES = 16 << 20  # the parse block of a whole-file read after a streamed one failed
 _SMALL_BLOCK_BYTES = 1 << 20  # pyarrow's default block, for files read whole (a longer record: 16 MB)
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError)
 
@@ -47,6 +47,7 @@ class FilesOptions(Options):
     naive_timezone: str = "UTC"  # how to read timestamps that carry no offset
     csv_delimiter: str = ","
     cache_mb: int = Field(default=256, ge=0)  # parsed NDJSON/CSV kept per process, whole files
+    block_mb: int = Field(default=2, gt=0, le=256)  # parse block of a streamed file; a record must fit
     partition_timezone: str = "UTC"  # the zone of hive folder values such as dt=2026-03-07/hour=05
 
     @field_validator("naive_timezone", "partition_timezone")
@@ -183,8 +184,10 @@ class FilesSource:
         table = self._cache.get(key)
         if table is None:
             table = self._with_times(path, self._read_whole(path, kind), first_row=1)
-            table = table.sort_by([(self.options.time_field, "ascending")])
             times = table.column(self.options.time_field)
+            if len(times) > 1 and not pc.all(pc.greater_equal(times[1:], times[:-1])).as_py():
+                table = table.sort_by([(self.options.time_field, "ascending")])  # a sorted copy
+                times = table.column(self.options.time_field)
             self._spans[key] = (times[0].as_py(), times[-1].as_py()) if len(times) else None
             self._cache[key] = table
             while len(self._cache) > 1 and sum(t.nbytes for t in self._cache.values()) > self._cache_bytes:
@@ -221,19 +224,15 @@ class FilesSource:
         self, path: Path, kind: str, key: tuple[str, int, int], batch: BatchContext
     ) -> Iterator[pa.RecordBatch]:
         # Too big to keep: one block at a time, filtered to the window, so memory stays
-        # bounded by a block whatever the file's size; its span is learnt on the way.
+        # bounded by a few blocks whatever the file's size; its span is learnt on the way.
         low: datetime | None = None
         high: datetime | None = None
         first_row = 1
         try:
             with pa.input_stream(str(path), compression="detect") as stream:
-                if kind == "csv":
-                    reader = pa_csv.open_csv(stream, parse_options=self._csv_parse())
-                else:
-                    reader = pa_json.open_json(
-                        stream, read_options=pa_json.ReadOptions(block_size=_BLOCK_BYTES)
-                    )
-                for block in reader:
+                # pyarrow's streaming readers read ahead several blocks: memory grows with the
+                # block (16 MB blocks: ~500 MB), so blocks are small unless records are long.
+                for block in self._reader(stream, kind, self.options.block_mb << 20):
                     block = self._with_times(path, pa.Table.from_batches([block]), first_row)
                     first_row += block.num_rows
                     times = block.column(self.options.time_field)
@@ -243,7 +242,8 @@ class FilesSource:
                         high = most.as_py() if high is None else max(high, most.as_py())
                     yield from _window_of(block, self.options.time_field, batch)
         except _ARROW_ERRORS as err:
-            raise ConnectorError(f"{path}: cannot read as {kind}: {_first_line(err)}") from err
+            hint = " (a record longer than [source] block_mb?)" if "straddl" in str(err).lower() else ""
+            raise ConnectorError(f"{path}: cannot read as {kind}: {_first_line(err)}{hint}") from err
         self._spans[key] = (low, high) if low is not None and high is not None else None
 
     def _csv_parse(self) -> pa_csv.ParseOptions:

@@ -46,8 +46,8 @@ __all__ = ["FsspecStage"]
 _PLACEHOLDERS = {"pipeline", "yyyy", "mm", "dd", "hh", "batch_id"}
 _EXTENSION = {"ndjson.gz": ".ndjson.gz", "parquet": ".parquet"}
 _MANIFEST = ".manifest.json"
-_ROW_GROUP_ROWS = 131_072  # rows gathered before a Parquet row group is written
-_ROW_GROUP_BYTES = 64 << 20  # or this many bytes of Arrow data, whichever comes first
+_ROW_GROUP_ROWS = 65_536  # rows gathered before a Parquet row group is written
+_ROW_GROUP_BYTES = 32 << 20  # or this many bytes of Arrow data, whichever comes first
 _NDJSON_BLOCK = 32 << 20  # bytes of NDJSON parsed at a time when reading back
 
 

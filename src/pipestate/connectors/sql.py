@@ -227,7 +227,10 @@ class SqlTarget:
                 f"to_json({quote(item.name)})" if pa.types.is_nested(item.type) else quote(item.name)
                 for item in table.schema
             ]
-            dbapi.register(view, table)
+            # As a reader, not the table: DuckDB keeps a registered table alive until the
+            # transaction ends (a 5M-record window would stay in memory), a reader's
+            # batches go once they are read.
+            dbapi.register(view, pa.RecordBatchReader.from_batches(table.schema, table.to_batches()))
             try:
                 dbapi.execute(
                     f"INSERT INTO {self.table} ({column_list}) SELECT ?, ?, {', '.join(selects)} FROM {view}",
