@@ -188,6 +188,7 @@ class PipelineStateManager:
 
     def _plan(self, conn: Connection, now: datetime) -> Plan:
         settings = self._settings(now)
+        self.store.note_columns(conn)  # another tool's table may lack optional columns before init-db
         # A batch_id held by two rows (a table without a primary key) is an
         # invalid row: claims never take it, so neither may the plan count it.
         duplicates = self.store.duplicate_ids(conn, self.pipeline)

@@ -73,6 +73,11 @@ def test_adopting_a_legacy_table_keeps_every_finished_window(tmp_path: Path) -> 
     with sqlite3.connect(tmp_path / "legacy.db") as conn:
         for old, new in RENAMES:
             conn.execute(f"ALTER TABLE jobs RENAME COLUMN {old} TO {new}")
+    # 2. the status map is in the config; a first look works before any column is added
+    before = run("populate", "--dry-run", "--json", cwd=tmp_path)
+    assert before.returncode == 0, before.stderr
+    overlaps = json.loads(before.stdout)["overlaps"]
+    assert [(o["kept"], o["superseded"]) for o in overlaps] == [("job-05", "job-late")]
     # 3. the optional columns; no row changes
     init = run("init-db", cwd=tmp_path)
     assert init.returncode == 0, init.stderr

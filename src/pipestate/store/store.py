@@ -30,6 +30,7 @@ from sqlalchemy import (
     inspect,
     literal,
     literal_column,
+    null,
     select,
     text,
     type_coerce,
@@ -199,6 +200,7 @@ class StateStore:
         self.engine = engine or make_engine(url, lock_timeout, waits)
         # [state] status_map: other tools' statuses, read as the ones they mean (see StatusType).
         self.status_aliases = tuple(sorted((status_map or {}).items()))
+        self._absent: frozenset[str] = frozenset()  # optional columns the table lacks (note_columns)
         self.tables: StateTables = build_tables(
             table, schema or None, self.engine.dialect.name, self.status_aliases
         )
@@ -368,6 +370,7 @@ class StateStore:
                     actions.append(f"created table {table.name}")
             self.tables.metadata.create_all(conn, checkfirst=True)
             actions += self._add_missing_columns(conn)
+            self._absent = frozenset()
             actions += self._zone_less_instants(conn, migrate_timestamps)
             version = conn.execute(
                 select(self.tables.meta.c.value).where(self.tables.meta.c.name == "schema_version")
@@ -384,18 +387,31 @@ class StateStore:
                 _refuse_newer(self.tables.state.name, version)
         return actions
 
+    def _present_columns(self, conn: Connection) -> set[str]:
+        """The state table's column names, lower case, as the database has them."""
+        table_name = conn.dialect.identifier_preparer.format_table(self.tables.state)
+        # The result's keys, not inspect().get_columns(): duckdb-engine's reflection
+        # queries pg_catalog tables DuckDB lacks (pg_collation) under SQLAlchemy 2.1.
+        probe = conn.exec_driver_sql(f"SELECT * FROM {table_name} WHERE 1 = 0")
+        columns = probe.keys()
+        probe.close()
+        return {name.lower() for name in columns}
+
+    def note_columns(self, conn: Connection) -> None:
+        """Note which optional columns the table lacks (another tool's table before
+        init-db): `raw_column` reads them as NULL, so a dry run or validate works
+        before init-db adds them. Writes still need them."""
+        present = self._present_columns(conn)
+        names = [column.name for column in self.tables.state.columns]
+        self._absent = frozenset(name for name in names if name.lower() not in present)
+
     def _add_missing_columns(self, conn: Connection) -> list[str]:
         # A table made by another tool, or by an older pipestate, gets our
         # optional columns added; a missing core column is an error.
         state = self.tables.state
         preparer = conn.dialect.identifier_preparer
         table_name = preparer.format_table(state)
-        # The result's keys, not inspect().get_columns(): duckdb-engine's reflection
-        # queries pg_catalog tables DuckDB lacks (pg_collation) under SQLAlchemy 2.1.
-        probe = conn.exec_driver_sql(f"SELECT * FROM {table_name} WHERE 1 = 0")
-        columns = probe.keys()
-        probe.close()
-        present = {name.lower() for name in columns}
+        present = self._present_columns(conn)
         missing_core = [name for name in CORE_COLUMNS if name not in present]
         if missing_core:
             raise SchemaError(
@@ -535,6 +551,8 @@ class StateStore:
         later, +-infinity) would fail the whole read; it comes as PostgreSQL's
         own text instead, which the planner reports as an invalid row."""
         column = self.tables.state.c[name]
+        if name in self._absent:
+            return null().label(name)  # not in this table (yet): see note_columns
         if isinstance(column.type, StatusType):
             return column.label(name)  # text anyway; read through the status map
         if self.dialect != "postgresql" or not isinstance(column.type, UTCDateTime):
