@@ -45,3 +45,35 @@ def test_a_day_with_a_gap_or_outside_the_range(manager_factory: Callable[..., Pi
         day_state(manager, "2026-01-05")
     with pytest.raises(UsageError, match="expected YYYY-MM-DD"):
         day_state(manager, "yesterday")
+
+
+def test_a_run_that_fails_after_populate_says_what_populate_wrote(
+    tmp_path, manager_factory: Callable[..., PipelineStateManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipestate.errors import StateStoreError
+    from pipestate.runner import run_pipeline
+    from pipestate.worker import Worker
+
+    (tmp_path / "events").mkdir()
+    manager = manager_factory()
+    manager.config = manager.config.model_copy(
+        update={
+            "source": {"type": "files", "path": str(tmp_path / "events"), "time_field": "t"},
+            "stage": {"type": "local", "url": str(tmp_path / "stage")},
+            "target": {
+                "type": "sql",
+                "url": f"sqlite:///{tmp_path / 'target.db'}",
+                "table": "e",
+                "time_field": "t",
+            },
+        }
+    )
+
+    def broken(self: Worker, *args: object, **kwargs: object) -> None:
+        raise StateStoreError("state database error (sqlite): disk I/O error")
+
+    monkeypatch.setattr(Worker, "run", broken)
+    with pytest.raises(StateStoreError) as failed:
+        run_pipeline(manager)
+    assert failed.value.__notes__ == ["before it, populate had created 24 and superseded 0 window(s)"]
+    assert manager.counts() == {"PENDING": 24}
