@@ -327,3 +327,15 @@ def test_the_worker_commands_print_one_json_object(tmp_path: Path) -> None:
     third = json.loads(run("claim", "--worker", "w", "--json", cwd=tmp_path).stdout)["batch"]
     done = run("complete", third["batch_id"], "--worker", "w", "--json", cwd=tmp_path)
     assert json.loads(done.stdout) == {"batch_id": third["batch_id"], "status": "COMPLETED"}
+
+
+@pytest.mark.duckdb
+def test_duckdb_dry_runs_and_validate_create_no_file(tmp_path: Path) -> None:
+    pytest.importorskip("duckdb_engine")
+    write_config(tmp_path, url="duckdb:///state.duckdb")
+    assert run("populate", "--dry-run", cwd=tmp_path).returncode == 0
+    assert run("validate", cwd=tmp_path).returncode == 1
+    assert run("status", cwd=tmp_path).returncode == 3
+    assert not (tmp_path / "state.duckdb").exists()
+    assert run("populate", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "state.duckdb").exists()  # relative to the config file's folder
