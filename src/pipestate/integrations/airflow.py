@@ -44,6 +44,7 @@ from .days import day_state
 __all__ = [
     "CompleteDayOperator",
     "PipestateCommandFailed",
+    "PipestateCommandRefused",
     "PipestateOperator",
     "PopulateOperator",
     "RunBatchesOperator",
