@@ -108,6 +108,7 @@ def bare_opensearch(client: Any, index: str, page_size: int) -> int:
 def pipestate(kind: str, url: str, index: str, page_size: int, slices: int) -> int:
     source = build_source(
         {"type": kind, "hosts": [url], "index": index, "page_size": page_size, "slices": slices}
+        | {"request_timeout": 300}  # the emulators filter and sort every match for each page
     )
     batch = BatchContext.for_window("bench", START, END)
     return sum(records.num_rows for records in source.extract(batch))

@@ -5,11 +5,11 @@ A window is read under one point in time (PIT): `time_field >= start AND time_fi
 unique field), one page at a time, each page continuing with `search_after` from the last hit
 of the one before. With `slices = N` the PIT is read as N slices in parallel, each paged on its
 own; the slices partition the window, so every document still comes exactly once. Responses are
-cut by `filter_path` to the hits' `_source` and sort values; each page becomes one
-`pyarrow.RecordBatch` (a column per top-level `_source` field), converted while the next page
-is already being fetched. A page that fails transiently (429, 5xx, timeouts, a refused
-connection) is asked again with backoff, from the same `search_after`; a PIT that expired fails
-the batch (its retry opens a new one).
+cut by `filter_path` to the hits' `_source` and sort values; pages are gathered into
+`pyarrow.RecordBatch`es of 20,000 documents (a column per top-level `_source` field), each
+converted while the next pages are already being fetched. A page that fails transiently (429,
+5xx, timeouts, a refused connection) is asked again with backoff, from the same `search_after`;
+a PIT that expired fails the batch (its retry opens a new one).
 """
 
 from __future__ import annotations
@@ -137,6 +137,9 @@ class SearchPages:
     engine = "search"  # the name in error messages
     package = ""  # the client's module, and the extra that installs it
     extra = ""
+    # Pages are gathered into record batches of this many documents (the last one smaller):
+    # one schema over more documents, fewer chunks for the stage to unify.
+    chunk_documents = 20_000
 
     def __init__(self, options: SearchOptions) -> None:
         self.options = options
@@ -218,7 +221,8 @@ class SearchPages:
     # -- paging ------------------------------------------------------------------------------
 
     def extract(self, batch: BatchContext) -> Iterator[Any]:
-        """The window's documents as `pyarrow.RecordBatch`es, one per page, each document once."""
+        """The window's documents as `pyarrow.RecordBatch`es of `chunk_documents` (the pages
+        gathered), each document once."""
         import pyarrow  # noqa: F401  (fail before any request when pyarrow is missing)
 
         pit = _Pit(self._call(self._open_pit))
@@ -244,15 +248,20 @@ class SearchPages:
         try:
             for reader in readers:
                 reader.start()
-            running = slices
+            running, pending = slices, []
             while running:
                 page = pages.get()
                 if page.error is not None:
                     raise page.error
                 if page.hits is None:
                     running -= 1
-                elif page.hits:
-                    yield records_batch([hit.get("_source") or {} for hit in page.hits])
+                    continue
+                pending += [hit.get("_source") or {} for hit in page.hits]
+                if len(pending) >= self.chunk_documents:
+                    yield records_batch(pending)
+                    pending = []
+            if pending:
+                yield records_batch(pending)
         finally:
             stop.set()
             for reader in readers:

@@ -119,7 +119,9 @@ def test_documents_indexed_and_deleted_after_the_pit_opened(backend: Any) -> Non
     expected = {n for n, w in window_of.items() if w == 1}
     cfg = {"type": backend.type, "hosts": [backend.url], "index": index, "page_size": 200}
     batch = BatchContext.for_window("orders", START + HOUR, START + 2 * HOUR)
-    pages = build_source(cfg).extract(batch)
+    reader = build_source(cfg)
+    reader.chunk_documents = 200  # type: ignore[attr-defined]  (a record batch per page)
+    pages = reader.extract(batch)
     got = next(pages).column("id").to_pylist()  # the point in time is open now
     late = [{"id": 10**6 + k, "@timestamp": iso(START + HOUR + timedelta(seconds=k))} for k in range(50)]
     backend.index(index, late)

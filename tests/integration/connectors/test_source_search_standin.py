@@ -67,9 +67,12 @@ def seed(es: EsStandin) -> set[int]:
     return inside
 
 
-def source(es: EsStandin, **options):
+def source(es: EsStandin, chunk: int | None = None, **options):
+    """The source on the stand-in; `chunk`: documents per record batch (default: each page's)."""
     flavor = "opensearch" if es.flavor.startswith("opensearch") else "elasticsearch"
-    return build_source({"type": flavor, "hosts": [es.url], "index": "orders-*", **options})
+    built = build_source({"type": flavor, "hosts": [es.url], "index": "orders-*", **options})
+    built.chunk_documents = chunk or options.get("page_size", 1000)  # type: ignore[attr-defined]
+    return built
 
 
 def ids(pages) -> list[int]:
@@ -119,6 +122,22 @@ def test_range_and_paging_lose_and_repeat_nothing(es: EsStandin, batch: BatchCon
     else:
         assert pit["path"] == "/orders-*/_search/point_in_time" and pit["params"]["keep_alive"] == ["5m"]
     assert es.closed == [pages[0]["body"]["pit"]["id"]] and es.pits == {}  # PIT closed
+
+
+def test_pages_are_gathered_into_record_batches(es: EsStandin, batch: BatchContext) -> None:
+    inside = seed(es)
+    got = list(source(es, chunk=20, page_size=7).extract(batch))
+    assert [records.num_rows for records in got] == [21, 21, 7]  # three pages each, and the rest
+    assert sorted(ids(got)) == sorted(inside)
+    (whole,) = build_source(
+        {
+            "type": source(es).Options.model_fields["type"].default,
+            "hosts": [es.url],
+            "index": "orders-*",
+            "page_size": 5,
+        }
+    ).extract(batch)
+    assert whole.num_rows == 49  # by default 20,000 documents a batch
 
 
 @pytest.mark.parametrize("slices", [2, 5])
