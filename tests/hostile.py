@@ -157,3 +157,47 @@ def form(dialect: str, instant: datetime) -> str:
     if dialect == "postgresql":
         return instant.isoformat()
     return instant.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+# -- random hostile tables, for property tests ----------------------------------
+
+# How a row's instants are written: (name, formatter or None for an unreadable
+# value, readable?). SQLite takes text (and integers); PostgreSQL timestamptz text.
+SQLITE_FORMS: list[tuple[str, Any]] = [
+    ("canonical", lambda t: t.replace(tzinfo=None).isoformat(" ", "microseconds")),
+    ("seconds", lambda t: t.strftime("%Y-%m-%d %H:%M:%S")),
+    ("t", lambda t: t.strftime("%Y-%m-%dT%H:%M:%S")),
+    ("z", lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")),
+    ("plus-two", lambda t: (t + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S+02:00")),
+    ("minus-five", lambda t: (t - timedelta(hours=5)).strftime("%Y-%m-%d %H:%M:%S-05:00")),
+    ("year-0000", None),
+    ("year-10000", None),
+    ("epoch", None),
+    ("words", None),
+]
+POSTGRES_FORMS: list[tuple[str, Any]] = [
+    ("canonical", lambda t: t.isoformat()),
+    ("plus-two", lambda t: (t + timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S+02")),
+    ("t-z", lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")),
+    ("minus-infinity", None),
+    ("infinity", None),
+    ("bc", None),
+    ("year-10000", None),
+]
+_UNREADABLE = {
+    "year-0000": "0000-01-01 00:00:00",
+    "year-10000": "10000-01-01 00:00:00+00",
+    "epoch": 1767225600,
+    "words": "noon",
+    "minus-infinity": "-infinity",
+    "infinity": "infinity",
+    "bc": "0044-03-15 00:00:00+00 BC",
+}
+
+
+def written(forms: list[tuple[str, Any]], form_index: int, instant: datetime) -> tuple[Any, bool]:
+    """`instant` written in form `form_index`, and whether populate can read it."""
+    name, formatter = forms[form_index]
+    if formatter is None:
+        return _UNREADABLE[name], False
+    return formatter(instant), True

@@ -49,6 +49,9 @@ STEP_VALUE_COLUMNS = frozenset(
 ) | {"source_type", "stage_type", "target_type", "batch_metadata"}
 
 
+MAX_WORKER_ID = 255
+
+
 def _check_values(values: dict[str, Any] | None) -> None:
     others = sorted(set(values or ()) - STEP_VALUE_COLUMNS)
     if others:
@@ -143,6 +146,8 @@ def claim(
     """
     if not worker:
         raise UsageError("--worker: a worker id is required")
+    if len(worker) > MAX_WORKER_ID:  # worker_id is String(255): refused before anything is written
+        raise UsageError(f"--worker: at most {MAX_WORKER_ID} characters, got {len(worker)}")
     store, settings = manager.store, manager.config.concurrency
     lease = parse_duration(settings.lease)
     # PostgreSQL locks the one row it claims; SQLite and DuckDB serialize writers

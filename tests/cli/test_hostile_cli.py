@@ -70,3 +70,9 @@ def test_a_newer_schema_version_is_exit_3_for_claims_and_populate(project):
         assert conn.execute("SELECT count(*) FROM pipeline_state WHERE worker_id IS NOT NULL").fetchone() == (
             0,
         )
+
+
+def test_a_worker_id_longer_than_its_column_is_exit_2(project):
+    assert run("populate", cwd=project).returncode == 0
+    result = run("claim", "--worker", "w" * 256, cwd=project)
+    assert result.returncode == 2 and "--worker" in one_line_error(result)

@@ -5,11 +5,24 @@ it calls active is claimable, and handed out with the window populate read."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import support
-from hostile import DAY, HostileRow, create_foreign_table, form, insert_raw, instant_rows
+from hostile import (
+    DAY,
+    POSTGRES_FORMS,
+    SQLITE_FORMS,
+    HostileRow,
+    create_foreign_table,
+    form,
+    insert_raw,
+    instant_rows,
+    written,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from pipestate.config import Config
@@ -325,3 +338,51 @@ def test_a_window_rewritten_with_a_t_reaches_the_target(tmp_path):
         assert result.summary.completed == 24 and manager.counts() == {"COMPLETED": 24}
     loaded = run_support.target_rows(data["target"]["url"], data["state"]["url"])
     assert len({row[0] for row in loaded}) == events
+
+
+# -- random hostile tables: claims and populate never disagree -------------------
+
+_row = st.tuples(
+    st.integers(0, 23),  # start hour
+    st.integers(-1, 3),  # length in hours (zero or negative: end not after start)
+    st.integers(0, 9),  # form of the start
+    st.integers(0, 9),  # form of the end
+    st.sampled_from(["PENDING", "FAILED", "IN_PROGRESS", "COMPLETED"]),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_row, min_size=1, max_size=12))
+def test_random_hostile_tables_claims_populate_and_validate_agree(make, backend_of, rows):
+    manager = make(max_retries=1000)
+    manager.init_db()
+    dialect = backend_of(manager)
+    forms = SQLITE_FORMS if dialect == "sqlite" else POSTGRES_FORMS
+    generated, invalid, statuses = [], set(), {}
+    for n, (hour, length, start_form, end_form, status) in enumerate(rows):
+        start = DAY + timedelta(hours=hour)
+        start_value, start_ok = written(forms, start_form % len(forms), start)
+        end_value, end_ok = written(forms, end_form % len(forms), start + timedelta(hours=length))
+        batch_id = f"r{n}"
+        generated.append(HostileRow(batch_id, start_value, end_value, None, status=status))
+        statuses[batch_id] = status
+        if not (start_ok and end_ok and length > 0):
+            invalid.add(batch_id)
+    insert_raw(manager, generated)
+    try:
+        assert {row.batch_id for row in manager.validate().plan.invalid} == invalid
+        populated = manager.populate_pipeline_batches()
+        superseded = {entry["batch_id"] for entry in populated.superseded}
+        created = {entry["batch_id"] for entry in populated.created}
+        after = manager.validate()
+        assert not after.plan.gaps and not after.plan.resolutions
+        claimable = {
+            batch_id
+            for batch_id, status in statuses.items()
+            if batch_id not in invalid | superseded and status != "COMPLETED"
+        } | created
+        assert set(_claim_all(manager)) == claimable
+    finally:
+        with manager.store.engine.begin() as conn:
+            conn.execute(text(f"DELETE FROM {_quoted(manager)}"))
+        manager.close()  # one pool per example: shrinking makes hundreds
