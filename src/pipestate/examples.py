@@ -18,6 +18,8 @@ lag = "15m"                     # a window is only created once now >= its end +
 url = "sqlite:///pipestate.db"  # beside this file; any SQLAlchemy URL: duckdb, postgresql+psycopg, ...
 table = "pipeline_state"
 # schema = ""
+# connect_timeout = "10s"       # PostgreSQL: bounds on every wait ("0s": none)
+# statement_timeout = "5m"
 
 # [ids]                         # how new windows get their ids: built-in or "module:function"
 # batch_id = "deterministic"    # deterministic | uuid5 | uuid4 | "mypkg.ids:batch_id"
@@ -27,7 +29,7 @@ table = "pipeline_state"
 # source_category = "none"
 
 # [concurrency]                 # for workers: pipestate claim / heartbeat / complete / fail
-# lease = "10m"
+# lease = "10m"                 # at most 24h
 # max_in_flight = 0
 # max_retries = 3
 # retry_backoff = "1m"
