@@ -90,6 +90,21 @@ def read(backend: Any, index: str, window: int, **options: Any) -> list[int]:
     return ids
 
 
+_INDEXED: dict[str, str] = {}
+
+
+def indexed(backend: Any, documents: list[dict[str, Any]]) -> str:
+    """An index holding `documents`; an emulator's is made once and read by every test that
+    only reads it (indexing tens of thousands of documents is the slow part)."""
+    if isinstance(backend, StandinBackend) or backend.url not in _INDEXED:
+        index = backend.create()
+        backend.index(index, documents)
+        if isinstance(backend, StandinBackend):
+            return index
+        _INDEXED[backend.url] = index
+    return _INDEXED[backend.url]
+
+
 def count_for(backend: Any) -> int:
     return 3_000 if isinstance(backend, StandinBackend) else 24_000  # the stand-in is pure Python
 
@@ -98,8 +113,7 @@ def count_for(backend: Any) -> int:
 @pytest.mark.parametrize("slices", [1, 3])
 def test_each_window_gets_exactly_its_documents_once(backend: Any, slices: int) -> None:
     documents, window_of = dataset(count_for(backend))
-    index = backend.create()
-    backend.index(index, documents)
+    index = indexed(backend, documents)
     seen: Counter[int] = Counter()
     for window in range(WINDOWS):
         got = read(backend, index, window, page_size=997, slices=slices)
