@@ -158,6 +158,10 @@ class FilesSource:
         return location, query
 
     def extract(self, batch: BatchContext) -> Iterator[pa.RecordBatch]:
+        # Workers take the oldest windows first: a cached file whose records all lie before
+        # this window is done with, and its memory is better given back now.
+        for key in [k for k in self._cache if _before(self._spans.get(k), batch)]:
+            del self._cache[key]
         for path in self.files():
             kind = self.options.format if self.options.format != "auto" else _format_of(path)
             if kind is None:
@@ -321,6 +325,10 @@ def _row_group_spans(handle: pq.ParquetFile, field: str) -> list[tuple[datetime,
                 span = (edges[0], edges[1])
         spans.append(span)
     return spans
+
+
+def _before(span: tuple[datetime, datetime] | None, batch: BatchContext) -> bool:
+    return span is not None and span[1] < batch.start
 
 
 def _misses(span: tuple[datetime, datetime] | None, batch: BatchContext) -> bool:

@@ -199,12 +199,18 @@ class SqlTarget:
                 previous = conn.execute(count_rows, key).scalar_one()
                 conn.execute(sa.text(f"DELETE FROM {self.table} {where}"), key)
                 inserted = 0
-                tables = self.landing.tables(
-                    stage.read(staged), lambda: self._columns(conn), conn.exec_driver_sql
-                )
-                for table in tables:
-                    self._bulk(conn, table, batch.batch_id, loaded_at)
-                    inserted += table.num_rows
+                with _Copy(conn, self.table, quote) as copy:
+
+                    def ddl(statement: str) -> None:
+                        copy.end()  # no other statement while a COPY is open
+                        conn.exec_driver_sql(statement)
+
+                    for table in self.landing.tables(stage.read(staged), lambda: self._columns(conn), ddl):
+                        if self.profile.bulk == "copy":
+                            copy.write(framed(table, batch.batch_id, loaded_at))
+                        else:
+                            self._bulk(conn, table, batch.batch_id, loaded_at)
+                        inserted += table.num_rows
                 now = conn.execute(count_rows, key).scalar_one()
                 if now != inserted:
                     raise ConnectorError(
@@ -238,16 +244,6 @@ class SqlTarget:
                 )
             finally:
                 dbapi.unregister(view)
-        elif self.profile.bulk == "copy":
-            whole = framed(table, batch_id, loaded_at)
-            ready = pa.table({name: _csv_ready(whole.column(name)) for name in whole.column_names})
-            buffer = io.BytesIO()
-            pa_csv.write_csv(ready, buffer, pa_csv.WriteOptions(include_header=False, batch_size=8192))
-            with (
-                dbapi.cursor() as cursor,
-                cursor.copy(f"COPY {self.table} ({column_list}) FROM STDIN (FORMAT csv)") as copy,
-            ):
-                copy.write(buffer.getbuffer())
         else:
             stamp = loaded_at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
             columns = [_sqlite_ready(table.column(name)).to_pylist() for name in table.column_names]
@@ -263,6 +259,47 @@ class SqlTarget:
                 f"SELECT count(*) FROM {self.table} WHERE {self.profile.quote(BATCH_COLUMN)} = :b"
             )
             return int(conn.execute(query, {"b": batch.batch_id}).scalar_one())
+
+
+class _Copy:
+    """One `COPY ... FROM STDIN (FORMAT csv)` kept open across a load's chunks, so PostgreSQL
+    parses one chunk while the next is prepared here; a new one starts when the columns
+    change, and `end` closes it before any other statement (DDL) runs."""
+
+    def __init__(self, conn: sa.Connection, table: str, quote: Any) -> None:
+        self.conn, self.table, self.quote = conn, table, quote
+        self._cursor: Any = None
+        self._context: Any = None
+        self._copy: Any = None
+        self._names: list[str] | None = None
+
+    def __enter__(self) -> _Copy:
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        if table.column_names != self._names:
+            self.end()
+            columns = ", ".join(self.quote(name) for name in table.column_names)
+            self._cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            self._context = self._cursor.copy(f"COPY {self.table} ({columns}) FROM STDIN (FORMAT csv)")
+            self._copy = self._context.__enter__()
+            self._names = table.column_names
+        ready = pa.table({name: _csv_ready(table.column(name)) for name in table.column_names})
+        buffer = io.BytesIO()
+        pa_csv.write_csv(ready, buffer, pa_csv.WriteOptions(include_header=False, batch_size=8192))
+        self._copy.write(buffer.getbuffer())
+
+    def end(self, *error: Any) -> None:
+        if self._context is not None:
+            context, cursor = self._context, self._cursor
+            self._context = self._copy = self._cursor = self._names = None
+            try:
+                context.__exit__(*(error or (None, None, None)))
+            finally:
+                cursor.close()
+
+    def __exit__(self, *error: Any) -> None:
+        self.end(*error)
 
 
 def _csv_ready(values: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:

@@ -311,3 +311,19 @@ def test_nested_values_become_the_same_json_as_json_dumps() -> None:
     assert [None if g is None else json.loads(g) for g in got] == [
         json.loads(dumps(v)) if v else None for v in values
     ]
+
+
+def test_one_load_whose_chunks_bring_a_new_field(landing: tuple[str, str], tmp_path: Path) -> None:
+    # The second chunk adds a column in the middle of the load (PostgreSQL: between two COPYs).
+    url, table = landing
+    batch = hourly(0)
+    stage = build_stage({"url": str(tmp_path / "stage")})
+    first = pa.RecordBatch.from_pylist([{"id": n, "timestamp": "2026-01-01T00:10:00Z"} for n in range(3)])
+    second = pa.RecordBatch.from_pylist([{"id": 9, "timestamp": "2026-01-01T00:20:00Z", "country": "FR"}])
+    sink = build_target({"type": "sql", "url": url, "table": table})
+    try:
+        assert sink.load(batch, stage.write(batch, [first, second]), stage).record_count == 4
+    finally:
+        sink.close()  # type: ignore[attr-defined]
+    got = _select(url, f'SELECT id, country FROM "{table}" ORDER BY id')
+    assert [(r.id, r.country) for r in got] == [(0, None), (1, None), (2, None), (9, "FR")]
