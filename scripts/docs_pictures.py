@@ -53,7 +53,7 @@ def _shoot(page: Path, png: Path, width: int, height: int) -> None:
 
 def _on_a_terminal(args: list[str], cwd: Path) -> str:
     environment = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
-    environment.update(TERM="xterm-256color", COLUMNS="110")
+    environment.update(TERM="xterm-256color", COLUMNS="132")
     leader, follower = pty.openpty()
     process = subprocess.Popen(args, cwd=cwd, env=environment, stdout=follower, stderr=follower)
     os.close(follower)
@@ -87,7 +87,7 @@ def main() -> None:
         from rich.text import Text
 
         console = Console(
-            record=True, width=110, force_terminal=True, color_system="truecolor", file=io.StringIO()
+            record=True, width=132, force_terminal=True, color_system="truecolor", file=io.StringIO()
         )
         console.print(Text.from_ansi("$ pipestate status\n" + shown.replace("\r\n", "\n")))
         svg = folder / "status.svg"
@@ -95,10 +95,10 @@ def main() -> None:
         page = folder / "status.html"
         page.write_text(
             "<!DOCTYPE html><html><body style='margin:0;background:#fff'>"
-            f"<img src='{svg.name}' style='width:1100px'></body></html>",
+            f"<img src='{svg.name}' style='width:1300px'></body></html>",
             encoding="utf-8",
         )
-        _shoot(page, args.out / "status-calendar.png", 1100, 640)
+        _shoot(page, args.out / "status-calendar.png", 1300, 600)
         report = folder / "report.html"
         subprocess.run([pipestate, "report", "--html", str(report), "--config", str(config)], check=True)
         _shoot(report, args.out / "report.png", 1280, 2000)
