@@ -159,7 +159,7 @@ def _calendar_svg(cal: Calendar) -> Markup:
         f'<svg xmlns="http://www.w3.org/2000/svg" class="calendar" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="coverage calendar">'
     ]
-    labelled: set[int] = set()
+    column_month: dict[int, int] = {}  # one year: the month of each week's first day in range
     if not one_year:
         for month, name in enumerate(_MONTHS):
             parts.append(f'<text x="{40 + int(month * 4.42 * step)}" y="10" class="axis">{name}</text>')
@@ -169,10 +169,10 @@ def _calendar_svg(cal: Calendar) -> Markup:
         for day in days:
             column = week_of(day) - first_week
             x, y = 40 + column * step, top + day.date.weekday() * step
-            starts_month = day.date.day == 1 or (day is cal.days[0] and day.date.day < 20)
-            if one_year and starts_month and not labelled & {column, column - 1}:
-                labelled.add(column)
-                parts.append(f'<text x="{x}" y="10" class="axis">{_MONTHS[day.date.month - 1]}</text>')
+            if one_year and column not in column_month:
+                column_month[column] = day.date.month
+                if column_month.get(column - 1) != day.date.month:  # a month's first week: its name
+                    parts.append(f'<text x="{x}" y="10" class="axis">{_MONTHS[day.date.month - 1]}</text>')
             tip = (
                 f"{day.date} {day.state.replace('_', ' ')}: {day.active} windows"
                 + "".join(f", {n} {s}" for s, n in sorted(day.counts.items()) if n)
