@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipestate.manager import PipelineStateManager
+
 PIPESTATE = str(Path(sys.executable).with_name("pipestate"))
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -82,13 +84,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pipeline across the 2026-03-08 DST change with days in each state."""
     folder = tmp_path_factory.mktemp("observe")
     (folder / "pipestate.toml").write_text(CONFIG.format(db=folder / "state.db"))
-    ok("populate", cwd=folder)
-    # 03-02 .. 03-03 completed (8 windows); then one failed for good (max_retries 1)
-    for _ in range(8):
-        batch = json.loads(ok("claim", "--worker", "w1", "--json", cwd=folder))["batch"]
-        ok("complete", batch["batch_id"], "--worker", "w1", cwd=folder)
-    batch = json.loads(ok("claim", "--worker", "w1", "--json", cwd=folder))["batch"]
-    ok("fail", batch["batch_id"], "--worker", "w1", "--error", "HTTP 503 <script>x</script>", cwd=folder)
+    # set up through the library (the commands under test run as subprocesses)
+    with PipelineStateManager(folder / "pipestate.toml") as manager:
+        manager.populate_pipeline_batches()
+        for _ in range(8):  # 03-02 .. 03-03 completed
+            batch = manager.claim("w1")
+            manager.complete(batch.batch_id, "w1")
+        batch = manager.claim("w1")  # then one failed for good (max_retries 1)
+        manager.fail(batch.batch_id, "w1", "HTTP 503 <script>x</script>")
     return folder
 
 
