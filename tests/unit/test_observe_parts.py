@@ -1,0 +1,113 @@
+"""The observing pieces that need no database: day segments, overlap scans,
+the calendar's text, the metrics' format."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipestate.console import render_calendar
+from pipestate.metrics import metrics_text
+from pipestate.observe import Calendar, Day, _overlapping_starts, _overlaps_parsed, _runs
+from pipestate.store.daily import _segments
+from pipestate.windows import day_bounds, zone
+
+
+def _year_bounds(tz_name: str, year: int) -> list[tuple[datetime, datetime]]:
+    tz = zone(tz_name)
+    first = date(year, 1, 1)
+    return [day_bounds(first + timedelta(days=n), tz) for n in range((date(year + 1, 1, 1) - first).days)]
+
+
+def test_plain_days_merge_into_runs_and_dst_days_stand_alone():
+    segments = _segments(_year_bounds("America/New_York", 2026))
+    # Jan 1 .. Mar 7, Mar 8 (23 h), Mar 9 .. Oct 31, Nov 1 (25 h), Nov 2 .. Dec 31
+    assert [(s.first_day, s.days, s.plain) for s in segments] == [
+        (0, 66, True),
+        (66, 1, False),
+        (67, 237, True),
+        (304, 1, False),
+        (305, 60, True),
+    ]
+    assert len(_segments(_year_bounds("UTC", 2026))) == 1
+
+
+def test_a_day_a_dst_change_skipped_has_no_segment():
+    tz = zone("Pacific/Apia")  # 2011-12-30 did not happen there
+    bounds = [day_bounds(date(2011, 12, 28) + timedelta(days=n), tz) for n in range(5)]
+    segments = _segments(bounds)
+    assert sum(s.days for s in segments) == 4
+    assert all(s.first_day != 2 for s in segments)
+
+
+def test_overlap_scan_compares_as_stored_and_gives_up_on_unsorted_text():
+    rows = [
+        ("2026-01-01 00:00:00", "2026-01-01 06:00:00"),
+        ("2026-01-01 05:00:00", "2026-01-01 11:00:00"),  # starts before the previous end
+        ("2026-01-01 12:00:00", "2026-01-01 18:00:00"),
+        ("2026-01-01 18:00:00", "2026-01-02 00:00:00"),  # touching is not overlapping
+    ]
+    assert _overlapping_starts(c for c in [rows]) == [datetime(2026, 1, 1, 5, tzinfo=UTC)]
+    unsorted = [
+        ("2026-01-01T06:00:00Z", "2026-01-01T07:00:00Z"),
+        ("2026-01-01 05:00:00", "2026-01-01 06:00:00"),
+    ]
+    assert _overlapping_starts(c for c in [unsorted]) is None
+    assert _overlaps_parsed(unsorted + [("2026-01-01 05:30:00", "2026-01-01 05:45:00")]) == [
+        datetime(2026, 1, 1, 5, 30, tzinfo=UTC)
+    ]
+
+
+def test_runs_of_day_indexes():
+    assert list(_runs([1, 2, 3, 7, 9, 10])) == [(1, 3), (7, 7), (9, 10)]
+    assert list(_runs([])) == []
+
+
+def _calendar(first: date, states: list[str]) -> Calendar:
+    days = []
+    for offset, state in enumerate(states):
+        start = datetime.combine(first + timedelta(days=offset), datetime.min.time(), UTC)
+        day = Day(first + timedelta(days=offset), start, start + timedelta(days=1), 86400)
+        day.counts = Counter({"completed": {"COMPLETED": 24}, "pending": {"PENDING": 24}}[state])
+        day.covered_seconds = 86400
+        days.append(day)
+    return Calendar("orders", "UTC", days[-1].end, days[0].start, days[-1].end, days)
+
+
+def test_plain_calendar_in_weeks_and_in_folded_months():
+    out = io.StringIO()
+    render_calendar(_calendar(date(2026, 3, 4), ["completed"] * 3 + ["pending"] * 2), out, colour=False)
+    assert out.getvalue().splitlines()[1:4] == [
+        "              Mo  Tu  We  Th  Fr  Sa  Su",
+        "  2026-03-02           4#  5#  6#  7.  8.",
+        "  legend     X failed 0   ! gap 0   + in progress 0   . pending 2   # completed 3",
+    ]
+    out = io.StringIO()
+    render_calendar(_calendar(date(2025, 1, 1), ["completed"] * 400 + ["pending"] * 5), out, colour=False)
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "  2025-01 .. 2026-01  ### all completed (13 months, 396 days)"
+    assert lines[3] == "  2026-02  ####....."
+
+
+def test_metrics_text_is_valid_prometheus_text():
+    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    figures = {
+        "counts": {"COMPLETED": 10, "PENDING": 2, "WEIRD": 1},
+        "failed_permanently": 0,
+        "stuck_leases": 0,
+        "oldest_pending": {"start": now - timedelta(hours=3), "end": now - timedelta(hours=2)},
+        "complete_until": now - timedelta(hours=3),
+        "now": now,
+        "range_start": now - timedelta(days=1),
+    }
+    families = {f.name: f for f in text_string_to_metric_families(metrics_text("orders", figures))}
+    statuses = {s.labels["status"]: s.value for s in families["pipestate_windows"].samples}
+    assert statuses["WEIRD"] == 1 and statuses["SUPERSEDED"] == 0
+    assert families["pipestate_freshness_seconds"].samples[0].value == 3 * 3600
+    assert families["pipestate_oldest_pending_age_seconds"].samples[0].value == 2 * 3600
+    figures["complete_until"] = None  # nothing completed: as stale as the range is long
+    families = {f.name: f for f in text_string_to_metric_families(metrics_text("orders", figures))}
+    assert families["pipestate_freshness_seconds"].samples[0].value == 24 * 3600
