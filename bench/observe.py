@@ -157,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.pop("NO_COLOR", None)
     results = []
-    with tempfile.TemporaryDirectory(prefix="pipestate-bench-observe-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="observe-bench-") as tmp:
         folder = Path(tmp)
         print(f"sqlite: {args.windows:,} windows", flush=True)
         config = build(f"sqlite:///{folder / 'bench.db'}", "bench_state", args.windows, folder)
