@@ -310,11 +310,18 @@ class Config(_Section):
     stage: dict[str, Any] = Field(default_factory=dict)
     target: dict[str, Any] = Field(default_factory=dict)
     _origin: str = PrivateAttr(default="<memory>")
+    _base: Path | None = PrivateAttr(default=None)
 
     @property
     def origin(self) -> str:
         """Where the config came from (file, env), for error messages."""
         return self._origin
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The folder relative paths are taken against: the config file's, the current one
+        for environment-only configuration, None for a Config built in memory."""
+        return self._base
 
     def config_hash(self) -> str:
         """A short hash of what decides the windows: stored on every new row."""
@@ -495,4 +502,6 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     origin = str(chosen) if chosen.exists() else "environment"
     if names and chosen.exists():
         origin = f"{chosen} (+ env {', '.join(sorted(names))})"
-    return Config.from_dict(data, origin=origin)
+    config = Config.from_dict(data, origin=origin)
+    config._base = base
+    return config

@@ -78,9 +78,9 @@ class PipelineRunner:
         if source is None and not config.source:
             raise ConfigError("[source] type: required to run the pipeline (see docs/connectors.md)")
         self.manager = manager
-        self.source = source or build_source(config.source)
-        self.stage = stage or build_stage(config.stage)
-        self.target = target or build_target(config.target)
+        self.source = source or build_source(config.source, base=config.base_dir)
+        self.stage = stage or build_stage(config.stage, base=config.base_dir)
+        self.target = target or build_target(config.target, base=config.base_dir)
         if not 0.0 <= inject_failures < 1.0:
             raise ConfigError("--inject-failures: must be a fraction in [0, 1)")
         self.inject_failures = inject_failures

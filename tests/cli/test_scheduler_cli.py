@@ -237,6 +237,23 @@ def test_relative_paths_are_relative_to_the_config_file_from_any_folder(tmp_path
         assert json.loads(again.stdout)["created"] == []
 
 
+def test_default_stage_and_target_paths_sit_next_to_the_config_file(tmp_path: Path) -> None:
+    # No [stage] url and no [target] url: the connectors' defaults (./pipestate-stage and
+    # duckdb:///pipestate-target.duckdb) are relative paths too, so they follow the file.
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "events").mkdir(parents=True)
+    elsewhere.mkdir()
+    (project / "events" / "e.ndjson").write_text('{"timestamp": "2026-01-01T01:00:00+00:00"}\n')
+    defaults = RELATIVE.replace('url = "./stage"\n', "").replace('url = "sqlite:///target.db"\n', "")
+    (project / "pipestate.toml").write_text(defaults, encoding="utf-8")
+    done = run("--config", "../project/pipestate.toml", "run", "--json", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["completed"] == 4
+    assert (project / "pipestate-stage").is_dir()
+    assert (project / "pipestate-target.duckdb").is_file()
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_missing_source_path_is_exit_2_naming_the_resolved_path_with_nothing_written(
     tmp_path: Path,
 ) -> None:

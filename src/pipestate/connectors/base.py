@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from importlib.metadata import entry_points
+from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, Literal, Protocol, Self, TypeAlias, TypeVar, runtime_checkable
 from zoneinfo import ZoneInfo
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from ..config import anchor_path
 from ..errors import ConfigError, ConnectorError, TransientConnectorError
 from ..plugins import default_batch_id
 from ..windows import UTC, local_date_of, zone
@@ -312,7 +314,7 @@ def _resolve(kind: Kind, name: str) -> type:
     )
 
 
-def _build(kind: Kind, cfg: Mapping[str, Any]) -> Any:
+def _build(kind: Kind, cfg: Mapping[str, Any], base: Path | None) -> Any:
     values = dict(cfg)
     name = values.pop("type", None) or _DEFAULT_TYPE.get(kind)
     if not isinstance(name, str) or not name:
@@ -320,6 +322,13 @@ def _build(kind: Kind, cfg: Mapping[str, Any]) -> Any:
     cls = _resolve(kind, name)
     model = getattr(cls, "Options", None)
     if isinstance(model, type) and issubclass(model, BaseModel):
+        if base is not None:
+            # A default path (`./pipestate-stage`) belongs next to the config file, like the
+            # paths written in it; otherwise a cron job from another folder stages elsewhere.
+            for key in ("url", "path"):
+                field = model.model_fields.get(key)
+                if key not in values and field is not None and isinstance(field.default, str):
+                    values[key] = anchor_path(field.default, base)
         # Built-ins that serve several type names learn which one was used.
         if "type" in model.model_fields:
             values["type"] = name
@@ -335,19 +344,22 @@ def _build(kind: Kind, cfg: Mapping[str, Any]) -> Any:
     return instance
 
 
-def build_source(cfg: Mapping[str, Any]) -> Source:
-    """The source that `[source]` describes; ConfigError naming the offending key."""
-    return _build("source", cfg)  # type: ignore[no-any-return]
+def build_source(cfg: Mapping[str, Any], base: Path | None = None) -> Source:
+    """The source that `[source]` describes; ConfigError naming the offending key.
+    Relative default paths are taken against `base` (the config file's folder) when given."""
+    return _build("source", cfg, base)  # type: ignore[no-any-return]
 
 
-def build_stage(cfg: Mapping[str, Any]) -> Stage:
-    """The stage that `[stage]` describes (default: a local directory)."""
-    return _build("stage", cfg)  # type: ignore[no-any-return]
+def build_stage(cfg: Mapping[str, Any], base: Path | None = None) -> Stage:
+    """The stage that `[stage]` describes (default: a local directory).
+    Relative default paths are taken against `base` (the config file's folder) when given."""
+    return _build("stage", cfg, base)  # type: ignore[no-any-return]
 
 
-def build_target(cfg: Mapping[str, Any]) -> Target:
-    """The target that `[target]` describes (default: SQL on DuckDB)."""
-    return _build("target", cfg)  # type: ignore[no-any-return]
+def build_target(cfg: Mapping[str, Any], base: Path | None = None) -> Target:
+    """The target that `[target]` describes (default: SQL on DuckDB).
+    Relative default paths are taken against `base` (the config file's folder) when given."""
+    return _build("target", cfg, base)  # type: ignore[no-any-return]
 
 
 _EPOCH_DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
