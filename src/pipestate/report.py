@@ -344,6 +344,10 @@ class PopulateReport:
 # -- the other commands ------------------------------------------------------------
 
 
+# A FAILED row another tool wrote may carry no error text; say so rather than print None.
+_NO_ERROR = "(no error recorded)"
+
+
 def status_text(data: dict[str, Any], tz: ZoneInfo | None = None) -> str:
     """`status` in plain text, from the dict `PipelineStateManager.status()` returns;
     with `tz` (the pipeline's zone), each instant also in local time."""
@@ -363,9 +367,8 @@ def status_text(data: dict[str, Any], tz: ZoneInfo | None = None) -> str:
     if data["failures"]:
         lines.append(f"  failures   {len(data['failures'])}")
         for failure in data["failures"][:10]:
-            lines.append(
-                f"    {failure['batch_id']} retries {failure['retry_count']}: {failure['last_error']}"
-            )
+            error = failure["last_error"] or _NO_ERROR
+            lines.append(f"    {failure['batch_id']} retries {failure['retry_count']}: {error}")
     for entry in data.get("in_flight", [])[:20]:
         lines.append(
             f"  in flight  {entry['batch_id']} by {entry['worker_id']} for {entry['lease_age_seconds']}s, "
@@ -377,9 +380,8 @@ def status_text(data: dict[str, Any], tz: ZoneInfo | None = None) -> str:
             f"lease expired {with_local(entry['lease_expires_at'], tz)}"
         )
     for entry in data.get("failed_permanently", [])[:20]:
-        lines.append(
-            f"  FAILED for good  {entry['batch_id']} ({entry['retry_count']} attempts): {entry['last_error']}"
-        )
+        error = entry["last_error"] or _NO_ERROR
+        lines.append(f"  FAILED for good  {entry['batch_id']} ({entry['retry_count']} attempts): {error}")
     return "\n".join(lines)
 
 

@@ -245,6 +245,19 @@ def test_status_json(project):
     assert text.returncode == 0 and "orders" in text.stdout
 
 
+def test_status_names_a_failure_another_tool_wrote_without_an_error_text(project):
+    assert run("populate", cwd=project).returncode == 0
+    with sqlite3.connect(project / "state.db") as conn:
+        conn.execute(
+            "UPDATE pipeline_state SET pipeline_status = 'FAILED', retry_count = 9, last_error = NULL "
+            "WHERE source_query_window_start_time = '2026-01-01 00:00:00.000000'"
+        )
+        assert conn.total_changes == 1
+    text = run("status", cwd=project)
+    assert text.returncode == 0, text.stderr
+    assert "(no error recorded)" in text.stdout and ": None" not in text.stdout
+
+
 def test_status_before_init_db_is_a_one_line_error(project):
     result = run("status", cwd=project)
     assert result.returncode != 0 and "init-db" in one_line_error(result)
