@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Interval, bindparam, func, select
 
-from .config import parse_duration
 from .errors import LeaseLost, UsageError
 from .report import iso
 from .store import pg_claims
@@ -149,7 +148,7 @@ def claim(
     if len(worker) > MAX_WORKER_ID:  # worker_id is String(255): refused before anything is written
         raise UsageError(f"--worker: at most {MAX_WORKER_ID} characters, got {len(worker)}")
     store, settings = manager.store, manager.config.concurrency
-    lease = parse_duration(settings.lease)
+    lease = settings.lease_delta
     # PostgreSQL locks the one row it claims; SQLite and DuckDB serialize writers
     # anyway. Elsewhere (Snowflake has no SELECT FOR UPDATE), and for a
     # max_in_flight count that must not race, claims queue on the pipeline's lock row.
@@ -335,7 +334,7 @@ def heartbeat(
 ) -> datetime:
     """Extend the lease; returns the new expiry."""
     store = manager.store
-    lease = parse_duration(manager.config.concurrency.lease)
+    lease = manager.config.concurrency.lease_delta
     with store.transaction(write=True) as conn:
         if can_fence_in_update(conn):
             now = _now_sql(manager)
@@ -475,9 +474,7 @@ def fail(
         terminal = retryable is False
         retries = int(row["retry_count"] or 0) + (0 if terminal else 1)
         permanent = terminal or retries >= settings.max_retries
-        next_attempt = (
-            None if permanent else now + backoff_delay(parse_duration(settings.retry_backoff), retries)
-        )
+        next_attempt = None if permanent else now + backoff_delay(settings.retry_backoff_delta, retries)
         kind = None if retryable is None else ("transient" if retryable else "terminal")
         failed_step = step or row["current_step"]
         _write_claimed(

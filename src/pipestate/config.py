@@ -8,6 +8,7 @@ import os
 import re
 import tomllib
 from datetime import date, datetime, time, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -142,23 +143,26 @@ class PipelineConfig(_Section):
             raise ValueError("end must be after start")
         return self
 
-    @property
+    # The typed values, parsed once on first use (the text fields stay as written:
+    # they are what config_hash and the error messages show).
+
+    @cached_property
     def tz(self) -> ZoneInfo:
         return zone(self.timezone)
 
-    @property
+    @cached_property
     def step(self) -> Step:
         return parse_granularity(self.granularity)
 
-    @property
+    @cached_property
     def start_utc(self) -> datetime:
         return _local_instant(self.start, self.tz, "start")
 
-    @property
+    @cached_property
     def end_utc(self) -> datetime | None:
         return None if self.end is None else _local_instant(self.end, self.tz, "end")
 
-    @property
+    @cached_property
     def lag_delta(self) -> timedelta:
         return parse_duration(self.lag, MAX_LAG)
 
@@ -183,11 +187,11 @@ class StateConfig(_Section):
         parse_duration(value, MAX_STATEMENT_TIMEOUT)
         return value
 
-    @property
+    @cached_property
     def connect_timeout_delta(self) -> timedelta:
         return parse_duration(self.connect_timeout)
 
-    @property
+    @cached_property
     def statement_timeout_delta(self) -> timedelta:
         return parse_duration(self.statement_timeout)
 
@@ -287,6 +291,18 @@ class ConcurrencyConfig(_Section):
         if parse_duration(value, MAX_LEASE) <= timedelta(0):
             raise ValueError("must be longer than zero")
         return value
+
+    @cached_property
+    def lease_delta(self) -> timedelta:
+        return parse_duration(self.lease)
+
+    @cached_property
+    def retry_backoff_delta(self) -> timedelta:
+        return parse_duration(self.retry_backoff)
+
+    @cached_property
+    def lock_timeout_delta(self) -> timedelta:
+        return parse_duration(self.lock_timeout)
 
 
 def _check_function(value: str, section: str) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import batches, operations, plugins
 from .batches import Batch
-from .config import Config, load_config, parse_duration
+from .config import Config, load_config
 from .errors import StoreBusyError
 from .planning import InvalidRow, Plan, Settings, UnsortedInput, plan
 from .report import CreatedLog, PopulateReport, iso
@@ -57,7 +57,7 @@ class PipelineStateManager:
             state.url,
             state.table,
             state.schema_ or None,
-            lock_timeout=parse_duration(config.concurrency.lock_timeout),
+            lock_timeout=config.concurrency.lock_timeout_delta,
             engine=engine,
             waits=Waits(state.connect_timeout_delta, state.statement_timeout_delta),
             status_map=state.status_map,

@@ -172,3 +172,30 @@ def test_config_hash_depends_on_what_decides_windows():
     b = Config.from_dict({**BASE, "state": {"url": "sqlite:///other.db"}})
     c = Config.from_dict({"pipeline": {**BASE["pipeline"], "granularity": "15m"}})
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_durations_zone_and_step_are_typed_and_parsed_once(monkeypatch: pytest.MonkeyPatch):
+    import pipestate.config as config_module
+
+    config = Config.from_dict(
+        {
+            "pipeline": {"name": "orders", "start": "2026-01-01", "timezone": "Europe/Berlin", "lag": "15m"},
+            "concurrency": {"lease": "2m", "retry_backoff": "30s", "lock_timeout": "5s"},
+        }
+    )
+    concurrency, pipeline = config.concurrency, config.pipeline
+    assert (concurrency.lease_delta, concurrency.retry_backoff_delta, concurrency.lock_timeout_delta) == (
+        timedelta(minutes=2),
+        timedelta(seconds=30),
+        timedelta(seconds=5),
+    )
+    assert pipeline.tz.key == "Europe/Berlin" and pipeline.step == timedelta(hours=1)
+    assert pipeline.lag_delta == timedelta(minutes=15)
+
+    def parse_again(text: str) -> timedelta:
+        raise AssertionError(f"{text!r} parsed again")
+
+    monkeypatch.setattr(config_module, "parse_duration", parse_again)
+    assert concurrency.lease_delta == timedelta(minutes=2)  # the value read before, not parsed again
+    assert pipeline.lag_delta == timedelta(minutes=15)
+    assert config.concurrency.lease == "2m"  # the text stays as written (config_hash, messages)
