@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from . import observe, operations
+from . import observe
 from .observe import DAY_STATES, Calendar, Day
 from .report import iso, local_text
+from .status import leases as lease_view
 from .store.views import latest_populate, window_rows
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def build_report(manager: PipelineStateManager) -> Report:
             ("FAILED",),
             _LIST_LIMIT,
         )
-        leases = operations.leases(manager, conn, cal.now)
+        leases = lease_view(manager.context, conn, cal.now)
     return Report(cal, counts, validation, populate, failures, total, leases, cal.now)
 
 

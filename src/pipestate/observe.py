@@ -57,7 +57,7 @@ STATUSES = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
 
 def settings_at(manager: PipelineStateManager, now: datetime) -> Settings:
     """The planner's view of the configured range at `now` (as populate sees it)."""
-    return manager._settings(now)
+    return manager.context.plan_settings(now)
 
 
 @dataclass

@@ -1,24 +1,20 @@
 """What an operator does with batches outside a worker: requeue them, read a
-batch's audit trail, and see the leases (in flight, expired, failed for good)
-that `status` reports. The workers' own calls are in batches.py.
+batch's audit trail. The workers' own calls are in claims.py, `status` in status.py.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 
+from .context import Context
 from .errors import UsageError
-from .report import iso
 from .store.claims import guarded_update
-from .windows import parse_instant
+from .windows import iso
 
-if TYPE_CHECKING:
-    from .manager import PipelineStateManager
-
-__all__ = ["history", "leases", "quarantine", "requeue", "REQUEUE_STEPS"]
+__all__ = ["history", "quarantine", "requeue", "REQUEUE_STEPS"]
 
 # The step a requeued batch starts from, and the step columns that makes unfinished again.
 REQUEUE_STEPS = {
@@ -28,7 +24,7 @@ REQUEUE_STEPS = {
 
 
 def requeue(
-    manager: PipelineStateManager,
+    ctx: Context,
     batch_ids: list[str] | None = None,
     *,
     start: datetime | None = None,
@@ -51,13 +47,13 @@ def requeue(
         raise UsageError(f"--status: cannot requeue {', '.join(bad)} batches")
     if from_step not in REQUEUE_STEPS:
         raise UsageError(f"--from-step: must be one of {', '.join(REQUEUE_STEPS)}, got {from_step!r}")
-    store = manager.store
+    store = ctx.store
     c = store.tables.state.c
-    who = by or manager.actor
+    who = by or ctx.actor
     with store.transaction(write=True) as conn:
-        now = manager.now(conn)
+        now = ctx.now(conn)
         stmt = select(c.batch_id, c.pipeline_status, c.lease_expires_at, c.claim_token).where(
-            c.pipeline_name == manager.pipeline, c.pipeline_status != "SUPERSEDED"
+            c.pipeline_name == ctx.pipeline, c.pipeline_status != "SUPERSEDED"
         )
         if batch_ids:
             stmt = stmt.where(c.batch_id.in_(batch_ids))
@@ -71,9 +67,7 @@ def requeue(
         if batch_ids:
             missing = set(batch_ids) - {row[0] for row in rows}
             if missing:
-                raise UsageError(
-                    f"no such batch in pipeline {manager.pipeline}: {', '.join(sorted(missing))}"
-                )
+                raise UsageError(f"no such batch in pipeline {ctx.pipeline}: {', '.join(sorted(missing))}")
         done: list[str] = []
         events = []
         for batch_id, status, lease, token in rows:
@@ -85,7 +79,7 @@ def requeue(
             guarded_update(
                 store,
                 conn,
-                manager.pipeline,
+                ctx.pipeline,
                 batch_id,
                 status,
                 token,
@@ -104,7 +98,7 @@ def requeue(
                 },
             )
             events.append(
-                manager._event(
+                ctx.event(
                     batch_id,
                     "REQUEUED",
                     now,
@@ -121,7 +115,7 @@ def requeue(
 
 
 def quarantine(
-    manager: PipelineStateManager,
+    ctx: Context,
     batch_ids: list[str],
     reason: str,
     *,
@@ -140,21 +134,21 @@ def quarantine(
         raise UsageError("BATCH_ID: name at least one batch")
     if not reason.strip():
         raise UsageError("--reason: say why the rows are quarantined")
-    store = manager.store
+    store = ctx.store
     c = store.tables.state.c
-    who = by or manager.actor
+    who = by or ctx.actor
     with store.transaction(write=True) as conn:
-        now = manager.now(conn)
+        now = ctx.now(conn)
         rows = {
             row.batch_id: row
             for row in conn.execute(
                 select(c.batch_id, c.pipeline_status, c.lease_expires_at, c.claim_token).where(
-                    c.pipeline_name == manager.pipeline, c.batch_id.in_(batch_ids)
+                    c.pipeline_name == ctx.pipeline, c.batch_id.in_(batch_ids)
                 )
             )
         }
         if missing := [batch_id for batch_id in batch_ids if batch_id not in rows]:
-            raise UsageError(f"no such batch in pipeline {manager.pipeline}: {', '.join(missing)}")
+            raise UsageError(f"no such batch in pipeline {ctx.pipeline}: {', '.join(missing)}")
         done, events = [], []
         for batch_id in dict.fromkeys(batch_ids):
             row = rows[batch_id]
@@ -169,7 +163,7 @@ def quarantine(
             guarded_update(
                 store,
                 conn,
-                manager.pipeline,
+                ctx.pipeline,
                 batch_id,
                 row.pipeline_status,
                 row.claim_token,
@@ -185,7 +179,7 @@ def quarantine(
                 },
             )
             events.append(
-                manager._event(
+                ctx.event(
                     batch_id,
                     "QUARANTINED",
                     now,
@@ -201,13 +195,13 @@ def quarantine(
     return done
 
 
-def history(manager: PipelineStateManager, batch_id: str) -> list[dict[str, Any]]:
+def history(ctx: Context, batch_id: str) -> list[dict[str, Any]]:
     """The batch's audit events, oldest first."""
-    events = manager.store.tables.events
-    with manager.store.transaction(write=False) as conn:
+    events = ctx.store.tables.events
+    with ctx.store.transaction(write=False) as conn:
         rows = conn.execute(
             select(events)
-            .where(events.c.batch_id == batch_id, events.c.pipeline_name == manager.pipeline)
+            .where(events.c.batch_id == batch_id, events.c.pipeline_name == ctx.pipeline)
             .order_by(events.c.event_id)
         ).all()
     return [
@@ -223,61 +217,3 @@ def history(manager: PipelineStateManager, batch_id: str) -> list[dict[str, Any]
         }
         for row in rows
     ]
-
-
-def leases(manager: PipelineStateManager, conn: Any, now: datetime) -> dict[str, list[dict[str, Any]]]:
-    """For status: batches in flight, stuck under expired leases, and failed for good."""
-    c = manager.store.tables.state.c
-    raw = manager.store.raw_column  # instants parsed here: unreadable ones show as null
-    max_retries = manager.config.concurrency.max_retries
-    in_progress = conn.execute(
-        select(
-            c.batch_id,
-            c.worker_id,
-            raw("claimed_at"),
-            raw("lease_expires_at"),
-            raw("heartbeat_at"),
-            c.current_step,
-        )
-        .where(c.pipeline_name == manager.pipeline, c.pipeline_status == "IN_PROGRESS")
-        .order_by(c.claimed_at)
-    ).all()
-    in_flight: list[dict[str, Any]] = []
-    expired: list[dict[str, Any]] = []
-    for row in in_progress:
-        claimed, expires = parse_instant(row.claimed_at), parse_instant(row.lease_expires_at)
-        entry = {
-            "batch_id": row.batch_id,
-            "worker_id": row.worker_id,
-            "lease_age_seconds": round((now - claimed).total_seconds(), 3) if claimed else None,
-            "lease_expires_at": iso(expires),
-            "last_heartbeat": iso(parse_instant(row.heartbeat_at)),
-            "current_step": row.current_step,
-        }
-        live = expires is not None and expires > now
-        (in_flight if live else expired).append(entry)
-    permanent = conn.execute(
-        select(c.batch_id, c.retry_count, c.last_error, raw("last_error_at"))
-        .where(
-            c.pipeline_name == manager.pipeline,
-            and_(
-                c.pipeline_status == "FAILED",
-                or_(func.coalesce(c.retry_count, 0) >= max_retries, c.last_error_kind == "terminal"),
-            ),
-        )
-        .order_by(c.source_query_window_start_time)
-        .limit(100)
-    ).all()
-    return {
-        "in_flight": in_flight,
-        "expired_leases": expired,
-        "failed_permanently": [
-            {
-                "batch_id": row.batch_id,
-                "retry_count": row.retry_count,
-                "last_error": row.last_error,
-                "last_error_at": iso(parse_instant(row.last_error_at)),
-            }
-            for row in permanent
-        ],
-    }

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from .planning import Fill, Plan, dominant, fill_cells, seconds_to_minutes
 from .plugins import default_batch_id
-from .windows import format_step, read_instant
+from .windows import format_step, iso, read_instant
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -37,11 +37,6 @@ __all__ = [
     "status_text",
     "with_local",
 ]
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with an explicit offset, as every JSON output writes instants."""
-    return None if value is None else value.astimezone(UTC).isoformat()
 
 
 def local_text(instant: datetime | None, tz: ZoneInfo, seconds: bool = False) -> str:

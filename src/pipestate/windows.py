@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
     "DAY",
+    "iso",
     "UTC",
     "DayStep",
     "Step",
@@ -249,3 +250,8 @@ def grid_cells(
     for day, piece_start, piece_end, day_start, day_end in split_at_midnights(start, end, tz):
         for k, cell_start, cell_end in day_cells(day_start, day_end, step, piece_start, piece_end):
             yield day, k, cell_start, cell_end
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with an explicit offset, as every JSON output writes instants."""
+    return None if value is None else value.astimezone(UTC).isoformat()

@@ -258,16 +258,18 @@ def test_a_claim_between_populates_scan_and_write_is_never_superseded(pg_make, m
     support.insert_external(populate, [a, b])
     assert [r.superseded.batch_id for r in populate.validate().plan.resolutions] == ["a"]
 
-    planned = populate._plan
+    from pipestate import populate as populating
+
+    planned = populating._plan
     claimed = []
 
-    def plan_then_claim(conn, now):  # the worker's claim lands between scan and write
-        the_plan = planned(conn, now)
+    def plan_then_claim(ctx, conn, now):  # the worker's claim lands between scan and write
+        the_plan = planned(ctx, conn, now)
         if not claimed:
             claimed.append(worker.claim("w1"))
         return the_plan
 
-    monkeypatch.setattr(populate, "_plan", plan_then_claim)
+    monkeypatch.setattr(populating, "_plan", plan_then_claim)
     report = populate.populate_pipeline_batches()
     batch = claimed[0]
     assert batch is not None and batch.batch_id == "a"

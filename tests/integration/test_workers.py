@@ -19,7 +19,7 @@ import support
 import workers_support as ws
 from workers_support import Clock
 
-from pipestate import batches
+from pipestate import claims
 from pipestate.errors import LeaseLost, UsageError
 from pipestate.manager import PipelineStateManager
 
@@ -186,7 +186,7 @@ def test_one_statement_claims_log_what_the_general_path_logs(
     trails = {}
     for way, table in (("one statement", table_name), ("general", f"{table_name}_g")):
         if way == "general":
-            monkeypatch.setattr(batches, "_claim_in_one_statement", lambda *args: None)
+            monkeypatch.setattr(claims, "_claim_in_one_statement", lambda *args: None)
         clock = Clock(ws.NOW + timedelta(microseconds=micro))
         manager = ws.make_manager(db_url, table, clock=clock, lease="5m", end="2026-01-01T01:00")
         try:

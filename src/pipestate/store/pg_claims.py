@@ -3,7 +3,7 @@
 A single statement is its own transaction, so a claim costs one round trip and
 one WAL flush: the UPDATE picks, locks (FOR UPDATE SKIP LOCKED) and stamps the
 row, and a data-modifying CTE appends its audit events in the same atomic
-statement. The general path in batches.py (SELECT, UPDATE, INSERT in an explicit
+statement. The general path in claims.py (SELECT, UPDATE, INSERT in an explicit
 transaction) remains for every other database and for the rare cases this one
 leaves to it (an expired lease that has run out of retries; max_in_flight).
 Event details are written as the same JSON text the general path writes.
@@ -11,15 +11,12 @@ Event details are written as the same JSON text the general path writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Float, String, Table, bindparam, column, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.selectable import TextualSelect
 
 from .store import StateStore
@@ -236,17 +233,6 @@ def _complete_statement(quoted: str, quoted_events: str, with_token: bool, clock
     if clock:
         stmt = stmt.bindparams(bindparam("now", type_=UTCDateTime()))
     return stmt
-
-
-@contextmanager
-def autocommit(store: StateStore) -> Iterator[Connection]:
-    """A connection whose every statement is its own transaction."""
-    store.check_version()
-    try:
-        with store.engine.connect() as conn:
-            yield conn.execution_options(isolation_level="AUTOCOMMIT")
-    except SQLAlchemyError as err:
-        raise store._translate(err) from err
 
 
 def _names(store: StateStore, conn: Connection) -> tuple[str, str]:

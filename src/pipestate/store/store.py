@@ -314,6 +314,16 @@ class StateStore:
         _refuse_newer(self.tables.state.name, version)
         self._version_checked = True
 
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection whose every statement is its own transaction (errors translated)."""
+        self.check_version()
+        try:
+            with self.engine.connect() as conn:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+        except SQLAlchemyError as err:
+            raise self._translate(err) from err
+
     def _translate(self, err: BaseException) -> StateStoreError:
         if is_lock_timeout(err):
             return busy_error(self.engine, err)

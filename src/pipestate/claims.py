@@ -1,0 +1,459 @@
+"""Worker operations on one batch: claim, heartbeat, record a step, complete, fail, release.
+
+Each is one short write transaction and appends its audit event in the same
+transaction. heartbeat, complete, fail and release are fenced: they change the
+row only while the caller's claim is the batch's current one, and raise
+LeaseLost (exit 4) otherwise, having changed nothing. Each takes the
+pipeline's Context first; PipelineStateManager's methods of the same names
+call these.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Interval, bindparam, func, select
+
+from .batches import Batch
+from .context import Context
+from .errors import LeaseLost, UsageError
+from .store import pg_claims
+from .store.claims import (
+    backoff_delay,
+    can_fence_in_update,
+    count_in_flight,
+    current_claim,
+    fenced_update,
+    find_candidate,
+    guarded_update,
+)
+from .store.schema import COLUMNS
+from .store.types import UTCDateTime
+from .windows import iso
+
+__all__ = ["claim", "complete", "fail", "heartbeat", "record_step", "release"]
+
+
+# What a worker may write beside its claim (record_step, and the values of
+# complete and fail): the columns of the three steps, and its own notes. Never
+# the status, the lease or the window: those change only through the claim protocol.
+STEP_VALUE_COLUMNS = frozenset(
+    name for group, name, *_ in COLUMNS if group in ("source", "stage", "target")
+) | {"source_type", "stage_type", "target_type", "batch_metadata"}
+
+
+MAX_WORKER_ID = 255
+
+
+def _check_values(values: dict[str, Any] | None) -> None:
+    others = sorted(set(values or ()) - STEP_VALUE_COLUMNS)
+    if others:
+        raise UsageError(
+            f"{', '.join(others)}: not a step column; a worker writes only the source, stage "
+            "and target columns (and batch_metadata)"
+        )
+
+
+def _claim_event(
+    ctx: Context,
+    batch_id: str,
+    kind: str,
+    now: datetime,
+    old: str | None,
+    new: str | None,
+    worker: str | None,
+    token: str | None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return ctx.event(batch_id, kind, now, old, new, details, worker_id=worker, claim_token=token)
+
+
+def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = None) -> Batch | None:
+    """Take the next claimable batch, or None (nothing claimable, or max_in_flight reached).
+
+    `within` (UTC `[low, high)`) takes only a window that starts in it.
+    """
+    if not worker:
+        raise UsageError("--worker: a worker id is required")
+    if len(worker) > MAX_WORKER_ID:  # worker_id is String(255): refused before anything is written
+        raise UsageError(f"--worker: at most {MAX_WORKER_ID} characters, got {len(worker)}")
+    store, settings = ctx.store, ctx.concurrency
+    lease = settings.lease_delta
+    # PostgreSQL locks the one row it claims; SQLite and DuckDB serialize writers
+    # anyway. Elsewhere (Snowflake has no SELECT FOR UPDATE), and for a
+    # max_in_flight count that must not race, claims queue on the pipeline's lock row.
+    pipeline_lock = bool(settings.max_in_flight) or store.dialect not in ("postgresql", "sqlite", "duckdb")
+    if pipeline_lock:
+        store.ensure_lock_row(ctx.pipeline)
+    # The one-statement PostgreSQL claim takes any window and reads statuses in its own
+    # SQL; a range or a [state] status_map goes the general way.
+    if store.dialect == "postgresql" and not pipeline_lock and within is None and not store.status_aliases:
+        fast = _claim_in_one_statement(ctx, worker, lease)
+        if fast is not None:
+            return fast
+        # Nothing the fast path may take: the general path below also retires
+        # expired leases that have run out of retries.
+    with store.transaction(write=True) as conn:
+        now = ctx.now(conn)
+        if pipeline_lock:
+            store.lock_pipeline(conn, ctx.pipeline, holder=f"claim {worker}")
+        in_flight = count_in_flight(store, conn, ctx.pipeline, now) if settings.max_in_flight else 0
+        if settings.max_in_flight and in_flight >= settings.max_in_flight:
+            return None
+        events: list[dict[str, Any]] = []
+        try:
+            while True:
+                row = find_candidate(
+                    store,
+                    conn,
+                    ctx.pipeline,
+                    now,
+                    settings.max_retries,
+                    settings.claim_order == "newest_first",
+                    within,
+                )
+                if row is None:
+                    return None
+                status, retries = row["pipeline_status"], int(row["retry_count"] or 0)
+                if status == "IN_PROGRESS":
+                    # An expired lease is a failed attempt of its holder.
+                    retries += 1
+                    permanent = retries >= settings.max_retries
+                    events.append(
+                        _claim_event(
+                            ctx,
+                            row["batch_id"],
+                            "LEASE_EXPIRED",
+                            now,
+                            status,
+                            "FAILED" if permanent else status,
+                            row["worker_id"],
+                            row["claim_token"],
+                            {"retry_count": retries, "lease_expired_at": iso(row["lease_expires_at"])},
+                        )
+                    )
+                    if permanent:
+                        guarded_update(
+                            store,
+                            conn,
+                            ctx.pipeline,
+                            row["batch_id"],
+                            status,
+                            row["claim_token"],
+                            {
+                                "pipeline_status": "FAILED",
+                                "retry_count": retries,
+                                "last_error": "lease expired (worker stopped heartbeating)",
+                                "last_error_step": row["current_step"],
+                                "last_error_at": now,
+                                "lease_expires_at": None,
+                                "updated_at": now,
+                                "updated_by": worker,
+                            },
+                        )
+                        continue
+                token = uuid.uuid4().hex
+                expires = now + lease
+                attempts = int(row["attempt_count"] or 0) + 1
+                values = {
+                    "pipeline_status": "IN_PROGRESS",
+                    "worker_id": worker,
+                    "claim_token": token,
+                    "claimed_at": now,
+                    "lease_expires_at": expires,
+                    "heartbeat_at": now,
+                    "retry_count": retries,
+                    "attempt_count": attempts,
+                    "first_started_at": row["first_started_at"] or now,
+                    "next_attempt_at": None,
+                    "updated_at": now,
+                    "updated_by": worker,
+                }
+                if not guarded_update(
+                    store, conn, ctx.pipeline, row["batch_id"], status, row["claim_token"], values
+                ):
+                    continue  # taken meanwhile (only possible without row locks); look again
+                events.append(
+                    _claim_event(
+                        ctx,
+                        row["batch_id"],
+                        "CLAIMED",
+                        now,
+                        status,
+                        "IN_PROGRESS",
+                        worker,
+                        token,
+                        {"attempt": attempts, "retry_count": retries, "lease_expires_at": iso(expires)},
+                    )
+                )
+                row.update(values)
+                return Batch.from_row(ctx.pipeline, row)
+        finally:
+            if events:
+                store.insert_events(conn, events)
+
+
+def _now_sql(ctx: Context) -> Any:
+    """Now as a SQL expression: the injected clock's value, else the database's
+    statement_timestamp() (PostgreSQL; one value for the whole statement)."""
+    if ctx.clock is not None:
+        return bindparam("now", ctx.fixed_now(), UTCDateTime())
+    return func.statement_timestamp(type_=UTCDateTime())
+
+
+def _claim_in_one_statement(ctx: Context, worker: str, lease: Any) -> Batch | None:
+    """PostgreSQL: claim and log in one autocommitted statement (see pg_claims)."""
+    settings = ctx.concurrency
+    token = uuid.uuid4().hex
+    with ctx.store.autocommit() as conn:
+        row = pg_claims.claim(
+            ctx.store,
+            conn,
+            ctx.pipeline,
+            worker,
+            token,
+            lease,
+            settings.max_retries,
+            settings.claim_order == "newest_first",
+            ctx.fixed_now(),
+        )
+    if row is None:
+        return None
+    for extra in ("old_status", "old_worker", "old_token", "old_lease"):
+        row.pop(extra)
+    return Batch.from_row(ctx.pipeline, row)
+
+
+def _write_claimed(ctx: Context, conn: Any, row: dict[str, Any], values: dict[str, Any]) -> None:
+    """Write `values` to the row read by `_fenced`, still guarded by its claim token."""
+    guarded_update(ctx.store, conn, ctx.pipeline, row["batch_id"], "IN_PROGRESS", row["claim_token"], values)
+
+
+def _fenced(ctx: Context, conn: Any, batch_id: str, worker: str, token: str | None) -> dict[str, Any]:
+    row = current_claim(ctx.store, conn, ctx.pipeline, batch_id, worker, token)
+    if row is None:
+        raise LeaseLost(_why_not(ctx, conn, batch_id, worker))
+    return row
+
+
+def _why_not(ctx: Context, conn: Any, batch_id: str, worker: str) -> str:
+    c = ctx.store.tables.state.c
+    row = conn.execute(
+        select(c.pipeline_status, c.worker_id).where(c.batch_id == batch_id, c.pipeline_name == ctx.pipeline)
+    ).first()
+    if row is None:
+        return f"no batch {batch_id} in pipeline {ctx.pipeline}"
+    status, holder = row
+    if status == "IN_PROGRESS" and holder != worker:
+        return f"batch {batch_id} is claimed by {holder}, not {worker}; nothing changed"
+    if status == "IN_PROGRESS":
+        return f"batch {batch_id}: {worker} no longer holds the current claim; nothing changed"
+    return f"batch {batch_id} is {status}; {worker} does not hold its claim; nothing changed"
+
+
+def heartbeat(ctx: Context, batch_id: str, worker: str, token: str | None = None) -> datetime:
+    """Extend the lease; returns the new expiry."""
+    store = ctx.store
+    lease = ctx.concurrency.lease_delta
+    with store.transaction(write=True) as conn:
+        if can_fence_in_update(conn):
+            now = _now_sql(ctx)
+            expiry = now + bindparam("lease", lease, Interval())
+            values = {"lease_expires_at": expiry, "heartbeat_at": now, "updated_at": now}
+            row = fenced_update(
+                store, conn, ctx.pipeline, batch_id, worker, token, values, ("lease_expires_at",)
+            )
+            if row is None:
+                raise LeaseLost(_why_not(ctx, conn, batch_id, worker))
+            expires: datetime = row["lease_expires_at"]
+            return expires
+        row = _fenced(ctx, conn, batch_id, worker, token)
+        now = ctx.now(conn)
+        expires = now + lease
+        _write_claimed(
+            ctx,
+            conn,
+            row,
+            {"lease_expires_at": expires, "heartbeat_at": now, "updated_at": now},
+        )
+    return expires
+
+
+def record_step(
+    ctx: Context,
+    batch_id: str,
+    worker: str,
+    values: dict[str, Any],
+    token: str | None = None,
+    step: str | None = None,
+) -> None:
+    """Write step columns (counts, locations, timestamps) while holding the claim."""
+    _check_values(values)
+    store = ctx.store
+    with store.transaction(write=True) as conn:
+        row = _fenced(ctx, conn, batch_id, worker, token)
+        now = ctx.now(conn)
+        update = {**values, "updated_at": now}
+        if step is not None:
+            update["current_step"] = step
+        _write_claimed(ctx, conn, row, update)
+        if step is not None:
+            store.insert_events(
+                conn,
+                [
+                    _claim_event(
+                        ctx,
+                        batch_id,
+                        "STEP",
+                        now,
+                        "IN_PROGRESS",
+                        "IN_PROGRESS",
+                        worker,
+                        row["claim_token"],
+                        {"step": step, **{k: v for k, v in values.items()}},
+                    )
+                ],
+            )
+
+
+def complete(
+    ctx: Context,
+    batch_id: str,
+    worker: str,
+    token: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> None:
+    """Mark the batch COMPLETED (fenced)."""
+    _check_values(values)
+    store = ctx.store
+    if store.dialect == "postgresql" and not values:
+        with store.autocommit() as conn:
+            clock = ctx.fixed_now()
+            if pg_claims.complete(store, conn, ctx.pipeline, batch_id, worker, token, clock) is None:
+                raise LeaseLost(_why_not(ctx, conn, batch_id, worker))
+        return
+    with store.transaction(write=True) as conn:
+        row = _fenced(ctx, conn, batch_id, worker, token)
+        now = ctx.now(conn)
+        claimed = row["claimed_at"]
+        seconds = (now - claimed).total_seconds() if claimed else None
+        _write_claimed(
+            ctx,
+            conn,
+            row,
+            {
+                **(values or {}),
+                "pipeline_status": "COMPLETED",
+                "current_step": "done",
+                "completed_at": now,
+                "processing_seconds": seconds,
+                "lease_expires_at": None,
+                "updated_at": now,
+                "updated_by": worker,
+            },
+        )
+        store.insert_events(
+            conn,
+            [
+                _claim_event(
+                    ctx,
+                    batch_id,
+                    "COMPLETED",
+                    now,
+                    "IN_PROGRESS",
+                    "COMPLETED",
+                    worker,
+                    row["claim_token"],
+                    {"processing_seconds": seconds},
+                )
+            ],
+        )
+
+
+def fail(
+    ctx: Context,
+    batch_id: str,
+    worker: str,
+    error: str,
+    token: str | None = None,
+    step: str | None = None,
+    values: dict[str, Any] | None = None,
+    retryable: bool | None = None,
+) -> dict[str, Any]:
+    """Record the error, add one to retry_count, set FAILED (fenced).
+
+    With `retryable=False` (an error no retry can fix) the batch is FAILED for
+    good at once and its retry_count is left as it was; `last_error_kind` says
+    which it was. Returns `{"retry_count", "permanent", "next_attempt_at"}`.
+    """
+    _check_values(values)
+    store, settings = ctx.store, ctx.concurrency
+    with store.transaction(write=True) as conn:
+        row = _fenced(ctx, conn, batch_id, worker, token)
+        now = ctx.now(conn)
+        terminal = retryable is False
+        retries = int(row["retry_count"] or 0) + (0 if terminal else 1)
+        permanent = terminal or retries >= settings.max_retries
+        next_attempt = None if permanent else now + backoff_delay(settings.retry_backoff_delta, retries)
+        kind = None if retryable is None else ("transient" if retryable else "terminal")
+        failed_step = step or row["current_step"]
+        _write_claimed(
+            ctx,
+            conn,
+            row,
+            {
+                **(values or {}),
+                "pipeline_status": "FAILED",
+                "retry_count": retries,
+                "last_error": error,
+                "last_error_step": failed_step,
+                "last_error_at": now,
+                "last_error_kind": kind,
+                "next_attempt_at": next_attempt,
+                "lease_expires_at": None,
+                "updated_at": now,
+                "updated_by": worker,
+            },
+        )
+        outcome = {"retry_count": retries, "permanent": permanent, "next_attempt_at": iso(next_attempt)}
+        store.insert_events(
+            conn,
+            [
+                _claim_event(
+                    ctx,
+                    batch_id,
+                    "FAILED",
+                    now,
+                    "IN_PROGRESS",
+                    "FAILED",
+                    worker,
+                    row["claim_token"],
+                    {"error": error, "step": failed_step, **outcome} | ({"kind": kind} if kind else {}),
+                )
+            ],
+        )
+    return outcome
+
+
+def release(ctx: Context, batch_id: str, worker: str, token: str | None = None) -> None:
+    """Give the batch back unfinished (a clean stop): PENDING again, no retry counted."""
+    store = ctx.store
+    with store.transaction(write=True) as conn:
+        row = _fenced(ctx, conn, batch_id, worker, token)
+        now = ctx.now(conn)
+        _write_claimed(
+            ctx,
+            conn,
+            row,
+            {"pipeline_status": "PENDING", "lease_expires_at": None, "updated_at": now, "updated_by": worker},
+        )
+        store.insert_events(
+            conn,
+            [
+                _claim_event(
+                    ctx, batch_id, "RELEASED", now, "IN_PROGRESS", "PENDING", worker, row["claim_token"]
+                )
+            ],
+        )

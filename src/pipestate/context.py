@@ -1,0 +1,94 @@
+"""The context every operation on one pipeline's rows is given: passed down, never reached back for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from .config import ConcurrencyConfig, Config
+from .planning import Settings
+from .store.store import StateStore
+
+__all__ = ["Context"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """The store, the validated config (the settings), who acts, and the clock.
+
+    `clock` replaces the database clock (tests, replays); None means the
+    database's, by which leases are judged.
+    """
+
+    store: StateStore
+    config: Config
+    actor: str
+    clock: Callable[[], datetime] | None = None
+
+    @property
+    def pipeline(self) -> str:
+        return self.config.pipeline.name
+
+    @property
+    def concurrency(self) -> ConcurrencyConfig:
+        return self.config.concurrency
+
+    def now(self, conn: Connection) -> datetime:
+        """Now, by the injected clock or else the database's."""
+        if self.clock is not None:
+            return self.clock()
+        return self.store.now(conn)
+
+    def now_without_table(self) -> datetime:
+        """Now, for a read-only look at a pipeline with no table: an embedded
+        database whose file does not exist is not created just to ask its clock."""
+        if self.clock is not None:
+            return self.clock()
+        if self.store.file_missing():
+            return datetime.now(UTC)
+        with self.store.engine.connect() as conn:
+            return self.store.now(conn)
+
+    def plan_settings(self, now: datetime) -> Settings:
+        """What the planner needs of the config, at `now`."""
+        pipeline = self.config.pipeline
+        return Settings(
+            tz=pipeline.tz,
+            step=pipeline.step,
+            start=pipeline.start_utc,
+            end=pipeline.end_utc,
+            horizon=now - pipeline.lag_delta,
+            now=now,
+        )
+
+    def fixed_now(self) -> datetime | None:
+        """The injected clock's now, or None when the database's clock decides."""
+        return self.clock() if self.clock is not None else None
+
+    def event(
+        self,
+        batch_id: str,
+        event_type: str,
+        now: datetime,
+        old_status: str | None,
+        new_status: str | None,
+        details: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+        claim_token: str | None = None,
+    ) -> dict[str, Any]:
+        """One row of the audit table, by `worker_id` or else the actor."""
+        return {
+            "batch_id": batch_id,
+            "pipeline_name": self.pipeline,
+            "event_type": event_type,
+            "worker_id": worker_id or self.actor,
+            "claim_token": claim_token,
+            "event_time": now,
+            "old_status": old_status,
+            "new_status": new_status,
+            "details": details,
+        }
