@@ -84,12 +84,17 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
     # PostgreSQL locks the one row it claims; SQLite and DuckDB serialize writers
     # anyway. Elsewhere (Snowflake has no SELECT FOR UPDATE), and for a
     # max_in_flight count that must not race, claims queue on the pipeline's lock row.
-    pipeline_lock = bool(settings.max_in_flight) or store.dialect not in ("postgresql", "sqlite", "duckdb")
+    pipeline_lock = store.backend.claims_need_pipeline_lock(settings.max_in_flight)
     if pipeline_lock:
         store.ensure_lock_row(ctx.pipeline)
     # The one-statement PostgreSQL claim takes any window and reads statuses in its own
     # SQL; a range or a [state] status_map goes the general way.
-    if store.dialect == "postgresql" and not pipeline_lock and within is None and not store.status_aliases:
+    if (
+        store.backend.one_statement_claims
+        and not pipeline_lock
+        and within is None
+        and not store.status_aliases
+    ):
         fast = _claim_in_one_statement(ctx, worker, lease)
         if fast is not None:
             return fast
@@ -328,7 +333,7 @@ def complete(
     """Mark the batch COMPLETED (fenced)."""
     _check_values(values)
     store = ctx.store
-    if store.dialect == "postgresql" and not values:
+    if store.backend.one_statement_claims and not values:
         with store.autocommit() as conn:
             clock = ctx.fixed_now()
             if pg_claims.complete(store, conn, ctx.pipeline, batch_id, worker, token, clock) is None:

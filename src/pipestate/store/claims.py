@@ -16,11 +16,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.engine import Connection
 
+from .backends import backend_of
 from .store import StateStore
 
 
 def _lockable(stmt: Select[Any], conn: Connection) -> Select[Any]:
-    if conn.dialect.name == "postgresql":
+    if backend_of(conn).row_locks:
         return stmt.with_for_update(skip_locked=True)
     return stmt
 
@@ -169,7 +170,7 @@ def current_claim(
 ) -> dict[str, Any] | None:
     """The row if `worker` (and `token`, when given) holds its current claim, locked."""
     stmt = select(store.tables.state).where(*holds_claim(store, pipeline, batch_id, worker, token))
-    if conn.dialect.name == "postgresql":
+    if backend_of(conn).row_locks:
         stmt = stmt.with_for_update()
     row = conn.execute(stmt).first()
     return None if row is None else row._asdict()
@@ -201,7 +202,7 @@ def can_fence_in_update(conn: Connection) -> bool:
     # PostgreSQL only: its UPDATE takes the row lock and re-checks the WHERE on the
     # newest version, which is the whole fence. SQLite and DuckDB keep the
     # SELECT-then-guarded-UPDATE path inside their serialized write transaction.
-    return conn.dialect.name == "postgresql"
+    return backend_of(conn).fence_in_update
 
 
 # However often the backoff doubled, a retry waits at most this long.

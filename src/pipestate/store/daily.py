@@ -11,18 +11,18 @@ A million windows come back as one row per (day, status), or per (hour, status).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, and_, case, cast, func, literal, literal_column, select
+from sqlalchemy import BigInteger, Integer, and_, case, func, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import ConfigError
+from .backends import backend_named
 from .schema import StateTables
 
 __all__ = ["DayBucket", "HOURS_PER_DAY_SLOT", "bucket_rows", "epoch_seconds", "span_query"]
@@ -45,24 +45,18 @@ def _seconds(instant: datetime) -> int:
 
 def epoch_seconds(column: Any, dialect: str) -> ColumnElement[Any]:
     """`column` (a UTC instant as stored) as whole epoch seconds, in SQL; NULL when unreadable."""
-    if dialect == "sqlite":  # text YYYY-MM-DD HH:MM:SS[.ffffff], naive UTC
-        if sqlite3.sqlite_version_info >= (3, 38):
-            return func.unixepoch(column)  # twice as fast as strftime
-        return cast(func.strftime("%s", column), Integer())
-    if dialect == "postgresql":  # timestamptz
-        return cast(func.floor(func.extract("epoch", column)), BigInteger())
-    if dialect == "duckdb":  # naive UTC TIMESTAMP; epoch() is seconds as a double
-        return cast(func.floor(func.epoch(column)), BigInteger())
-    if dialect == "snowflake":
-        return cast(func.date_part(literal_column("epoch_second"), column), BigInteger())
-    raise ConfigError(f"[state] url: per-day views are not supported on {dialect}")
+    backend = backend_named(dialect)
+    if backend.epoch_seconds is None:
+        raise ConfigError(f"[state] url: per-day views are not supported on {dialect}")
+    return backend.epoch_seconds(column)
 
 
 def _int_div(value: ColumnElement[Any], divisor: int, dialect: str) -> ColumnElement[Any]:
-    # Only ever applied to values >= 0. DuckDB's `/` is true division; `//` is integral.
-    if dialect == "duckdb":
+    # Only ever applied to values >= 0.
+    how = backend_named(dialect).integer_division
+    if how == "//":
         return value.self_group().op("//")(literal(divisor))
-    if dialect == "snowflake":
+    if how == "floor":
         return func.floor(value / divisor)
     return value.self_group().op("/")(literal(divisor, BigInteger()))  # integers: integral division
 
@@ -246,12 +240,9 @@ def bucket_rows(
 def _duration(started: Any, completed: Any, dialect: str) -> ColumnElement[Any]:
     """Seconds (with their fraction: steps often take less than one) between two
     stored instants; 0 where either is missing or they are the wrong way round."""
-    if dialect == "sqlite":
-        seconds: ColumnElement[Any] = (func.julianday(completed) - func.julianday(started)) * 86400.0
-    elif dialect == "postgresql":
-        seconds = func.extract("epoch", completed - started)
-    elif dialect == "duckdb":
-        seconds = func.epoch(completed) - func.epoch(started)
+    between = backend_named(dialect).seconds_between
+    if between is not None:
+        seconds = between(started, completed)
     else:
         seconds = epoch_seconds(completed, dialect) - epoch_seconds(started, dialect)
     return case((and_(started.is_not(None), completed.is_not(None), seconds >= 0), seconds), else_=0)

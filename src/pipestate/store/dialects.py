@@ -1,4 +1,4 @@
-"""Every per-database difference in one place: engines, transactions, locks, the clock.
+"""Engines, locks and the clock, set up as each database's profile (backends.py) says.
 
 SQLite takes its write lock up front (BEGIN IMMEDIATE) so two writers queue on
 the busy timeout instead of deadlocking; PostgreSQL serializes on a row lock of
@@ -25,13 +25,13 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from ..errors import ConfigError, StoreBusyError
 from ..windows import read_instant
+from .backends import Backend, backend_named, backend_of
 
 _DUCKDB_LOCKS: dict[str, threading.Lock] = {}
 _DUCKDB_LOCKS_GUARD = threading.Lock()
 
 _SQLITE_CACHE_KIB = -65536  # negative: KiB, not pages
 _SQLITE_PAGE_SIZE = 16384  # bytes; applies to files created from now on
-_EXTRAS = {"postgresql": "postgres", "duckdb": "duckdb", "snowflake": "snowflake"}
 
 
 def normalize_url(url: str) -> URL:
@@ -40,8 +40,9 @@ def normalize_url(url: str) -> URL:
         parsed = make_url(url)
     except ArgumentError as err:
         raise ConfigError(f"[state] url: not a database URL: {url!r}") from err
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend = backend_named(parsed.get_backend_name())
+    if "+" not in parsed.drivername and backend.default_driver:
+        parsed = parsed.set(drivername=f"{backend.name}+{backend.default_driver}")
     return parsed
 
 
@@ -71,11 +72,32 @@ def make_engine(url: str, lock_timeout: timedelta, waits: Waits | None = None) -
     """An engine set up for pipestate's transactions on that database."""
     waits = waits or Waits()
     parsed = normalize_url(url)
-    backend = parsed.get_backend_name()
+    backend = backend_named(parsed.get_backend_name())
+    try:
+        engine = create_engine(parsed, connect_args=_connect_args(backend, lock_timeout, waits))
+    except (NoSuchModuleError, ModuleNotFoundError) as err:
+        how = (
+            f'pip install "pipestate[{backend.extra}]"'
+            if backend.extra
+            else f"install a SQLAlchemy driver for {backend.name}"
+        )
+        raise ConfigError(f"[state] url: no driver for {parsed.drivername!r}; {how}") from err
+    if backend.begin_immediate:
+        _setup_sqlite(engine)
+    if backend.session_options:
+        _utc_sessions(engine)
+        if waits.statement_timeout:
+            _watch_statements(engine, waits.statement_timeout + WATCHDOG_GRACE)
+    return engine
+
+
+def _connect_args(backend: Backend, lock_timeout: timedelta, waits: Waits) -> dict[str, Any]:
+    """The driver's connect arguments that bound its waits."""
     connect_args: dict[str, Any] = {}
-    if backend == "sqlite":
+    if backend.begin_immediate:
+        # SQLite: the busy timeout bounds the wait for the write lock.
         connect_args = {"timeout": lock_timeout.total_seconds(), "check_same_thread": False}
-    elif backend == "postgresql":
+    elif backend.session_options:
         # Per session, not per transaction (a SET LOCAL would cost a round trip
         # per claim): bound every wait for a row lock (the pipeline lock row)
         # and every statement, and read and write instants in UTC whatever the
@@ -89,19 +111,7 @@ def make_engine(url: str, lock_timeout: timedelta, waits: Waits | None = None) -
             connect_args["connect_timeout"] = max(1, int(waits.connect_timeout.total_seconds()))
             # unacknowledged data: libpq gives up on the connection after this
             connect_args["tcp_user_timeout"] = _millis(waits.statement_timeout + WATCHDOG_GRACE)
-    try:
-        engine = create_engine(parsed, connect_args=connect_args)
-    except (NoSuchModuleError, ModuleNotFoundError) as err:
-        extra = _EXTRAS.get(backend)
-        how = f'pip install "pipestate[{extra}]"' if extra else f"install a SQLAlchemy driver for {backend}"
-        raise ConfigError(f"[state] url: no driver for {parsed.drivername!r}; {how}") from err
-    if backend == "sqlite":
-        _setup_sqlite(engine)
-    if backend == "postgresql":
-        _utc_sessions(engine)
-        if waits.statement_timeout:
-            _watch_statements(engine, waits.statement_timeout + WATCHDOG_GRACE)
-    return engine
+    return connect_args
 
 
 def _utc_sessions(engine: Engine) -> None:
@@ -266,28 +276,18 @@ def _setup_sqlite(engine: Engine) -> None:
 
 def process_lock(engine: Engine) -> threading.Lock | None:
     """A lock threads of this process must hold to write (DuckDB only)."""
-    if engine.dialect.name != "duckdb":
+    if not backend_of(engine).process_write_lock:
         return None
     key = str(engine.url)
     with _DUCKDB_LOCKS_GUARD:
         return _DUCKDB_LOCKS.setdefault(key, threading.Lock())
 
 
-def now_sql(dialect_name: str) -> str:
-    """A SELECT giving the database's current UTC time (leases are judged by it)."""
-    return {
-        "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
-        "postgresql": "SELECT clock_timestamp()",
-        "duckdb": "SELECT timezone('UTC', get_current_timestamp())",
-        "snowflake": "SELECT SYSDATE()",
-    }.get(dialect_name, "SELECT CURRENT_TIMESTAMP")
-
-
 def db_now(conn: Connection) -> datetime:
     """The database clock as an aware UTC datetime."""
     from .types import parse_instant
 
-    value = parse_instant(conn.exec_driver_sql(now_sql(conn.dialect.name)).scalar())
+    value = parse_instant(conn.exec_driver_sql(backend_of(conn).now_sql).scalar())
     if value is None:  # pragma: no cover - a database without a clock
         return datetime.now(UTC)
     return value
@@ -300,7 +300,7 @@ def serialize_schema_changes(conn: Connection, key: str) -> None:
     PostgreSQL's catalog (duplicate key in pg_type) instead of one waiting.
     SQLite's BEGIN IMMEDIATE and DuckDB's single writer serialize already.
     """
-    if conn.dialect.name == "postgresql":
+    if backend_of(conn).advisory_schema_lock:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(key.encode())})
 
 
@@ -322,12 +322,8 @@ def is_lock_timeout(err: BaseException) -> bool:
 
 def busy_error(engine: Engine, err: BaseException) -> StoreBusyError:
     """The one-line error for a database another process holds."""
-    if engine.dialect.name == "duckdb":
-        return StoreBusyError(
-            f"DuckDB file {engine.url.database} is open for writing in another process; "
-            "DuckDB allows one writing process at a time (use PostgreSQL for many workers)"
-        )
-    return StoreBusyError(f"state database is locked by another process ({engine.dialect.name}); try again")
+    backend = backend_of(engine)
+    return StoreBusyError(backend.busy_message.format(name=backend.name, database=engine.url.database))
 
 
 __all__ = [
@@ -340,7 +336,6 @@ __all__ = [
     "is_lock_timeout",
     "make_engine",
     "normalize_url",
-    "now_sql",
     "process_lock",
     "serialize_schema_changes",
 ]

@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeEngine
 
+from .backends import GENERIC, backend_named
 from .types import StatusType, UTCDateTime
 
 SCHEMA_VERSION = 1
@@ -368,7 +369,7 @@ def build_tables(
     instead), and DuckDB numbers events from a sequence, the others by identity.
     `status_aliases` ([state] status_map) are read as the statuses they mean."""
     metadata = MetaData(schema=schema or None)
-    snowflake = dialect == "snowflake"
+    backend = backend_named(dialect) if dialect else GENERIC
     columns = [
         Column(
             col,
@@ -381,7 +382,7 @@ def build_tables(
     ]
     indexes = (
         []
-        if snowflake
+        if not backend.indexes
         else [
             # populate reads a pipeline ordered by (start, end, batch_id): all of it in the
             # index, so no database sorts a million rows per run.
@@ -407,14 +408,14 @@ def build_tables(
         name, metadata, *columns, *indexes, comment="pipestate: one row per time window of source data"
     )
     event_id_args: list[Any] = []
-    if dialect == "duckdb":  # DuckDB has no identity columns
+    if not backend.identity_columns:  # DuckDB: a sequence instead
         event_id_args.append(Sequence(f"{name}_events_seq", metadata=metadata))
     events = Table(
         f"{name}_events",
         metadata,
         Column(
             "event_id",
-            BigInteger().with_variant(Integer(), "sqlite"),
+            Integer() if backend.small_integer_ids else BigInteger(),
             *event_id_args,
             primary_key=True,
             autoincrement=True,
@@ -429,7 +430,7 @@ def build_tables(
         Column("old_status", String(32), comment="Status before the event"),
         Column("new_status", String(32), comment="Status after the event"),
         Column("details", Text(), comment="JSON with what else is worth knowing"),
-        *([] if snowflake else [Index(f"ix_{name}_events_batch", "batch_id", "event_id")]),
+        *([] if not backend.indexes else [Index(f"ix_{name}_events_batch", "batch_id", "event_id")]),
         comment="pipestate: audit trail, one row per change of a batch's state",
     )
     meta = Table(
@@ -440,10 +441,8 @@ def build_tables(
         Column("updated_at", UTCDateTime(), comment="When it was last written"),
         comment="pipestate: schema version and per-pipeline lock rows",
     )
-    if snowflake:
-        # snowflake-sqlalchemy emits comments as separate COMMENT ON COLUMN
-        # statements, which fakesnow (our local stand-in) cannot run; the
-        # columns are documented in docs/state-table.md instead.
+    if not backend.column_comments:
+        # The columns are documented in docs/state-table.md instead.
         for table in (state, events, meta):
             table.comment = None
             for column in table.columns:

@@ -43,6 +43,7 @@ from sqlalchemy.types import NullType
 from ..errors import SchemaError, StateStoreError, StoreUnavailable
 from ..windows import read_instant
 from . import bulk
+from .backends import Backend, backend_of
 from .dialects import (
     SQLITE_INSTANT_FUNCTION,
     Waits,
@@ -201,9 +202,8 @@ class StateStore:
         # [state] status_map: other tools' statuses, read as the ones they mean (see StatusType).
         self.status_aliases = tuple(sorted((status_map or {}).items()))
         self._absent: frozenset[str] = frozenset()  # optional columns the table lacks (note_columns)
-        self.tables: StateTables = build_tables(
-            table, schema or None, self.engine.dialect.name, self.status_aliases
-        )
+        self.backend: Backend = backend_of(self.engine)
+        self.tables: StateTables = build_tables(table, schema or None, self.backend.name, self.status_aliases)
         self.lock_timeout = lock_timeout
         self._thread_lock: threading.Lock | None = process_lock(self.engine)
         self._insert_sql: dict[Any, str] = {}
@@ -212,34 +212,29 @@ class StateStore:
 
     @property
     def dialect(self) -> str:
-        return self.engine.dialect.name
+        """The database's name, for messages (ask `backend` what it can do)."""
+        return self.backend.name
 
     @cached_property
     def bulk_path(self) -> str | None:
-        """How `insert_windows` writes new windows: "sqlite" (sqlite3's
+        """How `insert_windows` writes new windows: "executemany" (sqlite3's
         executemany, the run's constants as literals), "copy" (PostgreSQL COPY
         through psycopg 3), "arrow" (DuckDB, an Arrow table per chunk, with
         pyarrow installed), or None (SQLAlchemy's multi-row INSERT)."""
-        if self.dialect == "sqlite":
-            return "sqlite"
-        if self.dialect == "postgresql" and self.engine.dialect.driver == "psycopg":
-            return "copy"
-        if self.dialect == "duckdb" and importlib.util.find_spec("pyarrow") is not None:
-            return "arrow"
-        return None
+        backend = self.backend
+        if backend.bulk_path is None:
+            return None
+        if backend.bulk_driver is not None and self.engine.dialect.driver != backend.bulk_driver:
+            return None
+        if backend.bulk_module is not None and importlib.util.find_spec(backend.bulk_module) is None:
+            return None
+        return backend.bulk_path
 
     @property
     def instant_text(self) -> str | None:
         """How `insert_windows` takes instants: None for datetimes, else UTC text
         `YYYY-MM-DD HH:MM:SS.ffffff` followed by this suffix (see RowBuilder)."""
-        path = self.bulk_path
-        if path in ("sqlite", "arrow"):
-            # what SQLAlchemy's DateTime binds on SQLite, and what DuckDB casts
-            # to its zone-less TIMESTAMP: naive UTC
-            return ""
-        if path == "copy":
-            return "+00:00"  # COPY text: the offset makes the session time zone irrelevant
-        return None
+        return self.backend.instant_text if self.bulk_path is not None else None
 
     # -- transactions -------------------------------------------------------------
 
@@ -247,7 +242,7 @@ class StateStore:
     def database_file(self) -> Path | None:
         """The file of an embedded database (SQLite, DuckDB), which connecting would create."""
         database = self.engine.url.database
-        if self.dialect not in ("sqlite", "duckdb") or not database or database == ":memory:":
+        if not self.backend.embedded or not database or database == ":memory:":
             return None
         if database.startswith("file:") or database.startswith("md:"):
             return None  # a URI filename or MotherDuck: not a plain path
@@ -443,7 +438,7 @@ class StateStore:
         zone; read in the session's zone they moved windows by hours and populate
         made windows overlapping COMPLETED ones. Refused, or converted to
         timestamptz reading the values as UTC (how pipestate stores naive UTC)."""
-        if conn.dialect.name != "postgresql":
+        if not self.backend.timezone_type:
             return []
         state = self.tables.state
         instants = [column.name for column in state.columns if isinstance(column.type, UTCDateTime)]
@@ -517,7 +512,7 @@ class StateStore:
         """Whether `candidate_chunks` leaves out `RANK_COLUMNS`, to be read with
         `rank_values` for the few rows that overlap. Only where a query may run
         while the scan is open: on DuckDB it would silently end the scan."""
-        return self.dialect in ("sqlite", "postgresql")
+        return self.backend.scan_allows_queries
 
     def candidate_chunks(self, conn: Connection, pipeline: str) -> Generator[Sequence[Any], None, None]:
         """Every non-SUPERSEDED row of the pipeline, sorted by window, in chunks.
@@ -565,7 +560,7 @@ class StateStore:
             return null().label(name)  # not in this table (yet): see note_columns
         if isinstance(column.type, StatusType):
             return column.label(name)  # text anyway; read through the status map
-        if self.dialect != "postgresql" or not isinstance(column.type, UTCDateTime):
+        if not self.backend.utc_text_reads or not isinstance(column.type, UTCDateTime):
             return type_coerce(column, NullType()).label(name)
         readable = and_(column >= _PG_FIRST_INSTANT, column < _PG_PAST_LAST_INSTANT)
         utc_text = func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS.US")
@@ -576,7 +571,7 @@ class StateStore:
         SQLite the stored text read by populate's reader and written back in the
         form SQLAlchemy binds (NULL where populate would call the row invalid);
         elsewhere the column itself, which the database types."""
-        if self.dialect == "sqlite":
+        if self.backend.instants_as_text:
             return getattr(func, SQLITE_INSTANT_FUNCTION)(column, type_=UTCDateTime())
         return column
 
@@ -586,9 +581,9 @@ class StateStore:
         a batch_id no other row holds (a duplicated id is an invalid row, never claimed)."""
         state = self.tables.state
         start, end = state.c.source_query_window_start_time, state.c.source_query_window_end_time
-        if self.dialect == "sqlite":
+        if self.backend.instants_as_text:
             conditions = [self.instant(end) > self.instant(start)]
-        elif self.dialect == "postgresql":
+        elif self.backend.instants_beyond_python:
             conditions = [end > start, start >= _PG_FIRST_INSTANT, end < _PG_PAST_LAST_INSTANT]
         else:
             conditions = [end > start]
@@ -605,7 +600,7 @@ class StateStore:
         every row of the pipeline for this query, and `pipestate_instant()` is
         a Python call."""
         rest = [*conditions, *self.claimable_window(conn)]
-        if self.dialect == "sqlite":
+        if self.backend.instants_as_text:  # the instants are read by a Python function
             return [status, case((status, and_(*rest)), else_=false())]
         return [status, *rest]
 
@@ -616,7 +611,7 @@ class StateStore:
         duplicates, which claims skip and populate reports; so may DuckDB (not
         asked) and Snowflake (whose primary keys are not enforced)."""
         if self._unique_ids is None:
-            if self.dialect not in ("sqlite", "postgresql"):
+            if not self.backend.reflects_unique_ids:
                 self._unique_ids = False
             elif inspect(conn).has_table(self.tables.state.name, schema=self.tables.state.schema):
                 self._unique_ids = self._reflect_unique_ids(conn)
@@ -673,7 +668,7 @@ class StateStore:
         connection: SQLAlchemy's result rows cost more per row than the scan
         itself, and a no-op populate reads every row of the pipeline.
         """
-        if conn.dialect.name != "sqlite":
+        if not self.backend.raw_driver_reads:
             for partition in conn.execute(stmt).partitions():
                 yield [tuple(row) for row in partition]
             return
@@ -748,7 +743,7 @@ class StateStore:
         if not rows:
             return 0
         path = self.bulk_path
-        if path == "sqlite":
+        if path == "executemany":
             sql = self._sqlite_window_insert(conn, tuple(columns), constant, derived)
             conn.exec_driver_sql(sql, rows)
             return len(rows)
@@ -787,7 +782,7 @@ class StateStore:
         failure rolls the indexes back with everything else.
         """
         defer: list[Index] = []
-        if conn.dialect.name == "sqlite" and expected_rows >= _DEFER_INDEXES_AT:
+        if self.backend.defer_indexes and expected_rows >= _DEFER_INDEXES_AT:
             present = conn.execute(select(func.count()).select_from(self.tables.state)).scalar() or 0
             if expected_rows > present:
                 defer = sorted(self.tables.state.indexes, key=lambda index: str(index.name))
@@ -801,7 +796,7 @@ class StateStore:
         """After a large commit on SQLite: empty the write-ahead log, so later
         readers do not look pages up in a log of a gigabyte. Skipped (and left
         to SQLite's automatic checkpoints) when a reader holds it for 0.2 s."""
-        if self.dialect != "sqlite":
+        if not self.backend.checkpoint_log:
             return
         with self.engine.connect() as conn:
             raw = conn.connection.dbapi_connection
@@ -823,7 +818,7 @@ class StateStore:
         count = 0
         for chunk in _chunks(rows):
             keys = tuple(chunk[0])
-            if conn.dialect.name != "sqlite":
+            if not self.backend.driver_executemany:
                 conn.execute(insert(table), chunk)
                 count += len(chunk)
                 continue

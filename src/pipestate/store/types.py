@@ -12,6 +12,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from ..windows import parse_instant
+from .backends import backend_of
 
 
 class _SQLiteInstant(sqlite.DATETIME):
@@ -32,9 +33,10 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
+        backend = backend_of(dialect)
+        if backend.timezone_type:
             return dialect.type_descriptor(DateTime(timezone=True))
-        if dialect.name == "sqlite":
+        if backend.instants_as_text:
             return dialect.type_descriptor(_SQLiteInstant())
         return dialect.type_descriptor(DateTime())
 
@@ -44,7 +46,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"naive datetime {value.isoformat()} given for a UTC column")
         value = value.astimezone(UTC)
-        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+        return value if backend_of(dialect).timezone_type else value.replace(tzinfo=None)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         return parse_instant(value)
