@@ -19,6 +19,7 @@ from sqlalchemy import Interval, bindparam, func, select
 from .batches import Batch
 from .context import Context
 from .errors import LeaseLost, UsageError
+from .statuses import Status
 from .store import pg_claims
 from .store.claims import (
     backoff_delay,
@@ -122,7 +123,7 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
                 if row is None:
                     return None
                 status, retries = row["pipeline_status"], int(row["retry_count"] or 0)
-                if status == "IN_PROGRESS":
+                if status == Status.IN_PROGRESS:
                     # An expired lease is a failed attempt of its holder.
                     retries += 1
                     permanent = retries >= settings.max_retries
@@ -133,7 +134,7 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
                             "LEASE_EXPIRED",
                             now,
                             status,
-                            "FAILED" if permanent else status,
+                            Status.FAILED if permanent else status,
                             row["worker_id"],
                             row["claim_token"],
                             {"retry_count": retries, "lease_expired_at": iso(row["lease_expires_at"])},
@@ -148,7 +149,7 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
                             status,
                             row["claim_token"],
                             {
-                                "pipeline_status": "FAILED",
+                                "pipeline_status": Status.FAILED,
                                 "retry_count": retries,
                                 "last_error": "lease expired (worker stopped heartbeating)",
                                 "last_error_step": row["current_step"],
@@ -163,7 +164,7 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
                 expires = now + lease
                 attempts = int(row["attempt_count"] or 0) + 1
                 values = {
-                    "pipeline_status": "IN_PROGRESS",
+                    "pipeline_status": Status.IN_PROGRESS,
                     "worker_id": worker,
                     "claim_token": token,
                     "claimed_at": now,
@@ -187,7 +188,7 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
                         "CLAIMED",
                         now,
                         status,
-                        "IN_PROGRESS",
+                        Status.IN_PROGRESS,
                         worker,
                         token,
                         {"attempt": attempts, "retry_count": retries, "lease_expires_at": iso(expires)},
@@ -233,7 +234,9 @@ def _claim_in_one_statement(ctx: Context, worker: str, lease: Any) -> Batch | No
 
 def _write_claimed(ctx: Context, conn: Any, row: dict[str, Any], values: dict[str, Any]) -> None:
     """Write `values` to the row read by `_fenced`, still guarded by its claim token."""
-    guarded_update(ctx.store, conn, ctx.pipeline, row["batch_id"], "IN_PROGRESS", row["claim_token"], values)
+    guarded_update(
+        ctx.store, conn, ctx.pipeline, row["batch_id"], Status.IN_PROGRESS, row["claim_token"], values
+    )
 
 
 def _fenced(ctx: Context, conn: Any, batch_id: str, worker: str, token: str | None) -> dict[str, Any]:
@@ -251,9 +254,9 @@ def _why_not(ctx: Context, conn: Any, batch_id: str, worker: str) -> str:
     if row is None:
         return f"no batch {batch_id} in pipeline {ctx.pipeline}"
     status, holder = row
-    if status == "IN_PROGRESS" and holder != worker:
+    if status == Status.IN_PROGRESS and holder != worker:
         return f"batch {batch_id} is claimed by {holder}, not {worker}; nothing changed"
-    if status == "IN_PROGRESS":
+    if status == Status.IN_PROGRESS:
         return f"batch {batch_id}: {worker} no longer holds the current claim; nothing changed"
     return f"batch {batch_id} is {status}; {worker} does not hold its claim; nothing changed"
 
@@ -313,8 +316,8 @@ def record_step(
                         batch_id,
                         "STEP",
                         now,
-                        "IN_PROGRESS",
-                        "IN_PROGRESS",
+                        Status.IN_PROGRESS,
+                        Status.IN_PROGRESS,
                         worker,
                         row["claim_token"],
                         {"step": step, **{k: v for k, v in values.items()}},
@@ -350,7 +353,7 @@ def complete(
             row,
             {
                 **(values or {}),
-                "pipeline_status": "COMPLETED",
+                "pipeline_status": Status.COMPLETED,
                 "current_step": "done",
                 "completed_at": now,
                 "processing_seconds": seconds,
@@ -365,10 +368,10 @@ def complete(
                 _claim_event(
                     ctx,
                     batch_id,
-                    "COMPLETED",
+                    Status.COMPLETED,
                     now,
-                    "IN_PROGRESS",
-                    "COMPLETED",
+                    Status.IN_PROGRESS,
+                    Status.COMPLETED,
                     worker,
                     row["claim_token"],
                     {"processing_seconds": seconds},
@@ -410,7 +413,7 @@ def fail(
             row,
             {
                 **(values or {}),
-                "pipeline_status": "FAILED",
+                "pipeline_status": Status.FAILED,
                 "retry_count": retries,
                 "last_error": error,
                 "last_error_step": failed_step,
@@ -429,10 +432,10 @@ def fail(
                 _claim_event(
                     ctx,
                     batch_id,
-                    "FAILED",
+                    Status.FAILED,
                     now,
-                    "IN_PROGRESS",
-                    "FAILED",
+                    Status.IN_PROGRESS,
+                    Status.FAILED,
                     worker,
                     row["claim_token"],
                     {"error": error, "step": failed_step, **outcome} | ({"kind": kind} if kind else {}),
@@ -452,13 +455,25 @@ def release(ctx: Context, batch_id: str, worker: str, token: str | None = None) 
             ctx,
             conn,
             row,
-            {"pipeline_status": "PENDING", "lease_expires_at": None, "updated_at": now, "updated_by": worker},
+            {
+                "pipeline_status": Status.PENDING,
+                "lease_expires_at": None,
+                "updated_at": now,
+                "updated_by": worker,
+            },
         )
         store.insert_events(
             conn,
             [
                 _claim_event(
-                    ctx, batch_id, "RELEASED", now, "IN_PROGRESS", "PENDING", worker, row["claim_token"]
+                    ctx,
+                    batch_id,
+                    "RELEASED",
+                    now,
+                    Status.IN_PROGRESS,
+                    Status.PENDING,
+                    worker,
+                    row["claim_token"],
                 )
             ],
         )

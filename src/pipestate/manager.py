@@ -23,6 +23,7 @@ from .config import Config, load_config
 from .context import Context
 from .populate import WindowFunctions
 from .report import PopulateReport
+from .statuses import Status
 from .store.dialects import Waits
 from .store.store import StateStore
 
@@ -162,7 +163,7 @@ class PipelineStateManager:
         *,
         start: datetime | None = None,
         end: datetime | None = None,
-        statuses: tuple[str, ...] = ("FAILED",),
+        statuses: tuple[str, ...] = (Status.FAILED,),
         force: bool = False,
         from_step: str = "source",
     ) -> list[str]:

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from .context import Context
 from .errors import UsageError
+from .statuses import Status
 from .store.claims import guarded_update
 from .windows import iso
 
@@ -29,7 +30,7 @@ def requeue(
     *,
     start: datetime | None = None,
     end: datetime | None = None,
-    statuses: tuple[str, ...] = ("FAILED",),
+    statuses: tuple[str, ...] = (Status.FAILED,),
     force: bool = False,
     by: str | None = None,
     from_step: str = "source",
@@ -42,7 +43,7 @@ def requeue(
     `from_step` "source" (default) makes the next run read the source again, so
     late data reaches the target; "target" reloads the staged files as they are.
     """
-    allowed = {"FAILED", "COMPLETED", "PENDING", "IN_PROGRESS"}
+    allowed = {Status.FAILED, Status.COMPLETED, Status.PENDING, Status.IN_PROGRESS}
     if bad := [s for s in statuses if s not in allowed]:
         raise UsageError(f"--status: cannot requeue {', '.join(bad)} batches")
     if from_step not in REQUEUE_STEPS:
@@ -53,7 +54,7 @@ def requeue(
     with store.transaction(write=True) as conn:
         now = ctx.now(conn)
         stmt = select(c.batch_id, c.pipeline_status, c.lease_expires_at, c.claim_token).where(
-            c.pipeline_name == ctx.pipeline, c.pipeline_status != "SUPERSEDED"
+            c.pipeline_name == ctx.pipeline, c.pipeline_status != Status.SUPERSEDED
         )
         if batch_ids:
             stmt = stmt.where(c.batch_id.in_(batch_ids))
@@ -71,7 +72,7 @@ def requeue(
         done: list[str] = []
         events = []
         for batch_id, status, lease, token in rows:
-            live = status == "IN_PROGRESS" and lease is not None and lease > now
+            live = status == Status.IN_PROGRESS and lease is not None and lease > now
             if live and not force:
                 raise UsageError(
                     f"batch {batch_id} is IN_PROGRESS under a live lease; use --force to requeue"
@@ -84,7 +85,7 @@ def requeue(
                 status,
                 token,
                 {
-                    "pipeline_status": "PENDING",
+                    "pipeline_status": Status.PENDING,
                     "retry_count": 0,
                     "next_attempt_at": None,
                     "last_error_kind": None,
@@ -94,7 +95,7 @@ def requeue(
                     "last_requeued_at": now,
                     "updated_at": now,
                     "updated_by": who,
-                    **dict.fromkeys(REQUEUE_STEPS[from_step], "PENDING"),
+                    **dict.fromkeys(REQUEUE_STEPS[from_step], Status.PENDING.value),
                 },
             )
             events.append(
@@ -103,7 +104,7 @@ def requeue(
                     "REQUEUED",
                     now,
                     status,
-                    "PENDING",
+                    Status.PENDING,
                     {"from_step": from_step},
                     worker_id=who,
                     claim_token=token,
@@ -152,10 +153,10 @@ def quarantine(
         done, events = [], []
         for batch_id in dict.fromkeys(batch_ids):
             row = rows[batch_id]
-            if row.pipeline_status == "SUPERSEDED":
+            if row.pipeline_status == Status.SUPERSEDED:
                 raise UsageError(f"batch {batch_id} is already SUPERSEDED (not active); nothing changed")
             lease = row.lease_expires_at
-            live = row.pipeline_status == "IN_PROGRESS" and lease is not None and lease > now
+            live = row.pipeline_status == Status.IN_PROGRESS and lease is not None and lease > now
             if live and not force:
                 raise UsageError(
                     f"batch {batch_id} is IN_PROGRESS under a live lease; use --force to quarantine it"
@@ -168,7 +169,7 @@ def quarantine(
                 row.pipeline_status,
                 row.claim_token,
                 {
-                    "pipeline_status": "SUPERSEDED",
+                    "pipeline_status": Status.SUPERSEDED,
                     "superseded_by": None,
                     "superseded_at": now,
                     "supersede_reason": f"quarantined: {reason}"[:4000],
@@ -184,7 +185,7 @@ def quarantine(
                     "QUARANTINED",
                     now,
                     row.pipeline_status,
-                    "SUPERSEDED",
+                    Status.SUPERSEDED,
                     {"reason": reason},
                     worker_id=who,
                     claim_token=row.claim_token,

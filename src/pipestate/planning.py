@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from .statuses import Status
 from .windows import (
     DAY,
     DayStep,
@@ -44,7 +45,7 @@ __all__ = [
     "plan",
 ]
 
-KNOWN_STATUSES = frozenset({"PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED"})
+KNOWN_STATUSES = frozenset(Status)
 _RANK_NAMES = (
     "completed windows rank first",
     "a window in progress under a live lease ranks before one that is not",
@@ -420,10 +421,10 @@ class _Planner:
     # -- overlaps -----------------------------------------------------------------
 
     def _rank(self, window: Window) -> tuple:
-        if window.status == "COMPLETED":
+        if window.status == Status.COMPLETED:
             rank = 0
         elif (
-            window.status == "IN_PROGRESS"
+            window.status == Status.IN_PROGRESS
             and window.lease_expires_at is not None
             and window.lease_expires_at > self.settings.now
         ):

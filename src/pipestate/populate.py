@@ -24,6 +24,7 @@ from .planning import InvalidRow, Plan, UnsortedInput, plan
 from .plugins import IdFunction
 from .report import CreatedLog, PopulateReport
 from .rows import RowBuilder
+from .statuses import Status
 from .store.store import RowChanged
 from .windows import day_bounds, day_cells, local_date_of, step_minutes
 
@@ -178,10 +179,10 @@ def _apply(ctx: Context, functions: WindowFunctions, conn: Connection, report: P
         (
             ctx.event(
                 entry["batch_id"],
-                "SUPERSEDED",
+                Status.SUPERSEDED,
                 now,
                 entry["previous_status"],
-                "SUPERSEDED",
+                Status.SUPERSEDED,
                 {
                     "superseded_by": entry["superseded_by"],
                     "reason": entry["reason"],

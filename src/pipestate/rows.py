@@ -15,6 +15,7 @@ from typing import Any
 from . import plugins
 from .config import Config
 from .planning import Cell, Fill, fill_cells
+from .statuses import Status
 from .store.schema import SCHEMA_VERSION
 from .windows import DayStep, format_step
 
@@ -75,7 +76,7 @@ class RowBuilder:
             "stage_type": config.stage.get("type"),
             "target_type": config.target.get("type"),
             "window_timezone": pipeline.timezone,
-            "pipeline_status": "PENDING",
+            "pipeline_status": Status.PENDING.value,
             "retry_count": 0,
             "attempt_count": 0,
             "requeue_count": 0,

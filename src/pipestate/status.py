@@ -10,11 +10,10 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 
 from .context import Context
+from .statuses import STATUS_ORDER, Status
 from .windows import iso, parse_instant
 
 __all__ = ["counts", "leases", "status", "statuses"]
-
-_STATUS_ORDER = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
 
 
 def counts(ctx: Context) -> dict[str, int]:
@@ -53,7 +52,7 @@ def status(ctx: Context) -> dict[str, Any]:
         raw = ctx.store.raw_column
         oldest_pending = conn.execute(
             select(state.c.batch_id, raw("source_query_window_start_time"), raw("created_at"))
-            .where(state.c.pipeline_name == ctx.pipeline, state.c.pipeline_status == "PENDING")
+            .where(state.c.pipeline_name == ctx.pipeline, state.c.pipeline_status == Status.PENDING)
             .order_by(state.c.source_query_window_start_time)
             .limit(1)
         ).first()
@@ -65,7 +64,7 @@ def status(ctx: Context) -> dict[str, Any]:
                 state.c.last_error,
                 raw("last_error_at"),
             )
-            .where(state.c.pipeline_name == ctx.pipeline, state.c.pipeline_status == "FAILED")
+            .where(state.c.pipeline_name == ctx.pipeline, state.c.pipeline_status == Status.FAILED)
             .order_by(state.c.source_query_window_start_time)
             .limit(50)
         ).all()
@@ -75,8 +74,8 @@ def status(ctx: Context) -> dict[str, Any]:
         "pipeline": ctx.pipeline,
         "now": iso(now),
         "range": {"start": iso(settings.start), "end": iso(settings.covered_stop)},
-        "counts": {status: int(counts.get(status, 0)) for status in _STATUS_ORDER}
-        | {str(k): int(v) for k, v in counts.items() if k not in _STATUS_ORDER},
+        "counts": {status.value: int(counts.get(status, 0)) for status in STATUS_ORDER}
+        | {str(k): int(v) for k, v in counts.items() if k not in STATUS_ORDER},
         "total_rows": int(sum(counts.values())),
         "active_windows": active,
         "coverage": {
@@ -121,7 +120,7 @@ def leases(ctx: Context, conn: Any, now: datetime) -> dict[str, list[dict[str, A
             raw("heartbeat_at"),
             c.current_step,
         )
-        .where(c.pipeline_name == ctx.pipeline, c.pipeline_status == "IN_PROGRESS")
+        .where(c.pipeline_name == ctx.pipeline, c.pipeline_status == Status.IN_PROGRESS)
         .order_by(c.claimed_at)
     ).all()
     in_flight: list[dict[str, Any]] = []
@@ -143,7 +142,7 @@ def leases(ctx: Context, conn: Any, now: datetime) -> dict[str, list[dict[str, A
         .where(
             c.pipeline_name == ctx.pipeline,
             and_(
-                c.pipeline_status == "FAILED",
+                c.pipeline_status == Status.FAILED,
                 or_(func.coalesce(c.retry_count, 0) >= max_retries, c.last_error_kind == "terminal"),
             ),
         )

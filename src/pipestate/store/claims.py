@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.engine import Connection
 
+from ..statuses import Status
 from .backends import backend_of
 from .store import StateStore
 
@@ -59,7 +60,9 @@ def find_candidate(
     lease, next_attempt = store.instant(c.lease_expires_at), store.instant(c.next_attempt_at)
     pending = (
         select(state)
-        .where(c.pipeline_name == pipeline, *window, *store.claimable(conn, c.pipeline_status == "PENDING"))
+        .where(
+            c.pipeline_name == pipeline, *window, *store.claimable(conn, c.pipeline_status == Status.PENDING)
+        )
         .order_by(*order)
         .limit(1)
     )
@@ -72,16 +75,16 @@ def find_candidate(
                 conn,
                 # The IN lets the (pipeline, status, start) index skip COMPLETED rows;
                 # without it the OR below is checked on every row of the pipeline.
-                c.pipeline_status.in_(("FAILED", "IN_PROGRESS")),
+                c.pipeline_status.in_((Status.FAILED, Status.IN_PROGRESS)),
                 or_(
                     and_(
-                        c.pipeline_status == "FAILED",
+                        c.pipeline_status == Status.FAILED,
                         func.coalesce(c.retry_count, 0) < max_retries,
                         not_terminal(store),
                         or_(next_attempt.is_(None), next_attempt <= now),
                     ),
                     and_(
-                        c.pipeline_status == "IN_PROGRESS",
+                        c.pipeline_status == Status.IN_PROGRESS,
                         # (on SQLite an unreadable lease reads as NULL: expired, as populate ranks it)
                         or_(lease.is_(None), lease <= now),
                     ),
@@ -114,7 +117,7 @@ def count_in_flight(store: StateStore, conn: Connection, pipeline: str, now: dat
         conn.execute(
             select(func.count()).where(
                 c.pipeline_name == pipeline,
-                c.pipeline_status == "IN_PROGRESS",
+                c.pipeline_status == Status.IN_PROGRESS,
                 store.instant(c.lease_expires_at) > now,
             )
         ).scalar_one()
@@ -152,7 +155,7 @@ def holds_claim(store: StateStore, pipeline: str, batch_id: str, worker: str, to
     conditions = [
         c.batch_id == batch_id,
         c.pipeline_name == pipeline,
-        c.pipeline_status == "IN_PROGRESS",
+        c.pipeline_status == Status.IN_PROGRESS,
         c.worker_id == worker,
     ]
     if token is not None:

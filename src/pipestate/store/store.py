@@ -41,6 +41,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import NullType
 
 from ..errors import SchemaError, StateStoreError, StoreUnavailable
+from ..statuses import Status
 from ..windows import read_instant
 from . import bulk
 from .backends import Backend, backend_of
@@ -530,7 +531,7 @@ class StateStore:
         stmt = (
             select(*(self.raw_column(name) for name in columns))
             .where(state.c.pipeline_name == pipeline)
-            .where(state.c.pipeline_status != "SUPERSEDED")
+            .where(state.c.pipeline_status != Status.SUPERSEDED)
             .order_by(start, end, state.c.batch_id)
             .execution_options(yield_per=_CHUNK)
         )
@@ -700,7 +701,7 @@ class StateStore:
         """batch_ids of this pipeline's SUPERSEDED rows (new ids must not reuse them)."""
         state = self.tables.state
         stmt = select(state.c.batch_id).where(
-            state.c.pipeline_name == pipeline, state.c.pipeline_status == "SUPERSEDED"
+            state.c.pipeline_name == pipeline, state.c.pipeline_status == Status.SUPERSEDED
         )
         return set(conn.execute(stmt).scalars())
 
@@ -866,7 +867,7 @@ class StateStore:
                 update(state)
                 .where(*guard)
                 .values(
-                    pipeline_status="SUPERSEDED",
+                    pipeline_status=Status.SUPERSEDED,
                     superseded_by=winner,
                     superseded_at=now,
                     supersede_reason=reason,
@@ -896,13 +897,13 @@ class StateStore:
                 literal("CREATED", String()),
                 literal(actor, String()),
                 state.c.created_at,
-                literal("PENDING", String()),
+                literal(Status.PENDING, String()),
                 details,
             )
             .where(
                 state.c.pipeline_name == pipeline,
                 state.c.populate_run_id == run_id,
-                state.c.pipeline_status == "PENDING",
+                state.c.pipeline_status == Status.PENDING,
             )
             .order_by(state.c.source_query_window_start_time)
         )
