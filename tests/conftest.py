@@ -7,7 +7,6 @@ its own table name (`t_<uuid8>`); PostgreSQL's tables are dropped afterwards.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import support
 
 from pipestate.manager import PipelineStateManager
 
-PG_URL = os.environ.get("PIPESTATE_TEST_PG_URL", support.PG_URL)
+PG_URL = support.PG_URL  # $PIPESTATE_TEST_PG_URL, else the local default
 _pg_problem: list[str | None] = []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,8 @@ from pipestate.manager import PipelineStateManager
 
 # The fixed clock of every test: long after the default range, so nothing waits on `lag`.
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
+# The local PostgreSQL of every test that needs one: $PIPESTATE_TEST_PG_URL, else the default.
+PG_URL = os.environ.get("PIPESTATE_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
 
 def utc(*args: int) -> datetime:

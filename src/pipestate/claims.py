@@ -77,9 +77,9 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
     `within` (UTC `[low, high)`) takes only a window that starts in it.
     """
     if not worker:
-        raise UsageError("--worker: a worker id is required")
+        raise UsageError("worker: a worker id is required")
     if len(worker) > MAX_WORKER_ID:  # worker_id is String(255): refused before anything is written
-        raise UsageError(f"--worker: at most {MAX_WORKER_ID} characters, got {len(worker)}")
+        raise UsageError(f"worker: at most {MAX_WORKER_ID} characters, got {len(worker)}")
     store, settings = ctx.store, ctx.concurrency
     lease = settings.lease_delta
     # PostgreSQL locks the one row it claims; SQLite and DuckDB serialize writers

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .config import DEFAULT_CONFIG_PATH
 from .errors import ConfigError, PipestateError
 from .examples import EXAMPLE_CONFIG
 
@@ -93,6 +92,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @json_option
 def init(force: bool, as_json: bool) -> None:
     """Write a commented example config (works as is, on SQLite, from any folder)."""
+    from .config import DEFAULT_CONFIG_PATH
+
     path = Path(_config_path() or DEFAULT_CONFIG_PATH)
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists (use --force to overwrite)")
@@ -670,6 +671,27 @@ def demo(directory: str, days: int, events_per_hour: int, workers: int, inject: 
         raise SystemExit(1)
 
 
+# The library names its arguments; the command line names its options.
+_OPTIONS = {
+    "worker": "--worker",
+    "statuses": "--status",
+    "from_step": "--from-step",
+    "start": "--start",
+    "end": "--end",
+    "workers": "--workers",
+    "limit": "--limit",
+    "inject_failures": "--inject-failures",
+}
+
+
+def _in_cli_words(message: str) -> str:
+    """A library message that opens with an argument's name, opened with its option instead."""
+    argument, colon, rest = message.partition(": ")
+    if colon and argument in _OPTIONS:
+        return f"{_OPTIONS[argument]}: {rest}"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit codes per the contract, one line per user error."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -693,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         notes = [note for note in getattr(err, "__notes__", ()) if note]  # e.g. what was written before
         if notes:
             message += f" ({'; '.join(notes)})"
-        click.echo(f"pipestate: error: {message}", err=True)
+        click.echo(f"pipestate: error: {_in_cli_words(message)}", err=True)
         return err.exit_code
     except SystemExit as done:
         return int(done.code or 0) if not isinstance(done.code, str) else 1

@@ -36,7 +36,6 @@ ENV_PREFIX = "PIPESTATE_"
 _DURATION = re.compile(r"\s*(\d{1,12})\s*([smh])\s*")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FUNCTION_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 # Lengths the state table's columns (and PostgreSQL's 63-byte names) can hold:
 # pipeline_name is String(128); `<table>_events` must stay within 63 bytes.
 MAX_PIPELINE_NAME = 128
@@ -306,9 +305,9 @@ class ConcurrencyConfig(_Section):
 
 
 def _check_function(value: str, section: str) -> str:
-    from .plugins import BUILTINS  # the registry imports config-free helpers only
+    from .plugins import BUILTINS, IMPORT_PATH  # the registry imports config-free helpers only
 
-    if value in BUILTINS[section] or _FUNCTION_PATH.fullmatch(value):
+    if value in BUILTINS[section] or IMPORT_PATH.fullmatch(value):
         return value
     names = ", ".join(sorted(BUILTINS[section]))
     raise ValueError(f"must be one of {names} or 'module:function', got {value!r}")

@@ -10,10 +10,23 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from .config import ConcurrencyConfig, Config
+from .errors import UsageError
 from .planning import Settings
 from .store.store import StateStore
 
-__all__ = ["Context"]
+__all__ = ["Context", "aware"]
+
+
+def aware(value: datetime | None, argument: str) -> datetime | None:
+    """`value` in UTC, or None; a naive datetime is refused, naming the `argument`
+    (a guess about its zone is how windows end up an hour off)."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise UsageError(
+            f"{argument}: naive datetime {value.isoformat()}; give it a time zone (e.g. tzinfo=UTC)"
+        )
+    return value.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -40,7 +53,7 @@ class Context:
     def now(self, conn: Connection) -> datetime:
         """Now, by the injected clock or else the database's."""
         if self.clock is not None:
-            return self.clock()
+            return self._clock_now()
         return self.store.now(conn)
 
     def now_without_table(self) -> datetime:
@@ -67,7 +80,13 @@ class Context:
 
     def fixed_now(self) -> datetime | None:
         """The injected clock's now, or None when the database's clock decides."""
-        return self.clock() if self.clock is not None else None
+        return self._clock_now() if self.clock is not None else None
+
+    def _clock_now(self) -> datetime:
+        assert self.clock is not None
+        now = aware(self.clock(), "clock")
+        assert now is not None
+        return now
 
     def event(
         self,

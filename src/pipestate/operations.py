@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from .context import Context
+from .context import Context, aware
 from .errors import UsageError
 from .statuses import Status
 from .store.claims import guarded_update
@@ -45,9 +45,10 @@ def requeue(
     """
     allowed = {Status.FAILED, Status.COMPLETED, Status.PENDING, Status.IN_PROGRESS}
     if bad := [s for s in statuses if s not in allowed]:
-        raise UsageError(f"--status: cannot requeue {', '.join(bad)} batches")
+        raise UsageError(f"statuses: cannot requeue {', '.join(bad)} batches")
     if from_step not in REQUEUE_STEPS:
-        raise UsageError(f"--from-step: must be one of {', '.join(REQUEUE_STEPS)}, got {from_step!r}")
+        raise UsageError(f"from_step: must be one of {', '.join(REQUEUE_STEPS)}, got {from_step!r}")
+    start, end = aware(start, "start"), aware(end, "end")
     store = ctx.store
     c = store.tables.state.c
     who = by or ctx.actor

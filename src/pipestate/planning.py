@@ -23,8 +23,8 @@ from .windows import (
     day_bounds,
     day_cells,
     local_date_of,
-    parse_instant,
     read_instant,
+    read_stored_instant,
     split_at_midnights,
 )
 
@@ -447,7 +447,15 @@ class _Planner:
             found = self.ranks([r[0] for r in cluster])
             cluster = [(*r[:4], *found.get(r[0], (None, None, None))) for r in cluster]
         windows = [
-            Window(str(r[0]), r[1], r[2], r[3], parse_instant(r[4]), parse_instant(r[5]), parse_instant(r[6]))
+            Window(
+                str(r[0]),
+                r[1],
+                r[2],
+                r[3],
+                read_stored_instant(r[4]),
+                read_stored_instant(r[5]),
+                read_stored_instant(r[6]),
+            )
             for r in cluster
         ]
         ranked = sorted(windows, key=self._rank)

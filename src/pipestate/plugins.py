@@ -7,6 +7,7 @@ Config names a built-in below or `module:function`, resolved once at start.
 from __future__ import annotations
 
 import importlib
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,10 +15,32 @@ from datetime import UTC, date, datetime
 
 from .errors import ConfigError
 
-__all__ = ["WindowInfo", "BUILTINS", "resolve", "default_batch_id", "call", "probe", "MAX_ID_LENGTH"]
+__all__ = [
+    "WindowInfo",
+    "BUILTINS",
+    "IMPORT_PATH",
+    "import_path",
+    "resolve",
+    "default_batch_id",
+    "call",
+    "probe",
+    "MAX_ID_LENGTH",
+]
 
 # batch_id, the other ids and the categories are String(255) columns.
 MAX_ID_LENGTH = 255
+# `package.module:attribute`: how config names an id function, a category function or a
+# connector. Matched whole (fullmatch).
+IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def import_path(path: str, key: str) -> object:
+    """The object `module:attribute` names; ConfigError naming the config `key` if it cannot be imported."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{key}: cannot import {path!r}: {err}") from err
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +138,7 @@ def resolve(section: str, key: str, name: str) -> IdFunction:
         return _deterministic(_ID_PREFIX[key])
     if name in BUILTINS[section]:
         return BUILTINS[section][name]
-    module_name, _, attribute = name.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"[{section}] {key}: cannot import {name!r}: {err}") from err
+    function = import_path(name, f"[{section}] {key}")
     if not callable(function):
         raise ConfigError(f"[{section}] {key}: {name!r} is not callable")
     return function

@@ -82,7 +82,7 @@ class PipelineRunner:
         self.stage = stage or build_stage(config.stage, base=config.base_dir)
         self.target = target or build_target(config.target, base=config.base_dir)
         if not 0.0 <= inject_failures < 1.0:
-            raise ConfigError("--inject-failures: must be a fraction in [0, 1)")
+            raise ConfigError("inject_failures: must be a fraction in [0, 1)")
         self.inject_failures = inject_failures
         self.random = random.Random(seed)
 
@@ -274,9 +274,9 @@ def run_pipeline(
     (UTC `[low, high)`) processes only windows that start in it (one local day).
     """
     if workers < 1:
-        raise ConfigError("--workers: must be at least 1")
+        raise ConfigError("workers: must be at least 1")
     if limit is not None and limit < 1:
-        raise ConfigError("--limit: must be at least 1")
+        raise ConfigError("limit: must be at least 1")
     began = time.monotonic()
     result = RunResult()
     # The connectors first: a missing [source], extra or source path is exit 2 with

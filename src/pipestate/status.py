@@ -11,7 +11,7 @@ from sqlalchemy import and_, func, or_, select
 
 from .context import Context
 from .statuses import STATUS_ORDER, Status
-from .windows import iso, parse_instant
+from .windows import iso, read_stored_instant
 
 __all__ = ["counts", "leases", "status", "statuses"]
 
@@ -89,16 +89,16 @@ def status(ctx: Context) -> dict[str, Any]:
         if oldest_pending is None
         else {
             "batch_id": oldest_pending[0],
-            "start": iso(parse_instant(oldest_pending[1])),
-            "created_at": iso(parse_instant(oldest_pending[2])),
+            "start": iso(read_stored_instant(oldest_pending[1])),
+            "created_at": iso(read_stored_instant(oldest_pending[2])),
         },
         "failures": [
             {
                 "batch_id": row[0],
-                "start": iso(parse_instant(row[1])),
+                "start": iso(read_stored_instant(row[1])),
                 "retry_count": row[2],
                 "last_error": row[3],
-                "last_error_at": iso(parse_instant(row[4])),
+                "last_error_at": iso(read_stored_instant(row[4])),
             }
             for row in failures
         ],
@@ -126,13 +126,13 @@ def leases(ctx: Context, conn: Any, now: datetime) -> dict[str, list[dict[str, A
     in_flight: list[dict[str, Any]] = []
     expired: list[dict[str, Any]] = []
     for row in in_progress:
-        claimed, expires = parse_instant(row.claimed_at), parse_instant(row.lease_expires_at)
+        claimed, expires = read_stored_instant(row.claimed_at), read_stored_instant(row.lease_expires_at)
         entry = {
             "batch_id": row.batch_id,
             "worker_id": row.worker_id,
             "lease_age_seconds": round((now - claimed).total_seconds(), 3) if claimed else None,
             "lease_expires_at": iso(expires),
-            "last_heartbeat": iso(parse_instant(row.heartbeat_at)),
+            "last_heartbeat": iso(read_stored_instant(row.heartbeat_at)),
             "current_step": row.current_step,
         }
         live = expires is not None and expires > now
@@ -157,7 +157,7 @@ def leases(ctx: Context, conn: Any, now: datetime) -> dict[str, list[dict[str, A
                 "batch_id": row.batch_id,
                 "retry_count": row.retry_count,
                 "last_error": row.last_error,
-                "last_error_at": iso(parse_instant(row.last_error_at)),
+                "last_error_at": iso(read_stored_instant(row.last_error_at)),
             }
             for row in permanent
         ],

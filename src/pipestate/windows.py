@@ -28,7 +28,7 @@ __all__ = [
     "grid_cells",
     "local_date_of",
     "parse_granularity",
-    "parse_instant",
+    "read_stored_instant",
     "read_instant",
     "require_utc",
     "split_at_midnights",
@@ -103,7 +103,7 @@ def require_utc(value: datetime, what: str = "instant") -> datetime:
     return value.astimezone(UTC)
 
 
-def parse_instant(value: Any) -> datetime | None:
+def read_stored_instant(value: Any) -> datetime | None:
     """A stored instant as aware UTC; None when it cannot be read.
 
     Naive values are UTC (how pipestate and the contract store them). Text is
@@ -136,7 +136,7 @@ def _as_utc(naive: datetime) -> datetime:
 
 
 def read_instant(value: Any) -> datetime | None:
-    """`parse_instant`, faster for what the state table normally holds.
+    """`read_stored_instant`, faster for what the state table normally holds.
 
     A million stored instants are read per populate. Text as SQLite stores it
     (`YYYY-MM-DD HH:MM:SS.ffffff`, naive UTC) is parsed with its offset
@@ -146,12 +146,12 @@ def read_instant(value: Any) -> datetime | None:
         try:
             parsed = _fromisoformat(value + "+00:00")
         except ValueError:
-            return parse_instant(value)
+            return read_stored_instant(value)
         # A date alone parses too ("2026-01-01+00:00" as naive midnight): not ours.
-        return parsed if parsed.tzinfo is UTC else parse_instant(value)
+        return parsed if parsed.tzinfo is UTC else read_stored_instant(value)
     if type(value) is datetime and value.tzinfo is None:
         return _as_utc(value)
-    return parse_instant(value)
+    return read_stored_instant(value)
 
 
 def _wall(instant: datetime, tz: ZoneInfo) -> datetime:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,19 @@ def test_run_json_summary(tmp_path: Path) -> None:
     assert data["counts"] == {"COMPLETED": 5, "PENDING": 19}
 
 
+def _in_progress(path: Path) -> int:
+    """Batches IN_PROGRESS in the state file (0 while it or its table does not exist yet)."""
+    try:
+        with closing(sqlite3.connect(path, timeout=5)) as conn:
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM pipeline_state WHERE pipeline_status = 'IN_PROGRESS'"
+                ).fetchone()[0]
+            )
+    except sqlite3.Error:
+        return 0
+
+
 def test_sigterm_lets_workers_finish_their_batch(tmp_path: Path) -> None:
     config = _config(tmp_path, 1.5)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "integration")}
@@ -111,7 +126,11 @@ def test_sigterm_lets_workers_finish_their_batch(tmp_path: Path) -> None:
         text=True,
         env=env,
     )
-    time.sleep(6)  # the workers have started and hold a batch each
+    # Once the workers have started and hold a batch (not after a fixed sleep: on a
+    # loaded machine spawning them can take longer than a batch).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _in_progress(tmp_path / "state.db"):
+        time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err

@@ -26,7 +26,7 @@ from pipestate.config import Config
 from pipestate.manager import PipelineStateManager
 from pipestate.runner import PipelineRunner, run_pipeline
 
-PG_URL = os.environ.get("PIPESTATE_TEST_PG_URL", support.PG_URL)
+PG_URL = support.PG_URL
 
 HERE = Path(__file__).parent
 PIPESTATE = str(Path(sys.executable).with_name("pipestate"))

@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from pipestate.config import Config
 from pipestate.errors import LeaseLost
 from pipestate.manager import PipelineStateManager
 
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+NOW = support.NOW
 PIPESTATE = str(Path(sys.executable).parent / "pipestate")
 
 # Events that end a claim; each must carry the token of the claim it ends.

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from ..config import anchor_path
 from ..errors import ConfigError, ConnectorError, TransientConnectorError
-from ..plugins import default_batch_id
+from ..plugins import default_batch_id, import_path
 from ..windows import UTC, local_date_of, zone
 
 __all__ = [
@@ -291,14 +291,9 @@ _DEFAULT_TYPE: dict[str, str] = {"stage": "local", "target": "sql"}
 
 def _resolve(kind: Kind, name: str) -> type:
     if name in BUILTINS[kind]:
-        module_name, _, attribute = BUILTINS[kind][name].partition(":")
-        return getattr(importlib.import_module(module_name), attribute)  # type: ignore[no-any-return]
+        return import_path(BUILTINS[kind][name], f"[{kind}] type")  # type: ignore[return-value]
     if ":" in name:
-        module_name, _, attribute = name.partition(":")
-        try:
-            found = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"[{kind}] type: cannot import {name!r}: {err}") from err
+        found = import_path(name, f"[{kind}] type")
         if not isinstance(found, type):
             raise ConfigError(f"[{kind}] type: {name!r} is not a class")
         return found

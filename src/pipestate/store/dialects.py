@@ -285,9 +285,9 @@ def process_lock(engine: Engine) -> threading.Lock | None:
 
 def db_now(conn: Connection) -> datetime:
     """The database clock as an aware UTC datetime."""
-    from .types import parse_instant
+    from .types import read_stored_instant
 
-    value = parse_instant(conn.exec_driver_sql(backend_of(conn).now_sql).scalar())
+    value = read_stored_instant(conn.exec_driver_sql(backend_of(conn).now_sql).scalar())
     if value is None:  # pragma: no cover - a database without a clock
         return datetime.now(UTC)
     return value

@@ -550,7 +550,7 @@ class StateStore:
 
     def raw_column(self, name: str) -> Any:
         """Column `name` as the planner (and `status`) read it, to be parsed with
-        `parse_instant` or `read_instant`: untyped, so no column type parses every
+        `read_stored_instant` or `read_instant`: untyped, so no column type parses every
         value. On PostgreSQL an instant comes as UTC text in SQLite's form
         (`YYYY-MM-DD HH:MM:SS.ffffff`): psycopg's timestamptz values cost ~2 us a
         row to bring to UTC, and one that Python cannot hold (BC, year 10000 and

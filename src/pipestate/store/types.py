@@ -11,7 +11,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import operators
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from ..windows import parse_instant
+from ..windows import read_stored_instant
 from .backends import backend_of
 
 
@@ -19,7 +19,7 @@ class _SQLiteInstant(sqlite.DATETIME):
     """SQLite text `YYYY-MM-DD HH:MM:SS.ffffff`, read without SQLAlchemy's strict regex."""
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Any:
-        return parse_instant
+        return read_stored_instant
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -49,7 +49,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value if backend_of(dialect).timezone_type else value.replace(tzinfo=None)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        return parse_instant(value)
+        return read_stored_instant(value)
 
 
 class StatusType(TypeDecorator[str]):

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection
 
-from ..windows import parse_instant
+from ..windows import read_stored_instant
 from .schema import StateTables
 
 __all__ = ["WINDOW_COLUMNS", "alert_figures", "window_rows"]
@@ -76,7 +76,7 @@ def window_rows(
     )
     rows = [
         {
-            name: parse_instant(value) if name in _INSTANTS else value
+            name: read_stored_instant(value) if name in _INSTANTS else value
             for name, value in zip(WINDOW_COLUMNS, row, strict=True)
         }
         for row in conn.execute(stmt)
@@ -125,7 +125,7 @@ def alert_figures(
     ).first()
     # The first window not done, by the status index (one probe per status).
     firsts = [
-        parse_instant(
+        read_stored_instant(
             conn.execute(
                 select(raw("source_query_window_start_time"))
                 .where(mine, c.pipeline_status == status, end > start)
@@ -148,9 +148,9 @@ def alert_figures(
         "stuck_leases": int(stuck),
         "oldest_pending": None
         if oldest is None
-        else {"start": parse_instant(oldest[0]), "end": parse_instant(oldest[1])},
+        else {"start": read_stored_instant(oldest[0]), "end": read_stored_instant(oldest[1])},
         "first_not_done": first_not_done,
-        "complete_until": parse_instant(last_done),
+        "complete_until": read_stored_instant(last_done),
     }
 
 
@@ -175,7 +175,7 @@ def latest_populate(
             ("superseded_at", (c.pipeline_status == "SUPERSEDED",)),
         )
     ]
-    runs = [(parse_instant(row[1]), row[0]) for row in newest if row is not None and row[1] is not None]
+    runs = [(read_stored_instant(row[1]), row[0]) for row in newest if row is not None and row[1] is not None]
     if not runs:
         return None
     when, run_id = max(runs, key=lambda pair: (pair[0] is not None, pair[0]))
@@ -184,8 +184,8 @@ def latest_populate(
         {
             "record_origin": origin,
             "windows": int(count),
-            "first_start": parse_instant(first),
-            "last_end": parse_instant(last),
+            "first_start": read_stored_instant(first),
+            "last_end": read_stored_instant(last),
         }
         for origin, count, first, last in conn.execute(
             select(
@@ -203,8 +203,8 @@ def latest_populate(
     superseded = [
         {
             "batch_id": row[0],
-            "start": parse_instant(row[1]),
-            "end": parse_instant(row[2]),
+            "start": read_stored_instant(row[1]),
+            "end": read_stored_instant(row[2]),
             "superseded_by": row[3],
             "reason": row[4],
         }

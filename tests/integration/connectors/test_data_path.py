@@ -24,7 +24,7 @@ from pipestate.connectors.files import FilesSource, partition_span
 from pipestate.windows import zone
 
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
-PG_URL = os.environ.get("PIPESTATE_TEST_PG_URL", support.PG_URL)
+PG_URL = support.PG_URL
 
 
 def rows(chunks) -> list[dict]:
