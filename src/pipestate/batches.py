@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from .store.schema import DURATION_MINUTES, END_TIME, START_TIME
 from .windows import iso
 
 __all__ = ["Batch", "STEP_COLUMNS"]
@@ -41,9 +42,9 @@ class Batch:
         return cls(
             batch_id=row["batch_id"],
             pipeline=pipeline,
-            start=row["source_query_window_start_time"],
-            end=row["source_query_window_end_time"],
-            duration_minutes=int(row["source_query_window_duration_minutes"]),
+            start=row[START_TIME],
+            end=row[END_TIME],
+            duration_minutes=int(row[DURATION_MINUTES]),
             local_date=row["window_local_date"],
             retry_count=int(row["retry_count"]),
             attempt_count=int(row["attempt_count"]),

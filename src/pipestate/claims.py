@@ -14,13 +14,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Interval, bindparam, func, select
-
 from .batches import Batch
 from .context import Context
 from .errors import LeaseLost, UsageError
 from .statuses import Status
-from .store import pg_claims
+from .store import pg_claims, queries
 from .store.claims import (
     backoff_delay,
     can_fence_in_update,
@@ -31,7 +29,6 @@ from .store.claims import (
     guarded_update,
 )
 from .store.schema import COLUMNS
-from .store.types import UTCDateTime
 from .windows import iso
 
 __all__ = ["claim", "complete", "fail", "heartbeat", "record_step", "release"]
@@ -201,14 +198,6 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
                 store.insert_events(conn, events)
 
 
-def _now_sql(ctx: Context) -> Any:
-    """Now as a SQL expression: the injected clock's value, else the database's
-    statement_timestamp() (PostgreSQL; one value for the whole statement)."""
-    if ctx.clock is not None:
-        return bindparam("now", ctx.fixed_now(), UTCDateTime())
-    return func.statement_timestamp(type_=UTCDateTime())
-
-
 def _claim_in_one_statement(ctx: Context, worker: str, lease: Any) -> Batch | None:
     """PostgreSQL: claim and log in one autocommitted statement (see pg_claims)."""
     settings = ctx.concurrency
@@ -247,10 +236,7 @@ def _fenced(ctx: Context, conn: Any, batch_id: str, worker: str, token: str | No
 
 
 def _why_not(ctx: Context, conn: Any, batch_id: str, worker: str) -> str:
-    c = ctx.store.tables.state.c
-    row = conn.execute(
-        select(c.pipeline_status, c.worker_id).where(c.batch_id == batch_id, c.pipeline_name == ctx.pipeline)
-    ).first()
+    row = queries.claim_holder(ctx.store, conn, ctx.pipeline, batch_id)
     if row is None:
         return f"no batch {batch_id} in pipeline {ctx.pipeline}"
     status, holder = row
@@ -267,8 +253,8 @@ def heartbeat(ctx: Context, batch_id: str, worker: str, token: str | None = None
     lease = ctx.concurrency.lease_delta
     with store.transaction(write=True) as conn:
         if can_fence_in_update(conn):
-            now = _now_sql(ctx)
-            expiry = now + bindparam("lease", lease, Interval())
+            now = queries.now_expression(ctx.fixed_now())
+            expiry = queries.lease_expiry(now, lease)
             values = {"lease_expires_at": expiry, "heartbeat_at": now, "updated_at": now}
             row = fenced_update(
                 store, conn, ctx.pipeline, batch_id, worker, token, values, ("lease_expires_at",)

@@ -681,6 +681,8 @@ _OPTIONS = {
     "workers": "--workers",
     "limit": "--limit",
     "inject_failures": "--inject-failures",
+    "reason": "--reason",
+    "batch_ids": "BATCH_ID",
 }
 
 

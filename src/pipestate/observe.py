@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from .errors import UsageError
 from .report import iso
 from .store.daily import HOURS_PER_DAY_SLOT, DayBucket, bucket_rows, span_query
+from .store.schema import DURATION_MINUTES, END_TIME, START_TIME
 from .store.views import alert_figures, window_rows
 from .windows import day_bounds, local_date_of, read_instant
 
@@ -386,7 +387,7 @@ def list_windows(
         )
     windows = []
     for row in rows:
-        begin, finish = row["source_query_window_start_time"], row["source_query_window_end_time"]
+        begin, finish = row[START_TIME], row[END_TIME]
         expires = row["lease_expires_at"]
         windows.append(
             {
@@ -396,7 +397,7 @@ def list_windows(
                 "local_start": _wall(begin, tz),
                 "local_end": _wall(finish, tz),
                 "local_date": local_date_of(begin, tz).isoformat() if begin else None,
-                "duration_minutes": row["source_query_window_duration_minutes"],
+                "duration_minutes": row[DURATION_MINUTES],
                 "status": row["pipeline_status"],
                 "step": row["current_step"],
                 "retry_count": row["retry_count"] or 0,

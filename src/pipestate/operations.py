@@ -7,11 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-
 from .context import Context, aware
 from .errors import UsageError
 from .statuses import Status
+from .store import queries
 from .store.claims import guarded_update
 from .windows import iso
 
@@ -50,22 +49,10 @@ def requeue(
         raise UsageError(f"from_step: must be one of {', '.join(REQUEUE_STEPS)}, got {from_step!r}")
     start, end = aware(start, "start"), aware(end, "end")
     store = ctx.store
-    c = store.tables.state.c
     who = by or ctx.actor
     with store.transaction(write=True) as conn:
         now = ctx.now(conn)
-        stmt = select(c.batch_id, c.pipeline_status, c.lease_expires_at, c.claim_token).where(
-            c.pipeline_name == ctx.pipeline, c.pipeline_status != Status.SUPERSEDED
-        )
-        if batch_ids:
-            stmt = stmt.where(c.batch_id.in_(batch_ids))
-        else:
-            stmt = stmt.where(c.pipeline_status.in_(statuses))
-            if start is not None:
-                stmt = stmt.where(c.source_query_window_start_time >= start)
-            if end is not None:
-                stmt = stmt.where(c.source_query_window_end_time <= end)
-        rows = conn.execute(stmt.order_by(c.source_query_window_start_time)).all()
+        rows = queries.requeue_candidates(store, conn, ctx.pipeline, batch_ids, statuses, start, end)
         if batch_ids:
             missing = set(batch_ids) - {row[0] for row in rows}
             if missing:
@@ -92,7 +79,7 @@ def requeue(
                     "last_error_kind": None,
                     "lease_expires_at": None,
                     "claim_token": None,
-                    "requeue_count": func.coalesce(c.requeue_count, 0) + 1,
+                    "requeue_count": queries.requeued_count(store),
                     "last_requeued_at": now,
                     "updated_at": now,
                     "updated_by": who,
@@ -133,22 +120,14 @@ def quarantine(
     Returns `{"batch_id", "previous_status"}` per row, in the order given.
     """
     if not batch_ids:
-        raise UsageError("BATCH_ID: name at least one batch")
+        raise UsageError("batch_ids: name at least one batch")
     if not reason.strip():
-        raise UsageError("--reason: say why the rows are quarantined")
+        raise UsageError("reason: say why the rows are quarantined")
     store = ctx.store
-    c = store.tables.state.c
     who = by or ctx.actor
     with store.transaction(write=True) as conn:
         now = ctx.now(conn)
-        rows = {
-            row.batch_id: row
-            for row in conn.execute(
-                select(c.batch_id, c.pipeline_status, c.lease_expires_at, c.claim_token).where(
-                    c.pipeline_name == ctx.pipeline, c.batch_id.in_(batch_ids)
-                )
-            )
-        }
+        rows = queries.claims_of(store, conn, ctx.pipeline, batch_ids)
         if missing := [batch_id for batch_id in batch_ids if batch_id not in rows]:
             raise UsageError(f"no such batch in pipeline {ctx.pipeline}: {', '.join(missing)}")
         done, events = [], []
@@ -199,13 +178,8 @@ def quarantine(
 
 def history(ctx: Context, batch_id: str) -> list[dict[str, Any]]:
     """The batch's audit events, oldest first."""
-    events = ctx.store.tables.events
     with ctx.store.transaction(write=False) as conn:
-        rows = conn.execute(
-            select(events)
-            .where(events.c.batch_id == batch_id, events.c.pipeline_name == ctx.pipeline)
-            .order_by(events.c.event_id)
-        ).all()
+        rows = queries.history(ctx.store, conn, ctx.pipeline, batch_id)
     return [
         {
             "event_id": row.event_id,

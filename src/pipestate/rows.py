@@ -16,7 +16,7 @@ from . import plugins
 from .config import Config
 from .planning import Cell, Fill, fill_cells
 from .statuses import Status
-from .store.schema import SCHEMA_VERSION
+from .store.schema import DURATION_MINUTES, END_TIME, SCHEMA_VERSION, START_TIME
 from .windows import DayStep, format_step
 
 __all__ = ["RowBuilder"]
@@ -25,9 +25,9 @@ _ID_PREFIX = {"source_id": "src", "stage_id": "stg", "target_id": "tgt"}
 
 
 _WINDOW_COLUMNS = (
-    "source_query_window_start_time",
-    "source_query_window_end_time",
-    "source_query_window_duration_minutes",
+    START_TIME,
+    END_TIME,
+    DURATION_MINUTES,
     "window_local_date",
     "window_local_start",
     "window_local_end",

@@ -7,10 +7,9 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
-
 from .context import Context
-from .statuses import STATUS_ORDER, Status
+from .statuses import STATUS_ORDER
+from .store import queries
 from .windows import iso, read_stored_instant
 
 __all__ = ["counts", "leases", "status", "statuses"]
@@ -24,50 +23,23 @@ def counts(ctx: Context) -> dict[str, int]:
 
 def statuses(ctx: Context, batch_ids: Iterable[str]) -> dict[str, str]:
     """The current status of each of these batches of the pipeline that exists."""
-    state = ctx.store.tables.state
-    ids = list(batch_ids)
-    found: dict[str, str] = {}
     with ctx.store.transaction(write=False) as conn:
-        for low in range(0, len(ids), 500):
-            stmt = select(state.c.batch_id, state.c.pipeline_status).where(
-                state.c.pipeline_name == ctx.pipeline, state.c.batch_id.in_(ids[low : low + 500])
-            )
-            found.update((str(batch_id), str(status)) for batch_id, status in conn.execute(stmt))
-    return found
+        return queries.statuses_of(ctx.store, conn, ctx.pipeline, list(batch_ids))
 
 
 def status(ctx: Context) -> dict[str, Any]:
     """Counts by status, coverage of the range, first/last window, oldest pending, failures."""
-    ctx.store.check_ready()
-    state = ctx.store.tables.state
-    with ctx.store.transaction(write=False) as conn:
+    store = ctx.store
+    store.check_ready()
+    with store.transaction(write=False) as conn:
         now = ctx.now(conn)
         settings = ctx.plan_settings(now)
-        counts = ctx.store.status_counts(conn, ctx.pipeline)
+        counts = store.status_counts(conn, ctx.pipeline)
         covered, first, last, active = _coverage(
-            ctx.store.iter_candidates(conn, ctx.pipeline), settings.start, settings.covered_stop
+            store.iter_candidates(conn, ctx.pipeline), settings.start, settings.covered_stop
         )
-        # Instants read raw and parsed here: a value another tool wrote that
-        # Python cannot hold shows as null instead of failing status.
-        raw = ctx.store.raw_column
-        oldest_pending = conn.execute(
-            select(state.c.batch_id, raw("source_query_window_start_time"), raw("created_at"))
-            .where(state.c.pipeline_name == ctx.pipeline, state.c.pipeline_status == Status.PENDING)
-            .order_by(state.c.source_query_window_start_time)
-            .limit(1)
-        ).first()
-        failures = conn.execute(
-            select(
-                state.c.batch_id,
-                raw("source_query_window_start_time"),
-                state.c.retry_count,
-                state.c.last_error,
-                raw("last_error_at"),
-            )
-            .where(state.c.pipeline_name == ctx.pipeline, state.c.pipeline_status == Status.FAILED)
-            .order_by(state.c.source_query_window_start_time)
-            .limit(50)
-        ).all()
+        oldest_pending = queries.oldest_pending(store, conn, ctx.pipeline)
+        failures = queries.failures(store, conn, ctx.pipeline)
         lease_view = leases(ctx, conn, now)
     total = max((settings.covered_stop - settings.start).total_seconds(), 0.0)
     return {
@@ -108,21 +80,7 @@ def status(ctx: Context) -> dict[str, Any]:
 
 def leases(ctx: Context, conn: Any, now: datetime) -> dict[str, list[dict[str, Any]]]:
     """For status: batches in flight, stuck under expired leases, and failed for good."""
-    c = ctx.store.tables.state.c
-    raw = ctx.store.raw_column  # instants parsed here: unreadable ones show as null
-    max_retries = ctx.concurrency.max_retries
-    in_progress = conn.execute(
-        select(
-            c.batch_id,
-            c.worker_id,
-            raw("claimed_at"),
-            raw("lease_expires_at"),
-            raw("heartbeat_at"),
-            c.current_step,
-        )
-        .where(c.pipeline_name == ctx.pipeline, c.pipeline_status == Status.IN_PROGRESS)
-        .order_by(c.claimed_at)
-    ).all()
+    in_progress = queries.in_progress(ctx.store, conn, ctx.pipeline)
     in_flight: list[dict[str, Any]] = []
     expired: list[dict[str, Any]] = []
     for row in in_progress:
@@ -137,18 +95,7 @@ def leases(ctx: Context, conn: Any, now: datetime) -> dict[str, list[dict[str, A
         }
         live = expires is not None and expires > now
         (in_flight if live else expired).append(entry)
-    permanent = conn.execute(
-        select(c.batch_id, c.retry_count, c.last_error, raw("last_error_at"))
-        .where(
-            c.pipeline_name == ctx.pipeline,
-            and_(
-                c.pipeline_status == Status.FAILED,
-                or_(func.coalesce(c.retry_count, 0) >= max_retries, c.last_error_kind == "terminal"),
-            ),
-        )
-        .order_by(c.source_query_window_start_time)
-        .limit(100)
-    ).all()
+    permanent = queries.failed_for_good(ctx.store, conn, ctx.pipeline, ctx.concurrency.max_retries)
     return {
         "in_flight": in_flight,
         "expired_leases": expired,

@@ -103,3 +103,20 @@ def test_claims_queue_on_the_pipeline_lock_only_where_nothing_else_makes_them_sa
     assert not BACKENDS["sqlite"].claims_need_pipeline_lock(0)  # serialized writers
     assert BACKENDS["snowflake"].claims_need_pipeline_lock(0)  # no SELECT FOR UPDATE
     assert all(backend.claims_need_pipeline_lock(2) for backend in BACKENDS.values())  # max_in_flight
+
+
+def test_every_statement_is_built_in_store() -> None:
+    """Outside store/ (and connectors/, whose targets are other databases) pipestate
+    imports nothing of SQLAlchemy but the Connection and Engine types: no module
+    builds a statement of the state table there."""
+    offenders = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.name == "demo.py":  # counts the demo's target table, not the state table
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy"):
+                if node.module != "sqlalchemy.engine":
+                    offenders.append(f"{path.name}:{node.lineno}: from {node.module} import ...")
+            elif isinstance(node, ast.Import) and any(a.name.startswith("sqlalchemy") for a in node.names):
+                offenders.append(f"{path.name}:{node.lineno}: import sqlalchemy")
+    assert offenders == [], "\n".join(offenders)

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from ..statuses import Status
 from .backends import backend_of
+from .schema import START_TIME
 from .store import StateStore
 
 
@@ -101,7 +102,7 @@ def find_candidate(
     ]
     if not found:
         return None
-    key = lambda row: row["source_query_window_start_time"]  # noqa: E731
+    key = lambda row: row[START_TIME]  # noqa: E731
     return max(found, key=key) if newest_first else min(found, key=key)
 
 

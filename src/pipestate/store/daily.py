@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import ConfigError
 from .backends import backend_named
-from .schema import StateTables
+from .schema import END_TIME, START_TIME, StateTables
 
 __all__ = ["DayBucket", "HOURS_PER_DAY_SLOT", "bucket_rows", "epoch_seconds", "span_query"]
 
@@ -262,9 +262,7 @@ def span_query(
     With all statuses and no range, the window index alone answers it."""
     c = tables.state.c
     begin, finish = c.source_query_window_start_time, c.source_query_window_end_time
-    stmt = select(raw("source_query_window_start_time"), raw("source_query_window_end_time")).where(
-        c.pipeline_name == pipeline
-    )
+    stmt = select(raw(START_TIME), raw(END_TIME)).where(c.pipeline_name == pipeline)
     if active_only:
         stmt = stmt.where(c.pipeline_status != "SUPERSEDED", finish > begin)
     if start is not None:

@@ -19,6 +19,7 @@ from sqlalchemy import Float, String, Table, bindparam, column, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.selectable import TextualSelect
 
+from .schema import DURATION_MINUTES, END_TIME, START_TIME
 from .store import StateStore
 from .types import UTCDateTime
 
@@ -59,9 +60,9 @@ _RETRYABLE = """pipeline_status IN ('FAILED', 'IN_PROGRESS')
 CLAIM_COLUMNS = (
     "batch_id",
     "pipeline_name",
-    "source_query_window_start_time",
-    "source_query_window_end_time",
-    "source_query_window_duration_minutes",
+    START_TIME,
+    END_TIME,
+    DURATION_MINUTES,
     "window_local_date",
     "window_timezone",
     "source_id",

@@ -30,6 +30,11 @@ from .types import StatusType, UTCDateTime
 
 SCHEMA_VERSION = 1
 
+# The names of the window's columns (contract section 4), defined once.
+START_TIME = "source_query_window_start_time"
+END_TIME = "source_query_window_end_time"
+DURATION_MINUTES = "source_query_window_duration_minutes"
+
 
 # (group, name, type, NOT NULL, comment). Only the contract's core columns are NOT NULL,
 # so rows that other tools write with just those set are valid.
@@ -102,11 +107,11 @@ COLUMNS: list[tuple[str, str, TypeEngine[Any], bool, str]] = [
     ("identity", "stage_type", String(64), False, "Kind of stage, e.g. s3 or local"),
     ("identity", "target_type", String(64), False, "Kind of target, e.g. snowflake or sql"),
     # the window
-    ("window", "source_query_window_start_time", _T(), True, "Window start, UTC, inclusive"),
-    ("window", "source_query_window_end_time", _T(), True, "Window end, UTC, exclusive"),
+    ("window", START_TIME, _T(), True, "Window start, UTC, inclusive"),
+    ("window", END_TIME, _T(), True, "Window end, UTC, exclusive"),
     (
         "window",
-        "source_query_window_duration_minutes",
+        DURATION_MINUTES,
         Integer(),
         True,
         "Real length of the window in minutes",
@@ -389,8 +394,8 @@ def build_tables(
             Index(
                 f"ix_{name}_window",
                 "pipeline_name",
-                "source_query_window_start_time",
-                "source_query_window_end_time",
+                START_TIME,
+                END_TIME,
                 "batch_id",
             ),
             # batch_id last: claims order by (start, batch_id), which the index then
@@ -399,7 +404,7 @@ def build_tables(
                 f"ix_{name}_status",
                 "pipeline_name",
                 "pipeline_status",
-                "source_query_window_start_time",
+                START_TIME,
                 "batch_id",
             ),
         ]

@@ -55,7 +55,7 @@ from .dialects import (
     process_lock,
     serialize_schema_changes,
 )
-from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION, StateTables, build_tables
+from .schema import COLUMNS, CORE_COLUMNS, END_TIME, SCHEMA_VERSION, START_TIME, StateTables, build_tables
 from .types import StatusType, UTCDateTime
 
 if TYPE_CHECKING:
@@ -69,8 +69,8 @@ _DEFER_INDEXES_AT = 50_000
 # What the planner reads of each non-superseded row, in this order.
 ACTIVE_COLUMNS = (
     "batch_id",
-    "source_query_window_start_time",
-    "source_query_window_end_time",
+    START_TIME,
+    END_TIME,
     "pipeline_status",
 )
 # What ranks overlapping windows: read only for the rows of an overlap.

@@ -12,16 +12,16 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection
 
 from ..windows import read_stored_instant
-from .schema import StateTables
+from .schema import DURATION_MINUTES, END_TIME, START_TIME, StateTables
 
 __all__ = ["WINDOW_COLUMNS", "alert_figures", "window_rows"]
 
 # What `pipestate windows` shows of each window, in this order.
 WINDOW_COLUMNS = (
     "batch_id",
-    "source_query_window_start_time",
-    "source_query_window_end_time",
-    "source_query_window_duration_minutes",
+    START_TIME,
+    END_TIME,
+    DURATION_MINUTES,
     "pipeline_status",
     "current_step",
     "retry_count",
@@ -37,8 +37,8 @@ WINDOW_COLUMNS = (
     "supersede_reason",
 )
 _INSTANTS = {
-    "source_query_window_start_time",
-    "source_query_window_end_time",
+    START_TIME,
+    END_TIME,
     "lease_expires_at",
     "last_error_at",
 }
@@ -118,7 +118,7 @@ def alert_figures(
     ).scalar_one()
     start, end = c.source_query_window_start_time, c.source_query_window_end_time
     oldest = conn.execute(
-        select(raw("source_query_window_start_time"), raw("source_query_window_end_time"))
+        select(raw(START_TIME), raw(END_TIME))
         .where(mine, c.pipeline_status == "PENDING")
         .order_by(start)
         .limit(1)
@@ -127,7 +127,7 @@ def alert_figures(
     firsts = [
         read_stored_instant(
             conn.execute(
-                select(raw("source_query_window_start_time"))
+                select(raw(START_TIME))
                 .where(mine, c.pipeline_status == status, end > start)
                 .order_by(start)
                 .limit(1)
@@ -139,9 +139,7 @@ def alert_figures(
     done = and_(mine, c.pipeline_status == "COMPLETED", end > start)
     if first_not_done is not None:
         done = and_(done, start < first_not_done)
-    last_done = conn.execute(
-        select(raw("source_query_window_end_time")).where(done).order_by(start.desc()).limit(1)
-    ).scalar()
+    last_done = conn.execute(select(raw(END_TIME)).where(done).order_by(start.desc()).limit(1)).scalar()
     return {
         "counts": counts,
         "failed_permanently": int(exhausted),
@@ -191,8 +189,8 @@ def latest_populate(
             select(
                 c.record_origin,
                 func.count(),
-                func.min(raw("source_query_window_start_time")),
-                func.max(raw("source_query_window_end_time")),
+                func.min(raw(START_TIME)),
+                func.max(raw(END_TIME)),
             )
             .where(of_run, c.pipeline_status != "SUPERSEDED", c.superseded_at.is_(None))
             .group_by(c.record_origin)
@@ -211,8 +209,8 @@ def latest_populate(
         for row in conn.execute(
             select(
                 c.batch_id,
-                raw("source_query_window_start_time"),
-                raw("source_query_window_end_time"),
+                raw(START_TIME),
+                raw(END_TIME),
                 c.superseded_by,
                 c.supersede_reason,
             )
