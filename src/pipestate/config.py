@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .paths import anchor_path
 from .windows import UTC, Step, day_bounds, format_step, parse_granularity, zone
 
 __all__ = ["Config", "load_config", "parse_duration", "DEFAULT_CONFIG_PATH", "ENV_PREFIX"]
@@ -442,25 +443,6 @@ _PATH_KEYS = {
     "stage": ("url", "path"),
     "target": ("url", "path"),
 }
-_EMBEDDED_URL = re.compile(r"^(?P<scheme>(sqlite|duckdb)(\+\w+)?:///)(?P<path>[^?]*)(?P<query>\?.*)?$")
-
-
-def anchor_path(value: str, base: Path) -> str:
-    """`value` with a relative local path made absolute against `base`; anything else as is.
-
-    Handles plain paths (`data/events`, `./stage`) and the embedded databases'
-    URLs (`sqlite:///state.db`, `duckdb:///target.duckdb?threads=2`); leaves
-    absolute paths, `:memory:`, `file:` URIs and other URLs (`s3://`, `postgresql://`) alone.
-    """
-    match = _EMBEDDED_URL.match(value)
-    if match:
-        path = match.group("path")
-        if not path or path.startswith((":memory:", "file:", "md:")) or Path(path).is_absolute():
-            return value
-        return f"{match.group('scheme')}{base / path}{match.group('query') or ''}"
-    if "://" in value or not value or Path(value).expanduser().is_absolute():
-        return str(Path(value).expanduser()) if value.startswith("~") else value
-    return str(base / value)
 
 
 def _anchor_section_paths(data: dict[str, Any], base: Path) -> None:

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from ..config import anchor_path
 from ..errors import ConfigError, ConnectorError, TransientConnectorError
+from ..paths import anchor_path
 from ..plugins import default_batch_id, import_path
 from ..windows import UTC, local_date_of, zone
 
