@@ -103,11 +103,12 @@ class Context:
         return {
             "batch_id": batch_id,
             "pipeline_name": self.pipeline,
-            "event_type": event_type,
+            "event_type": str(event_type),
             "worker_id": worker_id or self.actor,
             "claim_token": claim_token,
             "event_time": now,
-            "old_status": old_status,
-            "new_status": new_status,
+            # Status members as plain text: some drivers (Snowflake's) bind only exact str.
+            "old_status": None if old_status is None else str(old_status),
+            "new_status": None if new_status is None else str(new_status),
             "details": details,
         }

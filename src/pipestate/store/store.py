@@ -897,7 +897,7 @@ class StateStore:
                 literal("CREATED", String()),
                 literal(actor, String()),
                 state.c.created_at,
-                literal(Status.PENDING, String()),
+                literal(Status.PENDING.value, String()),
                 details,
             )
             .where(

@@ -70,6 +70,10 @@ class StatusType(TypeDecorator[str]):
         super().__init__()
         self.aliases = tuple(aliases)
 
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        # A Status member as its plain text: some drivers (Snowflake's) bind only exact str.
+        return None if value is None else str(value)
+
     def column_expression(self, column: Any) -> Any:
         if not self.aliases:
             return column
