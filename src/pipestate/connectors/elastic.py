@@ -76,9 +76,9 @@ class ElasticsearchSource(SearchPages):
 
     def _search(self, body: dict[str, Any], with_pit: bool) -> dict[str, Any]:
         index = None if with_pit else self.options.index
-        answer = self.client.search(
-            index=index, body=body, filter_path=FILTER_PATH, allow_partial_search_results=False
-        )
+        # Partial results are refused by reading `_shards.failed`, not by asking the cluster
+        # (allow_partial_search_results=false): the same guarantee, and no slower on any engine.
+        answer = self.client.search(index=index, body=body, filter_path=FILTER_PATH)
         return answer.body  # type: ignore[no-any-return]
 
     def _failure(self, err: Exception) -> SearchFailure | None:

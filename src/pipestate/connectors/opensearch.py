@@ -102,7 +102,7 @@ class OpenSearchSource(SearchPages):
 
     def _search(self, body: dict[str, Any], with_pit: bool) -> dict[str, Any]:
         index = None if with_pit else self.options.index
-        params = {"filter_path": FILTER_PATH, "allow_partial_search_results": "false"}
+        params = {"filter_path": FILTER_PATH}  # partial pages are refused by `_shards.failed`
         return self.client.search(body=body, index=index, params=params)  # type: ignore[no-any-return]
 
     def _failure(self, err: Exception) -> SearchFailure | None:

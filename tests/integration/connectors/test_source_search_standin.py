@@ -115,7 +115,6 @@ def test_range_and_paging_lose_and_repeat_nothing(es: EsStandin, batch: BatchCon
     assert pages[0]["params"]["filter_path"] == [
         "pit_id,hits.hits._source,hits.hits.sort,_shards.failed,timed_out"
     ]
-    assert pages[0]["params"]["allow_partial_search_results"] == ["false"]
     (pit,) = opened(es)
     if es.flavor == "elasticsearch":
         assert pit["path"] == "/orders-*/_pit" and pit["params"]["keep_alive"] == ["5m"]
