@@ -266,6 +266,18 @@ def test_a_missing_source_path_is_exit_2_naming_the_resolved_path_with_nothing_w
     assert not (project / "state.db").exists()
 
 
+def test_an_unreachable_search_host_is_one_error_before_anything_is_written(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    with (tmp_path / "pipestate.toml").open("a", encoding="utf-8") as file:
+        file.write('\n[source]\ntype = "elasticsearch"\nhosts = ["http://127.0.0.1:9"]\nindex = "x"\n')
+    result = run("run", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "pipestate: error: elasticsearch: Connection error (checked before the run; nothing was written)"
+    ]
+    assert not (tmp_path / "state.db").exists()
+
+
 def test_run_without_a_source_writes_nothing(tmp_path: Path) -> None:
     write_config(tmp_path)
     result = run("run", cwd=tmp_path)

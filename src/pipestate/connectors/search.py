@@ -177,6 +177,15 @@ class SearchPages:
         """What the client's exception means; None for exceptions that are not the client's."""
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Before anything is claimed: the cluster answers and the index exists (one `size: 0`
+        search), so an unreachable host or a missing index is one error at the start of a run,
+        not a failure of every batch."""
+        try:
+            self._call(self._search, {"size": 0}, False)
+        except ConnectorError as err:
+            raise type(err)(f"{err} (checked before the run; nothing was written)") from err
+
     # -- the request -------------------------------------------------------------------------
 
     def query(self, batch: BatchContext) -> dict[str, Any]:

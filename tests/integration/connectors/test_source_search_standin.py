@@ -263,6 +263,15 @@ def test_errors_are_wrapped(es: EsStandin, batch: BatchContext) -> None:
         list(dead.extract(batch))
 
 
+def test_check_finds_a_dead_host_before_any_batch(es: EsStandin) -> None:
+    kind = "opensearch" if es.flavor != "elasticsearch" else "elasticsearch"
+    source(es).check()  # the stand-in answers
+    assert [r["path"] for r in es.requests] == ["/orders-*/_search"]
+    dead = build_source({"type": kind, "hosts": ["http://127.0.0.1:9"], "index": "x", "request_timeout": 2})
+    with pytest.raises(TransientConnectorError):
+        dead.check()
+
+
 def test_describe(es: EsStandin, batch: BatchContext) -> None:
     location, query = source(es, slices=4).describe(batch)
     assert location == f"{es.url}/orders-*"
