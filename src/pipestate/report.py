@@ -463,7 +463,7 @@ state:  {", ".join(f"{k} {v}" for k, v in sorted(demo.counts.items()))}
 Everything is in {setup.directory}/:
   pipestate.toml   the config (files source, local stage, DuckDB target, SQLite state)
   source/          the generated NDJSON events
-  stage/           one staged .ndjson.gz file per window
+  stage/           one staged Parquet file per window
   target.duckdb    the loaded rows (table events)
   state.db         the state table (pipeline_state) and its audit trail (pipeline_state_events)
 Next:
