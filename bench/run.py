@@ -15,8 +15,9 @@ peak RSS is its own. Modes:
   read_json                    DuckDB's own read_json into a table (the limit)
 
 Figures: records/s (records / wall time of populate + run), MB/s (source NDJSON bytes / wall),
-peak RSS, and for pipestate the state-table work per batch (claim, step records, complete:
-the time spent in those manager calls, divided by the batches). Prints; asserts nothing.
+peak RSS (of the run, taken before the count that checks it), and for pipestate the state-table
+work per batch (claim, step records, complete: the time spent in those manager calls, divided by
+the batches). Prints; asserts nothing.
 PostgreSQL: PIPESTATE_BENCH_PG_URL (default the local postgresql+psycopg://root@127.0.0.1:5432/test).
 """
 
@@ -27,6 +28,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,8 +162,7 @@ def run_pipestate(target: str, work: Path, source: Path, window: tuple[str, str]
     from pipestate.manager import PipelineStateManager
     from pipestate.runner import run_pipeline
 
-    base = work / f"pipestate-{target}"
-    base.mkdir(parents=True, exist_ok=True)
+    base = _fresh(work / f"pipestate-{target}")
     table = f"bench_{uuid.uuid4().hex[:8]}" if target == "postgresql" else "events"
     url = {
         "duckdb": f"duckdb:///{base / 'target.duckdb'}",
@@ -174,6 +175,7 @@ def run_pipestate(target: str, work: Path, source: Path, window: tuple[str, str]
     with PipelineStateManager(config) as manager:
         result = run_pipeline(manager)
     wall = time.perf_counter() - began
+    peak = _peak_mb()  # before the check below, which is not part of the run
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
@@ -192,6 +194,7 @@ def run_pipestate(target: str, work: Path, source: Path, window: tuple[str, str]
         "batches": batches,
         "failed": result.summary.failed,
         "state_ms_per_batch": 1000 * spent["seconds"] / batches if batches else None,
+        "peak_mb": peak,
     }
 
 
@@ -206,8 +209,7 @@ def run_dlt(work: Path, source: Path) -> dict[str, Any]:
         for path in files:
             yield pa_json.read_json(path)
 
-    base = work / "dlt"
-    base.mkdir(parents=True, exist_ok=True)
+    base = _fresh(work / "dlt")
     os.environ["DLT_DATA_DIR"] = str(base / "data")
     os.environ["RUNTIME__LOG_LEVEL"] = "WARNING"
     database = base / "dlt.duckdb"
@@ -220,27 +222,49 @@ def run_dlt(work: Path, source: Path) -> dict[str, Any]:
     )
     pipeline.run(events())
     wall = time.perf_counter() - began
+    peak = _peak_mb()
     import duckdb
 
     with duckdb.connect(str(database), read_only=True) as conn:
         rows, distinct = conn.execute("SELECT count(*), count(DISTINCT id) FROM bench.events").fetchone()  # type: ignore[misc]
-    return {"records": rows, "distinct": distinct, "wall": wall}
+    return {"records": rows, "distinct": distinct, "wall": wall, "peak_mb": peak}
 
 
 def run_read_json(work: Path, source: Path) -> dict[str, Any]:
     import duckdb
 
-    base = work / "read_json"
-    base.mkdir(parents=True, exist_ok=True)
+    base = _fresh(work / "read_json")
     began = time.perf_counter()
     with duckdb.connect(str(base / "t.duckdb")) as conn:
         files = f"{source}/*.ndjson"
         conn.execute(
             f"CREATE TABLE events AS SELECT * FROM read_json('{files}', format = 'newline_delimited')"
         )
+        peak = _peak_mb()
         rows, distinct = conn.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone()  # type: ignore[misc]
     wall = time.perf_counter() - began
-    return {"records": rows, "distinct": distinct, "wall": wall}
+    return {"records": rows, "distinct": distinct, "wall": wall, "peak_mb": peak}
+
+
+def _fresh(folder: Path) -> Path:
+    """An empty folder for a mode, so a --dir used before measures a first run again."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS since it started its program. Not getrusage's ru_maxrss: Linux
+    keeps that across exec, so a mode would report at least the parent's peak at the fork
+    (the parent that just wrote the workload held 337 MB; every mode "peaked" there)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(args: argparse.Namespace) -> int:
@@ -251,7 +275,6 @@ def child(args: argparse.Namespace) -> int:
         out = run_dlt(work, source)
     else:
         out = run_read_json(work, source)
-    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
     return 0
 

@@ -126,6 +126,15 @@ class PipelineRunner:
     def process(self, batch: Batch) -> dict[str, Any]:
         """Run the batch's steps; raises on failure (the Worker then fails the batch). Returns
         the target step's columns, which the Worker writes with the completion."""
+        try:
+            return self._steps(batch)
+        finally:
+            # The batch's Arrow buffers are freed by now, but the allocator keeps their pages
+            # for reuse: handed back after each batch, a long run stays at its working size
+            # instead of creeping up by a batch's worth at a time (about 0.2 ms).
+            pa.default_memory_pool().release_unused()
+
+    def _steps(self, batch: Batch) -> dict[str, Any]:
         ctx = self.context(batch)
         staged = self.stage.find(ctx) if batch.step_done("stage") else None
         if staged is None:

@@ -285,3 +285,21 @@ def _toml_value(item: Any) -> str:
         pairs = (f"{_toml_value(key)} = {_toml_value(value)}" for key, value in item.items())
         return "{" + ", ".join(pairs) + "}"
     return '"' + str(item).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@pytest.mark.duckdb
+def test_two_worker_processes_share_one_duckdb_target_exactly_once(tmp_path: Path) -> None:
+    # DuckDB lets one process at a time open the file for writing: each worker holds it for a
+    # couple of seconds of loads, then lets go, and the other waits for its turn (a busy file
+    # is a wait, not a failure). Every record still lands once, in its window.
+    config, events = _setup(tmp_path, "duckdb")
+    with PipelineStateManager(config) as manager:
+        result = run_pipeline(manager, workers=2)
+        counts = manager.counts()
+    assert result.summary.failed == 0 and counts == {"COMPLETED": 24}
+    state = sa.create_engine(config.state.url)
+    with state.connect() as conn:
+        workers = {row[0] for row in conn.execute(sa.text("SELECT DISTINCT worker_id FROM pipeline_state"))}
+    state.dispose()
+    assert {worker.rsplit("/", 1)[-1] for worker in workers} == {"w1", "w2"}, workers
+    _assert_exactly_once(config, events)

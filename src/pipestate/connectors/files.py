@@ -10,9 +10,9 @@ Hive-style folders (`dt=2026-03-07/hour=05/`) whose span misses the window are s
 
 from __future__ import annotations
 
+import functools
 import glob
 import re
-from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,7 +34,9 @@ __all__ = ["FilesSource", "partition_span"]
 _FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv"}
 _FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
 _BLOCK_BYTES = 16 << 20  # the parse block of a whole-file read after a streamed one failed
-_SMALL_BLOCK_BYTES = 1 << 20  # pyarrow's default block, for files read whole (a longer record: 16 MB)
+# The parse block of a file read whole: a quarter of pyarrow's default, as fast, and the
+# parse's peak 20 MB lower (its read-ahead holds several blocks). A longer record: 16 MB blocks.
+_SMALL_BLOCK_BYTES = 256 << 10
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError)
 
 
@@ -127,7 +129,7 @@ class FilesSource:
         self.options = options
         self._partition_tz = zone(options.partition_timezone)
         self._spans: dict[tuple[str, int, int], tuple[datetime, datetime] | None] = {}
-        self._cache: OrderedDict[tuple[str, int, int], pa.Table] = OrderedDict()
+        self._cache: dict[tuple[str, int, int], pa.Table] = {}
         self._cache_bytes = options.cache_mb << 20
 
     def files(self) -> list[Path]:
@@ -175,54 +177,133 @@ class FilesSource:
             if kind == "parquet":
                 yield from self._parquet(path, key, batch)
             elif key in self._cache or _parsed_estimate(path, stat.st_size) <= self._cache_bytes:
-                table = self._cached(path, kind, key)
+                if key not in self._spans and self._holds_a_later_file(batch):
+                    # Already holding a file for later windows: learn this one's span from
+                    # its time field alone, and parse it whole only when a window needs it.
+                    known, span = self._probe(path, kind)
+                    if known:
+                        self._spans[key] = span
+                        if _misses(span, batch):
+                            continue
+                table = self._cached(path, kind, key, batch)
                 yield from _window_of_sorted(table, self.options.time_field, batch)
             else:
                 yield from self._streamed(path, kind, key, batch)
 
     # -- NDJSON and CSV ------------------------------------------------------------------------
 
-    def _cached(self, path: Path, kind: str, key: tuple[str, int, int]) -> pa.Table:
+    def _cached(self, path: Path, kind: str, key: tuple[str, int, int], batch: BatchContext) -> pa.Table:
         # Parsed once per process, sorted by time (stable: equal times keep file order), so
-        # each window is a slice; the least recently used files leave first.
+        # each window is a slice.
         table = self._cache.get(key)
         if table is None:
-            table = self._with_times(path, self._read_whole(path, kind), first_row=1)
+            table = self._read_whole(path, kind)
             times = table.column(self.options.time_field)
             if len(times) > 1 and not pc.all(pc.greater_equal(times[1:], times[:-1])).as_py():
                 table = table.sort_by([(self.options.time_field, "ascending")])  # a sorted copy
                 times = table.column(self.options.time_field)
             self._spans[key] = (times[0].as_py(), times[-1].as_py()) if len(times) else None
             self._cache[key] = table
-            while len(self._cache) > 1 and sum(t.nbytes for t in self._cache.values()) > self._cache_bytes:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
+            self._make_room(key, batch)
         return table
 
-    def _read_whole(self, path: Path, kind: str) -> pa.Table:
-        # Streamed a block at a time (a third less memory than reading the file at once);
-        # when a later block brings a field or a type the first did not have, the file is
-        # read whole instead, which infers its schema from all of it.
-        try:
-            with pa.input_stream(str(path), compression="detect") as stream:
-                reader = self._reader(stream, kind, _SMALL_BLOCK_BYTES)
-                return pa.Table.from_batches(list(reader), schema=reader.schema)
-        except _ARROW_ERRORS:
-            pass
+    def _holds_a_later_file(self, batch: BatchContext) -> bool:
+        """Whether the cache holds a file none of whose records is in this window (files
+        before it are gone by now: the ones held are for windows still to come)."""
+        return any(_misses(self._spans.get(key), batch) for key in self._cache)
+
+    def _probe(self, path: Path, kind: str) -> tuple[bool, tuple[datetime, datetime] | None]:
+        """(True, the file's time span) read from its time field alone: a third of a whole
+        parse, and nothing kept; the span is None for a file with no records. (False, None)
+        where the field cannot be read that way (numbers, missing values, a parse error): the
+        whole parse then decides, and reports any problem naming the record."""
+        field = self.options.time_field
         try:
             with pa.input_stream(str(path), compression="detect") as stream:
                 if kind == "csv":
-                    return pa_csv.read_csv(stream, parse_options=self._csv_parse())
-                return pa_json.read_json(stream, read_options=pa_json.ReadOptions(block_size=_BLOCK_BYTES))
+                    convert = pa_csv.ConvertOptions(include_columns=[field])
+                    table = pa_csv.read_csv(
+                        stream, parse_options=self._csv_parse(), convert_options=convert, memory_pool=_pool()
+                    )
+                else:
+                    only = pa_json.ParseOptions(
+                        explicit_schema=pa.schema([(field, pa.string())]), unexpected_field_behavior="ignore"
+                    )
+                    table = pa_json.read_json(stream, parse_options=only, memory_pool=_pool())
+            column = table.column(field)
+            if column.null_count:
+                return False, None
+            times = utc_times(column, self.options.naive_timezone, self.options.epoch_unit)
+        except (*_ARROW_ERRORS, KeyError, ValueError):
+            return False, None
+        finally:
+            _pool().release_unused()
+        if not len(times):
+            return True, None
+        low, high = pc.min_max(times).values()
+        return True, (low.as_py(), high.as_py())
+
+    def _make_room(self, key: tuple[str, int, int], batch: BatchContext) -> None:
+        # Over the budget, the file needed last leaves first: workers take windows oldest
+        # first, so that is the one whose records start latest (least recently used would
+        # drop the file the next window reads). The file this window reads stays.
+        while sum(t.nbytes for t in self._cache.values()) > self._cache_bytes:
+            candidates = [k for k in self._cache if k != key or _misses(self._spans.get(k), batch)]
+            if not candidates:
+                return
+            victim = max(candidates, key=lambda k: _start_of(self._spans.get(k)))
+            del self._cache[victim]
+
+    def _read_whole(self, path: Path, kind: str) -> pa.Table:
+        """The whole file, its time field read as instants."""
+        try:
+            return self._read_blocks(path, kind)
+        finally:
+            # The parse's read-ahead blocks and text columns are garbage now: hand the
+            # allocators' free pages back, or every parsed file leaves tens of MB behind.
+            _pool().release_unused()
+            pa.default_memory_pool().release_unused()
+
+    def _read_blocks(self, path: Path, kind: str) -> pa.Table:
+        # Streamed a block at a time, each block's time text turned into instants as it comes
+        # (a third less memory than reading the file at once); when a later block brings a
+        # field or a type the first did not have, the file is read whole instead, which infers
+        # its schema from all of it.
+        blocks: list[pa.Table] = []
+        first_row = 1
+        try:
+            with pa.input_stream(str(path), compression="detect") as stream:
+                reader = self._reader(stream, kind, _SMALL_BLOCK_BYTES)
+                for block in reader:
+                    blocks.append(self._with_times(path, pa.Table.from_batches([block]), first_row))
+                    first_row += block.num_rows
+                if not blocks:
+                    return self._with_times(path, reader.schema.empty_table(), first_row=1)
+            return pa.concat_tables(blocks, memory_pool=_pool())
+        except _ARROW_ERRORS:
+            blocks.clear()
+        try:
+            with pa.input_stream(str(path), compression="detect") as stream:
+                if kind == "csv":
+                    table = pa_csv.read_csv(stream, parse_options=self._csv_parse(), memory_pool=_pool())
+                else:
+                    options = pa_json.ReadOptions(block_size=_BLOCK_BYTES)
+                    table = pa_json.read_json(stream, read_options=options, memory_pool=_pool())
         except _ARROW_ERRORS as err:
             raise ConnectorError(f"{path}: cannot read as {kind}: {_first_line(err)}") from err
+        return self._with_times(path, table, first_row=1)
 
     def _reader(self, stream: Any, kind: str, block: int) -> Any:
         if kind == "csv":
             return pa_csv.open_csv(
-                stream, read_options=pa_csv.ReadOptions(block_size=block), parse_options=self._csv_parse()
+                stream,
+                read_options=pa_csv.ReadOptions(block_size=block),
+                parse_options=self._csv_parse(),
+                memory_pool=_pool(),
             )
-        return pa_json.open_json(stream, read_options=pa_json.ReadOptions(block_size=block))
+        return pa_json.open_json(
+            stream, read_options=pa_json.ReadOptions(block_size=block), memory_pool=_pool()
+        )
 
     def _streamed(
         self, path: Path, kind: str, key: tuple[str, int, int], batch: BatchContext
@@ -303,6 +384,21 @@ class FilesSource:
                 first_row += rows
 
 
+@functools.cache
+def _pool() -> pa.MemoryPool:
+    """The memory pool files are parsed in. Parsing on several threads leaves pyarrow's default
+    pool (mimalloc) holding freed pages in each thread's heap: parsing an 80 MB file peaked
+    110 MB above what it started at, to build a 26 MB table. jemalloc told to hand freed
+    pages back at once peaks at 47 MB, as fast; where this pyarrow has no jemalloc, the
+    system allocator does about as well. Only the parse uses it: the default pool, and any
+    jemalloc pool a user chose as their default, are left as they are."""
+    if "jemalloc" in pa.supported_memory_backends() and pa.default_memory_pool().backend_name != "jemalloc":
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(0)
+        return pool
+    return pa.system_memory_pool()
+
+
 def _parsed_estimate(path: Path, size: int) -> int:
     """About how many bytes a file takes once parsed: JSON and CSV text is usually bigger than
     its Arrow columns; gzip'ed text is about a fifth of its size."""
@@ -325,6 +421,11 @@ def _row_group_spans(handle: pq.ParquetFile, field: str) -> list[tuple[datetime,
                 span = (edges[0], edges[1])
         spans.append(span)
     return spans
+
+
+def _start_of(span: tuple[datetime, datetime] | None) -> float:
+    """When a file's records start, as a number that sorts; an empty file's never sorts last."""
+    return span[0].timestamp() if span is not None else float("inf")
 
 
 def _before(span: tuple[datetime, datetime] | None, batch: BatchContext) -> bool:

@@ -337,7 +337,9 @@ class _PartWriter:
         assert self._schema is not None
         if self._parquet is None:
             codec = self.stage.options.compression
-            self._parquet = pq.ParquetWriter(self._handle, self._schema, compression=codec)
+            self._parquet = pq.ParquetWriter(
+                self._handle, self._schema, compression=codec, use_dictionary=dictionary_columns(self._schema)
+            )
         table = pa.Table.from_batches(self._pending, schema=self._schema)
         self._parquet.write_table(table, row_group_size=max(table.num_rows, 1))
         self._rows += table.num_rows
@@ -386,6 +388,33 @@ class _PartWriter:
             self.parts.append((self._path, 0, 0))
         for path, _, _ in self.parts:
             self.stage._discard(path)
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The Parquet column paths worth dictionary-encoding: text and bytes, which repeat (an
+    event name, a country). Numbers and instants mostly do not: their dictionaries grow to the
+    page limit and are thrown away, which made the write a third slower and the file bigger."""
+    paths: list[str] = []
+
+    def walk(prefix: str, kind: pa.DataType) -> None:
+        if pa.types.is_struct(kind):
+            for index in range(kind.num_fields):
+                child = kind.field(index)
+                walk(f"{prefix}.{child.name}", child.type)
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            walk(f"{prefix}.list.element", kind.value_type)
+        elif (
+            pa.types.is_string(kind)
+            or pa.types.is_large_string(kind)
+            or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)
+            or pa.types.is_dictionary(kind)
+        ):
+            paths.append(prefix)
+
+    for item in schema:
+        walk(item.name, item.type)
+    return paths
 
 
 def _ndjson_batches(handle: IO[bytes]) -> Iterator[pa.RecordBatch]:

@@ -80,9 +80,16 @@ class SqlTarget:
             # kept across loads (opening and closing costs tens of milliseconds: the close
             # checkpoints) and let go once held _HOLD_SECONDS, so workers in other processes
             # get their turn between two loads.
-            known = PROFILES.get(sa.engine.make_url(options.url).get_backend_name())
-            pool = {"poolclass": sa.pool.QueuePool, "pool_size": 1, "max_overflow": 0}
-            self.engine = sa.create_engine(options.url, **(pool if known and known.one_writer else {}))  # type: ignore[arg-type]
+            url = sa.engine.make_url(options.url)
+            known = PROFILES.get(url.get_backend_name())
+            engine_options: dict[str, Any] = {}
+            if known and known.one_writer:
+                engine_options |= {"poolclass": sa.pool.QueuePool, "pool_size": 1, "max_overflow": 0}
+            self.engine = sa.create_engine(url, **engine_options)
+            if known and known.connect_settings:
+                _apply_settings(
+                    self.engine, {k: v for k, v in known.connect_settings.items() if k not in url.query}
+                )
         except sa.exc.NoSuchModuleError as err:
             backend = options.url.split(":", 1)[0].split("+", 1)[0]
             extra = _EXTRA_FOR.get(backend)
@@ -196,8 +203,8 @@ class SqlTarget:
                     conn.execute(sa.text(self.profile.lock_sql), {"key": batch.batch_id})
                 if self.profile.utc_sql:
                     conn.exec_driver_sql(self.profile.utc_sql)
-                previous = conn.execute(count_rows, key).scalar_one()
-                conn.execute(sa.text(f"DELETE FROM {self.table} {where}"), key)
+                # The rows replaced: what the DELETE reports (every target driver does).
+                previous = conn.execute(sa.text(f"DELETE FROM {self.table} {where}"), key).rowcount
                 inserted = 0
                 with _Copy(conn, self.table, quote) as copy:
 
@@ -322,6 +329,24 @@ def _sqlite_ready(values: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
     if pa.types.is_decimal(values.type):
         return values.cast(pa.float64())
     return values
+
+
+def _apply_settings(engine: sa.Engine, settings: dict[str, str]) -> None:
+    """`SET name = 'value'` on each new connection. Set, not given as connect-time config: DuckDB
+    refuses a second connection to one file with a different config, so a user's own
+    connection to the target, in the same process, would fail while the run holds one."""
+    if not settings:
+        return
+    statements = [f"SET {name} = '{value}'" for name, value in settings.items()]
+
+    @sa.event.listens_for(engine, "connect")
+    def _settings(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for statement in statements:
+                cursor.execute(statement)
+        finally:
+            cursor.close()
 
 
 def _wrap(err: sa.exc.DBAPIError, doing: str) -> ConnectorError:

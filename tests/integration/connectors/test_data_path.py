@@ -65,6 +65,79 @@ def test_a_daily_file_is_parsed_once_for_its_hourly_windows(tmp_path: Path, monk
     )
 
 
+def _three_days(folder: Path, kind: str = "ndjson") -> list[int]:
+    """Three daily NDJSON (or CSV) files, a record every 6 minutes; the ids in time order."""
+    ids = []
+    for day in range(3):
+        lines = ["id,timestamp"] if kind == "csv" else []
+        for minute in range(0, 24 * 60, 6):
+            moment, number = DAY + timedelta(days=day, minutes=minute), day * 10_000 + minute
+            record = {"id": number, "timestamp": moment.isoformat()}
+            lines.append(f"{number},{moment.isoformat()}" if kind == "csv" else json.dumps(record))
+            ids.append(number)
+        (folder / f"day{day}.{kind}").write_text("\n".join(lines) + "\n")
+    return ids
+
+
+def _counting_parses(monkeypatch) -> list[str]:
+    parses: list[str] = []
+    original = FilesSource._read_whole
+    monkeypatch.setattr(
+        FilesSource,
+        "_read_whole",
+        lambda self, path, kind: parses.append(path.name) or original(self, path, kind),
+    )
+    return parses
+
+
+@pytest.mark.parametrize("kind", ["ndjson", "csv"])
+def test_files_for_later_windows_are_only_probed_until_needed(tmp_path: Path, monkeypatch, kind) -> None:
+    # A first window before all the data (a backfill that starts early): the first file is
+    # parsed to learn its span; holding it for later, the others are probed (time field
+    # only, nothing kept) and each is parsed whole once, when its day comes.
+    ids = _three_days(tmp_path, kind)
+    parses = _counting_parses(monkeypatch)
+    source = build_source({"type": "files", "path": str(tmp_path)})
+    assert rows(source.extract(hourly(-5))) == []
+    assert parses == [f"day0.{kind}"]
+    assert {Path(key[0]).name for key in source._cache} == {f"day0.{kind}"}  # type: ignore[attr-defined]
+    assert len(source._spans) == 3  # type: ignore[attr-defined]
+    got = [r["id"] for hour in range(72) for r in rows(source.extract(hourly(hour)))]
+    assert got == ids
+    assert sorted(parses) == [f"day{day}.{kind}" for day in range(3)]
+
+
+def test_a_probe_that_cannot_read_the_field_leaves_it_to_the_whole_parse(tmp_path: Path, monkeypatch) -> None:
+    _three_days(tmp_path)
+    (tmp_path / "day1.ndjson").write_text(json.dumps({"id": 1, "timestamp": 1767312000}) + "\n")  # epoch
+    parses = _counting_parses(monkeypatch)
+    source = build_source({"type": "files", "path": str(tmp_path)})
+    assert rows(source.extract(hourly(-5))) == []
+    assert parses == ["day0.ndjson", "day1.ndjson"]  # numbers: not probed, parsed whole
+    assert [r["id"] for r in rows(source.extract(hourly(24)))] == [1]  # 2026-01-02T00:00Z
+    # A record with no time is reported by the whole parse, naming it, probe or not.
+    (tmp_path / "day2.ndjson").write_text(json.dumps({"id": 2}) + "\n")
+    with pytest.raises(ConnectorError, match=r"day2.ndjson: record 1 has no field 'timestamp'"):
+        rows(build_source({"type": "files", "path": str(tmp_path)}).extract(hourly(-5)))
+
+
+def test_over_its_budget_the_cache_drops_the_file_needed_last(tmp_path: Path, monkeypatch) -> None:
+    # A budget for one and a half parsed files: the file this window reads stays, the one
+    # whose records start last leaves (least recently used would drop the one in use).
+    ids = _three_days(tmp_path)
+    source = build_source({"type": "files", "path": str(tmp_path)})
+    one_day = source._read_whole(tmp_path / "day0.ndjson", "ndjson").nbytes  # type: ignore[attr-defined]
+    source._cache_bytes = one_day + one_day // 2  # type: ignore[attr-defined]
+    # Their text is bigger than their columns: say they fit, so the cache is what is tested.
+    monkeypatch.setattr("pipestate.connectors.files._parsed_estimate", lambda path, size: 0)
+    parses = _counting_parses(monkeypatch)
+    assert len(rows(source.extract(hourly(0)))) == 10
+    assert {Path(key[0]).name for key in source._cache} == {"day0.ndjson"}  # type: ignore[attr-defined]
+    got = [r["id"] for hour in range(72) for r in rows(source.extract(hourly(hour)))]
+    assert got == ids
+    assert parses.count("day0.ndjson") == 1
+
+
 def test_a_file_too_big_for_the_cache_is_streamed_with_the_same_records(tmp_path: Path) -> None:
     write_day(tmp_path / "day.ndjson.gz".replace(".gz", ""))
     cached = build_source({"type": "files", "path": str(tmp_path)})
@@ -162,6 +235,44 @@ def test_chunks_with_a_new_field_start_a_new_part(tmp_path: Path) -> None:
     assert staged.record_count == 3 and staged.file_count == 2
     got = rows(stage.read(staged))
     assert [r["id"] for r in got] == [1, 2, 3] and got[2]["extra"] == 1.5
+
+
+def test_parquet_stage_dictionary_encodes_text_only(tmp_path: Path) -> None:
+    # Text repeats (an event name); ids, amounts and instants mostly do not, and a dictionary
+    # that overflows is written and then thrown away: only text columns get one.
+    batch = hourly(0)
+    stage = build_stage({"url": str(tmp_path)})
+    records = [
+        {"id": n, "event": "view" if n % 3 else "click", "amount": n / 7, "ctx": {"tag": "a", "n": n}}
+        for n in range(5000)
+    ]
+    staged = stage.write(batch, [pa.RecordBatch.from_pylist(records)])
+    group = pq.ParquetFile(staged.location.removeprefix("file://")).metadata.row_group(0)
+    dictionary = {
+        group.column(i).path_in_schema
+        for i in range(group.num_columns)
+        if any("DICTIONARY" in encoding for encoding in group.column(i).encodings)
+    }
+    assert dictionary == {"event", "ctx.tag"}
+    assert rows(stage.read(staged)) == records
+
+
+@pytest.mark.duckdb
+def test_duckdb_target_settings_default_and_yield_to_the_url(tmp_path: Path) -> None:
+    path = tmp_path / "target.duckdb"
+    seen = {}
+    for url in (f"duckdb:///{path}", f"duckdb:///{path}?checkpoint_threshold=1GB"):
+        sink = build_target({"type": "sql", "url": url, "table": "events"})
+        try:
+            with sink.engine.connect() as conn:  # type: ignore[attr-defined]
+                seen[url] = conn.exec_driver_sql("SELECT current_setting('checkpoint_threshold')").scalar()
+                if "?" not in url:
+                    # Set on the connection, not given as connect-time config: a second
+                    # connection to the file in this process (a user's own, a check) opens.
+                    assert _select(f"duckdb:///{path}", "SELECT 42") == [(42,)]
+        finally:
+            sink.close()  # type: ignore[attr-defined]
+    assert list(seen.values()) == ["30.5 MiB", "953.6 MiB"]
 
 
 # -- typed landing table ---------------------------------------------------------------------
