@@ -327,8 +327,10 @@ class Landing:
     ) -> Iterator[pa.Table]:
         """Each staged chunk as the table to load, after `execute` ran the DDL that adds its new
         fields' columns; `columns()` reads the table's columns (again after a change)."""
-        existing = columns()
+        existing: Mapping[str, str] | None = None  # read with the first chunk: an empty batch never asks
         for chunk in record_batches(chunks):
+            if existing is None:
+                existing = columns()
             alters, fills = self.plan(chunk.schema, existing)
             for statement in alters:
                 execute(statement)
