@@ -198,6 +198,12 @@ class SqlTarget:
         count_rows = sa.text(f"SELECT count(*) FROM {self.table} {where}")
         key = {"batch": batch.batch_id}
         try:
+            if staged.record_count == 0:
+                # An empty window (a quiet hour) replaces nothing unless an earlier load of
+                # the batch left rows: a count, not a write transaction and its commit.
+                with self.engine.connect() as conn:
+                    if conn.execute(count_rows, key).scalar_one() == 0:
+                        return LoadResult(0, 0, self.location, load_id)
             with self.engine.begin() as conn:
                 if self.profile.lock_sql:
                     conn.execute(sa.text(self.profile.lock_sql), {"key": batch.batch_id})

@@ -321,6 +321,28 @@ def _load(url: str, table: str, tmp_path: Path, records: list[dict], hour: int =
         sink.close()  # type: ignore[attr-defined]
 
 
+def test_an_empty_load_still_replaces_what_an_earlier_load_left(landing: tuple[str, str], tmp_path: Path):
+    # A window whose source lost its records (a requeue after a fix upstream): the empty
+    # load takes no write transaction when the target holds nothing for the batch, and
+    # still deletes what an earlier load of the batch left.
+    url, table = landing
+    batch = hourly(0)
+    stage = build_stage({"url": str(tmp_path / "stage")})
+    sink = build_target({"type": "sql", "url": url, "table": table})
+    try:
+        empty = stage.write(batch, [])
+        first = sink.load(batch, empty, stage)
+        assert (first.record_count, first.rows_deleted) == (0, 0)
+        records = [{"id": n, "timestamp": "2026-01-01T00:10:00Z"} for n in range(3)]
+        full = stage.write(batch, [pa.RecordBatch.from_pylist(records)])
+        assert sink.load(batch, full, stage).record_count == 3
+        again = sink.load(batch, stage.write(batch, []), stage)
+        assert (again.record_count, again.rows_deleted) == (0, 3)
+        assert sink.count(batch) == 0
+    finally:
+        sink.close()  # type: ignore[attr-defined]
+
+
 def test_typed_columns_nested_json_and_a_new_field(landing: tuple[str, str], tmp_path: Path) -> None:
     url, table = landing
     first = [
