@@ -92,8 +92,11 @@ PROFILES: dict[str, Profile] = {
         # Each load is one committed transaction, appended to the WAL; at the default 16 MB
         # DuckDB checkpoints every few hourly batches and rewrites the table's last, partly
         # filled row group each time. 32 MB halves that work (a run of hourly loads went
-        # from 4.9 s to 4.1 s) without holding more memory (bench/run.py).
-        connect_settings={"checkpoint_threshold": "32MB"},
+        # from 4.9 s to 4.1 s) without holding more memory. A load is one stream of Arrow
+        # chunks, which DuckDB scans on one thread: more threads only coordinate, and take
+        # cores from the source's parse. One thread: a 20,000-row insert 7.5 -> 4.5 ms, one
+        # 5M-record window 4.2 -> 4.0 s, the run's peak 8 MB lower (bench/run.py, 2 cores).
+        connect_settings={"checkpoint_threshold": "32MB", "threads": "1"},
     ),
     "postgresql": Profile(
         "postgresql",

@@ -261,18 +261,20 @@ def test_parquet_stage_dictionary_encodes_text_only(tmp_path: Path) -> None:
 def test_duckdb_target_settings_default_and_yield_to_the_url(tmp_path: Path) -> None:
     path = tmp_path / "target.duckdb"
     seen = {}
-    for url in (f"duckdb:///{path}", f"duckdb:///{path}?checkpoint_threshold=1GB"):
+    for url in (f"duckdb:///{path}", f"duckdb:///{path}?checkpoint_threshold=1GB&threads=2"):
         sink = build_target({"type": "sql", "url": url, "table": "events"})
         try:
             with sink.engine.connect() as conn:  # type: ignore[attr-defined]
-                seen[url] = conn.exec_driver_sql("SELECT current_setting('checkpoint_threshold')").scalar()
+                seen[url] = conn.exec_driver_sql(
+                    "SELECT current_setting('checkpoint_threshold'), current_setting('threads')"
+                ).one()
                 if "?" not in url:
                     # Set on the connection, not given as connect-time config: a second
                     # connection to the file in this process (a user's own, a check) opens.
                     assert _select(f"duckdb:///{path}", "SELECT 42") == [(42,)]
         finally:
             sink.close()  # type: ignore[attr-defined]
-    assert list(seen.values()) == ["30.5 MiB", "953.6 MiB"]
+    assert list(seen.values()) == [("30.5 MiB", 1), ("953.6 MiB", 2)]
 
 
 # -- typed landing table ---------------------------------------------------------------------
