@@ -5,6 +5,7 @@ Real connectors on the local disk, SQLite, DuckDB and the local PostgreSQL; no s
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import uuid
@@ -69,13 +70,17 @@ def _three_days(folder: Path, kind: str = "ndjson") -> list[int]:
     """Three daily NDJSON (or CSV) files, a record every 6 minutes; the ids in time order."""
     ids = []
     for day in range(3):
-        lines = ["id,timestamp"] if kind == "csv" else []
+        lines = ["id,timestamp"] if kind.startswith("csv") else []
         for minute in range(0, 24 * 60, 6):
             moment, number = DAY + timedelta(days=day, minutes=minute), day * 10_000 + minute
             record = {"id": number, "timestamp": moment.isoformat()}
-            lines.append(f"{number},{moment.isoformat()}" if kind == "csv" else json.dumps(record))
+            lines.append(f"{number},{moment.isoformat()}" if kind.startswith("csv") else json.dumps(record))
             ids.append(number)
-        (folder / f"day{day}.{kind}").write_text("\n".join(lines) + "\n")
+        text = "\n".join(lines) + "\n"
+        if kind.endswith(".gz"):
+            (folder / f"day{day}.{kind}").write_bytes(gzip.compress(text.encode()))
+        else:
+            (folder / f"day{day}.{kind}").write_text(text)
     return ids
 
 
@@ -90,7 +95,7 @@ def _counting_parses(monkeypatch) -> list[str]:
     return parses
 
 
-@pytest.mark.parametrize("kind", ["ndjson", "csv"])
+@pytest.mark.parametrize("kind", ["ndjson", "csv", "ndjson.gz"])
 def test_files_for_later_windows_are_only_probed_until_needed(tmp_path: Path, monkeypatch, kind) -> None:
     # A first window before all the data (a backfill that starts early): the first file is
     # parsed to learn its span; holding it for later, the others are probed (time field
