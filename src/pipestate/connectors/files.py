@@ -213,8 +213,8 @@ class FilesSource:
         return any(_misses(self._spans.get(key), batch) for key in self._cache)
 
     def _probe(self, path: Path, kind: str) -> tuple[bool, tuple[datetime, datetime] | None]:
-        """(True, the file's time span) read from its time field alone: a third of a whole
-        parse, and nothing kept; the span is None for a file with no records. (False, None)
+        """(True, the file's time span) read from its time field alone: about half the time
+        of a whole parse, and nothing kept; the span is None for a file with no records. (False, None)
         where the field cannot be read that way (numbers, missing values, a parse error): the
         whole parse then decides, and reports any problem naming the record."""
         field = self.options.time_field
@@ -424,7 +424,8 @@ def _row_group_spans(handle: pq.ParquetFile, field: str) -> list[tuple[datetime,
 
 
 def _start_of(span: tuple[datetime, datetime] | None) -> float:
-    """When a file's records start, as a number that sorts; an empty file's never sorts last."""
+    """When a file's records start, as a number that sorts; a file with no records sorts last
+    (no window needs it)."""
     return span[0].timestamp() if span is not None else float("inf")
 
 
