@@ -4,6 +4,7 @@
     python bench/run.py --events-per-hour 2000   # smaller, for a quick look
     python bench/run.py --modes duckdb,dlt       # some of the modes
     python bench/run.py --big-window 5000000     # also: one window of 5M records (memory)
+    python bench/run.py --repeat 3 --modes duckdb,dlt   # 3 interleaved rounds and their medians
 
 The workload: 3 days x 20,000 events/hour, one NDJSON file per UTC day, sorted by time,
 pipestate with hourly windows in America/New_York (1 worker, SQLite state table, Parquet zstd
@@ -29,6 +30,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -322,6 +324,33 @@ def _print_table(title: str, results: dict[str, dict[str, Any] | str], events: i
             print(f"  pipestate -> DuckDB at {ratio:.0%} of dlt's Arrow path's records/s (target >= 40%)")
 
 
+def _print_medians(rounds: list[dict[str, dict[str, Any] | str]], modes: list[str]) -> None:
+    """Each mode's median records/s and its peaks over the rounds, and the DuckDB ratio's
+    range: the machine's speed drifts between minutes, the rounds interleave the modes."""
+    print()
+    print(f"over {len(rounds)} rounds:")
+    for mode in modes:
+        runs = [r[mode] for r in rounds if isinstance(r[mode], dict)]
+        if not runs:
+            continue
+        speeds = [run["records"] / run["wall"] for run in runs]
+        peaks = sorted(run["peak_mb"] for run in runs)
+        print(
+            f"  {mode:<12} median {statistics.median(speeds):>11,.0f} records/s   "
+            f"peak RSS {peaks[0]:.0f}-{peaks[-1]:.0f} MB (median {statistics.median(peaks):.0f})"
+        )
+    ratios = []
+    for results in rounds:
+        ours, theirs = results.get("duckdb"), results.get("dlt")
+        if isinstance(ours, dict) and isinstance(theirs, dict):
+            ratios.append((ours["records"] / ours["wall"]) / (theirs["records"] / theirs["wall"]))
+    if ratios:
+        print(
+            f"  pipestate -> DuckDB at {min(ratios):.0%}-{max(ratios):.0%} of dlt's Arrow path "
+            f"(median {statistics.median(ratios):.0%}; target >= 40%)"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -330,6 +359,9 @@ def main() -> int:
     parser.add_argument("--events-per-hour", type=int, default=20_000)
     parser.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated, from {ALL_MODES}")
     parser.add_argument("--big-window", type=int, default=0, help="also run one window of N records")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of every mode, interleaved; prints each and the medians"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
@@ -359,11 +391,19 @@ def main() -> int:
     # The New York days that hold the UTC days' events: hourly windows over exactly that span.
     start = (FIRST_DAY - timedelta(days=1)).date().isoformat()
     end = (FIRST_DAY + timedelta(days=args.days + 1)).date().isoformat()
-    results: dict[str, dict[str, Any] | str] = {}
-    for mode in modes:
-        results[mode] = _run_child(mode, work, source, start, end)
-    print()
-    _print_table("side by side (one run, this machine):", results, events, size)
+    rounds: list[dict[str, dict[str, Any] | str]] = []
+    for number in range(1, max(args.repeat, 1) + 1):
+        results: dict[str, dict[str, Any] | str] = {}
+        for mode in modes:
+            results[mode] = _run_child(mode, work, source, start, end)
+        rounds.append(results)
+        print()
+        title = "side by side (one run, this machine):"
+        if args.repeat > 1:
+            title = f"side by side, round {number} of {args.repeat} (this machine):"
+        _print_table(title, results, events, size)
+    if len(rounds) > 1:
+        _print_medians(rounds, modes)
     if args.big_window:
         big = work / "big-source"
         size = write_big_window(big, args.big_window)
