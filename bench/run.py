@@ -317,11 +317,17 @@ def _print_table(title: str, results: dict[str, dict[str, Any] | str], events: i
             f"  {names[mode]:<42} {out['records'] / wall:>11,.0f} {size / wall / 1e6:>7.1f} "
             f"{out['peak_mb']:>6.0f} MB {state_text:>12}  {out['records']:,} ({exact})"
         )
-    if "duckdb" in results and "dlt" in results:
-        ours, theirs = results["duckdb"], results["dlt"]
-        if isinstance(ours, dict) and isinstance(theirs, dict):
-            ratio = (ours["records"] / ours["wall"]) / (theirs["records"] / theirs["wall"])
-            print(f"  pipestate -> DuckDB at {ratio:.0%} of dlt's Arrow path's records/s (target >= 40%)")
+    ratio = _ratio(results)
+    if ratio is not None:
+        print(f"  pipestate -> DuckDB at {ratio:.0%} of dlt's Arrow path's records/s (target >= 40%)")
+
+
+def _ratio(results: dict[str, dict[str, Any] | str]) -> float | None:
+    """pipestate -> DuckDB's records/s over dlt's, where both ran."""
+    ours, theirs = results.get("duckdb"), results.get("dlt")
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        return (ours["records"] / ours["wall"]) / (theirs["records"] / theirs["wall"])  # type: ignore[no-any-return]
+    return None
 
 
 def _print_medians(rounds: list[dict[str, dict[str, Any] | str]], modes: list[str]) -> None:
@@ -339,11 +345,7 @@ def _print_medians(rounds: list[dict[str, dict[str, Any] | str]], modes: list[st
             f"  {mode:<12} median {statistics.median(speeds):>11,.0f} records/s   "
             f"peak RSS {peaks[0]:.0f}-{peaks[-1]:.0f} MB (median {statistics.median(peaks):.0f})"
         )
-    ratios = []
-    for results in rounds:
-        ours, theirs = results.get("duckdb"), results.get("dlt")
-        if isinstance(ours, dict) and isinstance(theirs, dict):
-            ratios.append((ours["records"] / ours["wall"]) / (theirs["records"] / theirs["wall"]))
+    ratios = [ratio for results in rounds if (ratio := _ratio(results)) is not None]
     if ratios:
         print(
             f"  pipestate -> DuckDB at {min(ratios):.0%}-{max(ratios):.0%} of dlt's Arrow path "

@@ -195,14 +195,13 @@ class SqlTarget:
         loaded_at = datetime.now(UTC)
         quote = self.profile.quote
         where = f"WHERE {quote(BATCH_COLUMN)} = :batch"
-        count_rows = sa.text(f"SELECT count(*) FROM {self.table} {where}")
         key = {"batch": batch.batch_id}
         try:
             if staged.record_count == 0:
                 # An empty window (a quiet hour) replaces nothing unless an earlier load of
                 # the batch left rows: a count, not a write transaction and its commit.
                 with self.engine.connect() as conn:
-                    if conn.execute(count_rows, key).scalar_one() == 0:
+                    if self._rows_of(conn, batch.batch_id) == 0:
                         return LoadResult(0, 0, self.location, load_id)
             with self.engine.begin() as conn:
                 if self.profile.lock_sql:
@@ -224,7 +223,7 @@ class SqlTarget:
                         else:
                             self._bulk(conn, table, batch.batch_id, loaded_at)
                         inserted += table.num_rows
-                now = conn.execute(count_rows, key).scalar_one()
+                now = self._rows_of(conn, batch.batch_id)
                 if now != inserted:
                     raise ConnectorError(
                         f"target {self.location}: {now} rows for batch {batch.batch_id} "
@@ -268,10 +267,14 @@ class SqlTarget:
         if not self._columns_now():
             return 0
         with self.engine.connect() as conn:
-            query = sa.text(
-                f"SELECT count(*) FROM {self.table} WHERE {self.profile.quote(BATCH_COLUMN)} = :b"
-            )
-            return int(conn.execute(query, {"b": batch.batch_id}).scalar_one())
+            return self._rows_of(conn, batch.batch_id)
+
+    def _rows_of(self, conn: sa.Connection, batch_id: str) -> int:
+        """The target's rows of one batch."""
+        query = sa.text(
+            f"SELECT count(*) FROM {self.table} WHERE {self.profile.quote(BATCH_COLUMN)} = :batch"
+        )
+        return int(conn.execute(query, {"batch": batch_id}).scalar_one())
 
 
 class _Copy:
