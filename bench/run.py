@@ -162,7 +162,7 @@ def run_pipestate(target: str, work: Path, source: Path, window: tuple[str, str]
     import sqlalchemy as sa
 
     from pipestate.manager import PipelineStateManager
-    from pipestate.runner import run_pipeline
+    from pipestate.run.runner import run_pipeline
 
     base = _fresh(work / f"pipestate-{target}")
     table = f"bench_{uuid.uuid4().hex[:8]}" if target == "postgresql" else "events"

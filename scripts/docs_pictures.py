@@ -110,9 +110,9 @@ def make_scenario(folder: Path) -> Path:
     os.environ["PIPESTATE_CONCURRENCY__MAX_RETRIES"] = "2"
     from sqlalchemy import insert
 
-    from pipestate.demo import write_demo
     from pipestate.manager import PipelineStateManager
-    from pipestate.runner import run_pipeline
+    from pipestate.run.demo import write_demo
+    from pipestate.run.runner import run_pipeline
     from pipestate.windows import day_bounds
 
     setup = write_demo(folder, days=35, events_per_hour=20)

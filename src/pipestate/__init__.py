@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, LeaseLost, PipestateError, StateStoreError
 
 if TYPE_CHECKING:
-    from .batches import Batch
     from .config import Config, load_config
     from .manager import PipelineStateManager
-    from .report import PopulateReport
-    from .runner import RunResult, run_pipeline
+    from .ops.batch import Batch
+    from .ops.populate_report import PopulateReport
+    from .run.runner import RunResult, run_pipeline
+    from .run.worker import RunSummary, Worker
     from .statuses import Status
-    from .worker import RunSummary, Worker
 
 __version__ = "0.1.0"
 

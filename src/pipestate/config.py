@@ -306,7 +306,7 @@ class ConcurrencyConfig(_Section):
 
 
 def _check_function(value: str, section: str) -> str:
-    from .plugins import BUILTINS, IMPORT_PATH  # the registry imports config-free helpers only
+    from .ids import BUILTINS, IMPORT_PATH
 
     if value in BUILTINS[section] or IMPORT_PATH.fullmatch(value):
         return value
@@ -359,7 +359,7 @@ class Config(_Section):
             config = cls.model_validate(data)
         except ValidationError as err:
             raise ConfigError(_describe(err, origin)) from err
-        from .connectors.base import check_options
+        from .connectors.registry import check_options
 
         for kind in ("source", "stage", "target"):
             section = getattr(config, kind)

@@ -11,20 +11,21 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from . import claims, operations, populate, status
-from .batches import Batch
 from .config import Config, load_config
-from .context import Context
-from .populate import WindowFunctions
-from .report import PopulateReport
+from .ops import claims, days, observe, populate, status
+from .ops import operator as operations
+from .ops.batch import Batch
+from .ops.context import Context
+from .ops.populate import WindowFunctions
+from .ops.populate_report import PopulateReport
 from .statuses import Status
-from .store.dialects import Waits
+from .store.engine import Waits, interrupt_statements
 from .store.store import StateStore
 
 __all__ = ["PipelineStateManager"]
@@ -194,3 +195,43 @@ class PipelineStateManager:
     def status(self) -> dict[str, Any]:
         """Counts by status, coverage of the range, first/last window, oldest pending, failures."""
         return status.status(self.context)
+
+    # -- observing (ops/observe.py, ops/days.py): readers come in by the same door --
+
+    def calendar(self, *, hours: bool = False, steps: bool = False) -> observe.Calendar:
+        """Per local day of the range: counts by status, coverage, gaps, overlaps, failures."""
+        return observe.calendar(self.context, hours=hours, steps=steps)
+
+    def window_range(self, day: str | None, start: str | None, end: str | None) -> tuple[datetime, datetime]:
+        """The UTC range of `--date D` or `--start A --end B` (bare dates are local days)."""
+        return observe.window_range(self.context, day, start, end)
+
+    def list_windows(
+        self, start: datetime, end: datetime, statuses: tuple[str, ...] = (), limit: int = 1000
+    ) -> dict[str, Any]:
+        """The windows of `[start, end)` with local and UTC times, status, step, retries, worker, error."""
+        return observe.list_windows(self.context, start, end, statuses, limit)
+
+    def alert_data(self) -> dict[str, Any]:
+        """The figures `pipestate metrics` exposes."""
+        return observe.alert_data(self.context)
+
+    def report_data(self) -> observe.ReportData:
+        """What the HTML report shows, read in one transaction."""
+        return observe.report_data(self.context)
+
+    def day_span(self, day: date) -> tuple[datetime, datetime]:
+        """The UTC instants of local `day`, cut to the configured range."""
+        return days.day_span(self.context, day)
+
+    def day_state(self, day: str | date) -> days.DayState:
+        """Where local `day` stands: counts by status, minutes covered, windows not COMPLETED."""
+        return days.day_state(self.context, day)
+
+    def table_exists(self) -> bool:
+        """Whether the state table exists (nothing is created to find out)."""
+        return self.store.exists()
+
+    def interrupt(self) -> None:
+        """Cancel the statements this manager's connections are running (a worker's hard stop)."""
+        interrupt_statements(self.store.engine)

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from pipestate.connectors.base import BatchContext
 from pipestate.connectors.files import FilesOptions, FilesSource
+from pipestate.connectors.protocols import BatchContext
 
 
 class SlowOptions(FilesOptions):

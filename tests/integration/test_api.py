@@ -20,7 +20,7 @@ PIPESTATE = str(Path(sys.executable).parent / "pipestate")
 def test_the_public_names_come_from_the_package() -> None:
     from pipestate import Batch, Config, PipelineStateManager, RunSummary, Status, Worker, run_pipeline
     from pipestate.manager import PipelineStateManager as Deep
-    from pipestate.worker import Worker as DeepWorker
+    from pipestate.run.worker import Worker as DeepWorker
 
     assert PipelineStateManager is Deep and Worker is DeepWorker
     assert {Batch, Config, RunSummary, Status, run_pipeline}

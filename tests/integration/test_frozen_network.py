@@ -17,7 +17,7 @@ from proxy import FreezableProxy
 from pipestate.config import Config
 from pipestate.errors import StateStoreError
 from pipestate.manager import PipelineStateManager
-from pipestate.worker import LeaseInDoubt, Worker
+from pipestate.run.worker import LeaseInDoubt, Worker
 
 pytestmark = pytest.mark.postgres
 

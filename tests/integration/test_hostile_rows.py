@@ -258,7 +258,7 @@ def test_a_claim_between_populates_scan_and_write_is_never_superseded(pg_make, m
     support.insert_external(populate, [a, b])
     assert [r.superseded.batch_id for r in populate.validate().plan.resolutions] == ["a"]
 
-    from pipestate import populate as populating
+    from pipestate.ops import populate as populating
 
     planned = populating._plan
     claimed = []
@@ -318,7 +318,7 @@ def test_a_window_rewritten_with_a_t_reaches_the_target(tmp_path):
     while run processed none of its events."""
     import run_support
 
-    from pipestate.runner import run_pipeline
+    from pipestate.run.runner import run_pipeline
 
     events = run_support.write_events(tmp_path / "source", DAY, 24, 20)
     data = run_support.config(

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from support import external_row, insert_external, utc
 
-from pipestate import observe
+from pipestate.ops import observe
 from pipestate.windows import local_date_of, zone
 
 
@@ -45,13 +45,13 @@ def test_each_window_counts_for_the_local_day_its_start_falls_in(
 ):
     manager = _populated(manager_factory, timezone=timezone, granularity=granularity, start=start, end=end)
     tz = zone(timezone)
-    calendar = observe.calendar(manager)
+    calendar = manager.calendar()
     expected = Counter(local_date_of(batch_start, tz) for batch_start in _starts(manager))
     assert {day.date: day.active for day in calendar.days} == dict(expected)
     for day in calendar.days:
         assert day.state == "pending"
         assert day.covered_seconds == day.expected_seconds == (day.end - day.start).total_seconds()
-    hourly = observe.calendar(manager, hours=True)
+    hourly = manager.calendar(hours=True)
     for day in hourly.days:
         assert sum(counts["PENDING"] for counts in day.hours.values()) == day.active
         for hour, counts in day.hours.items():
@@ -61,7 +61,7 @@ def test_each_window_counts_for_the_local_day_its_start_falls_in(
 
 
 def _starts(manager):
-    listing = observe.list_windows(manager, utc(1990, 1, 1), utc(2100, 1, 1), limit=100_000)
+    listing = manager.list_windows(utc(1990, 1, 1), utc(2100, 1, 1), limit=100_000)
     from pipestate.windows import read_instant
 
     return [read_instant(window["start"]) for window in listing["windows"]]
@@ -101,7 +101,7 @@ def test_days_take_the_most_urgent_state(manager_factory):
     state = manager.store.tables.state
     with manager.store.engine.begin() as conn:
         conn.execute(state.delete().where(state.c.source_query_window_start_time == utc(2026, 3, 8, 11)))
-    calendar = observe.calendar(manager)
+    calendar = manager.calendar()
     states = {day.date.isoformat(): day.state for day in calendar.days}
     assert states == {
         "2026-03-02": "completed",
@@ -140,12 +140,12 @@ def test_a_shifted_window_is_an_overlap_even_when_the_minutes_add_up(manager_fac
         external_row("d", utc(2026, 1, 1, 18), utc(2026, 1, 2, 0)),
     ]
     insert_external(manager, rows)
-    (day,) = observe.calendar(manager).days
+    (day,) = manager.calendar().days
     assert day.covered_seconds == day.expected_seconds
     assert day.overlaps == 1 and day.state == "gap"
     # populate repairs it: "b" is SUPERSEDED, [6, 12) becomes a PENDING window
     manager.populate_pipeline_batches()
-    (day,) = observe.calendar(manager).days
+    (day,) = manager.calendar().days
     assert (day.overlaps, day.gap, day.state) == (0, False, "in_progress")
     assert day.counts == {"COMPLETED": 3, "PENDING": 1, "SUPERSEDED": 1}
 
@@ -160,7 +160,7 @@ def test_superseded_rows_do_not_make_an_overlap(manager_factory):
         ],
     )
     manager.populate_pipeline_batches()
-    calendar = observe.calendar(manager)
+    calendar = manager.calendar()
     assert [day.overlaps for day in calendar.days] == [0, 0]
     assert all(not day.gap for day in calendar.days)
     assert calendar.days[0].counts["SUPERSEDED"] == 1
@@ -170,7 +170,7 @@ def test_an_unfinished_last_day_expects_time_only_up_to_now_minus_lag(manager_fa
     manager = _populated(
         manager_factory, start="2026-01-01", end=None, granularity="1h", now=utc(2026, 1, 2, 6)
     )
-    calendar = observe.calendar(manager)
+    calendar = manager.calendar()
     assert [day.expected_seconds for day in calendar.days] == [86400, 6 * 3600]
     assert [day.state for day in calendar.days] == ["pending", "pending"]
 
@@ -179,25 +179,25 @@ def test_list_windows_gives_local_and_utc_times(manager_factory):
     manager = _populated(
         manager_factory, timezone="America/New_York", granularity="1h", start="2026-03-08", end="2026-03-09"
     )
-    listing = observe.list_windows(manager, utc(2026, 3, 8, 5), utc(2026, 3, 9, 4))
+    listing = manager.list_windows(utc(2026, 3, 8, 5), utc(2026, 3, 9, 4))
     assert listing["total"] == listing["shown"] == 23
     second = listing["windows"][1]
     assert second["start"] == "2026-03-08T06:00:00+00:00"
     assert second["local_start"] == "2026-03-08T01:00:00"
     assert second["local_end"] == "2026-03-08T03:00:00"  # the hour DST skips
     assert second["local_date"] == "2026-03-08"
-    limited = observe.list_windows(manager, utc(2026, 3, 8, 5), utc(2026, 3, 9, 4), ("PENDING",), limit=5)
+    limited = manager.list_windows(utc(2026, 3, 8, 5), utc(2026, 3, 9, 4), ("PENDING",), limit=5)
     assert (limited["total"], limited["shown"]) == (23, 5)
-    assert observe.list_windows(manager, utc(2026, 3, 8, 5), utc(2026, 3, 9, 4), ("FAILED",))["total"] == 0
+    assert manager.list_windows(utc(2026, 3, 8, 5), utc(2026, 3, 9, 4), ("FAILED",))["total"] == 0
 
 
 def test_alert_figures_follow_the_completed_prefix(manager_factory):
     manager = _populated(manager_factory, start="2026-01-01", end="2026-01-02", granularity="1h")
-    figures = observe.alert_data(manager)
+    figures = manager.alert_data()
     assert figures["complete_until"] is None and figures["range_start"] == utc(2026, 1, 1)
     assert figures["oldest_pending"]["end"] == utc(2026, 1, 1, 1)
     _complete_all(manager, until=utc(2026, 1, 1, 5))
-    figures = observe.alert_data(manager)
+    figures = manager.alert_data()
     assert figures["complete_until"] == utc(2026, 1, 1, 5)
     assert figures["counts"] == {"COMPLETED": 5, "PENDING": 19}
     held = manager.claim("w2")
@@ -211,4 +211,4 @@ def test_alert_figures_follow_the_completed_prefix(manager_factory):
     assert figures["oldest_pending"]["start"] == utc(2026, 1, 1, 6)
     manager.complete(held.batch_id, "w2")
     _complete_all(manager)
-    assert observe.alert_data(manager)["complete_until"] == utc(2026, 1, 2)
+    assert manager.alert_data()["complete_until"] == utc(2026, 1, 2)

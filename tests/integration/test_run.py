@@ -24,7 +24,7 @@ import support
 
 from pipestate.config import Config
 from pipestate.manager import PipelineStateManager
-from pipestate.runner import PipelineRunner, run_pipeline
+from pipestate.run.runner import PipelineRunner, run_pipeline
 
 PG_URL = support.PG_URL
 
@@ -139,7 +139,7 @@ def test_retry_after_staging_does_not_extract_again(tmp_path: Path) -> None:
                 raise RuntimeError("target unavailable")
             return super()._load(batch, ctx, staged)
 
-    from pipestate.worker import Worker
+    from pipestate.run.worker import Worker
 
     with PipelineStateManager(config) as manager:
         manager.populate_pipeline_batches()

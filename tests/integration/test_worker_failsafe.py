@@ -30,7 +30,7 @@ from pipestate.errors import (
     retryable,
 )
 from pipestate.manager import PipelineStateManager
-from pipestate.worker import Worker
+from pipestate.run.worker import Worker
 
 MakeManager = Callable[..., PipelineStateManager]
 

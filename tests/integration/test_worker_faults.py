@@ -20,7 +20,7 @@ from typing import Any
 
 import workers_support as ws
 
-from pipestate.worker import Worker
+from pipestate.run.worker import Worker
 
 shared_url = ws.shared_url  # the fixture: a SQLite file or the local PostgreSQL
 SPAWN = multiprocessing.get_context("spawn")

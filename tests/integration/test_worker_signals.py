@@ -8,7 +8,7 @@ from pathlib import Path
 
 import support
 
-from pipestate.worker import Worker
+from pipestate.run.worker import Worker
 
 
 def _manager(tmp_path: Path):  # type: ignore[no-untyped-def]

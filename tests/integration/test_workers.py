@@ -19,9 +19,9 @@ import support
 import workers_support as ws
 from workers_support import Clock
 
-from pipestate import claims
 from pipestate.errors import LeaseLost, UsageError
 from pipestate.manager import PipelineStateManager
+from pipestate.ops import claims
 
 MakeManager = Callable[..., PipelineStateManager]
 shared_url = ws.shared_url  # the fixture: a SQLite file or the local PostgreSQL

@@ -268,12 +268,12 @@ def claim_and_hold(url: str, table: str, worker_id: str, rounds: int, settings: 
 def run_worker(
     url: str, table: str, worker_id: str, signal_dir: str, hold: float, settings: dict[str, Any]
 ) -> None:
-    """Run `pipestate.worker.Worker` whose handler announces each batch and holds it `hold` seconds.
+    """Run `pipestate.run.worker.Worker` whose handler announces each batch and holds it `hold` seconds.
 
     Writes `<signal_dir>/claimed-<n>.json` (batch id, token) when a batch starts
     and `<signal_dir>/summary.json` (the RunSummary) when the loop ends.
     """
-    from pipestate.worker import Worker
+    from pipestate.run.worker import Worker
 
     logging_setup()
     manager = make_manager(url, table, **settings)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pipestate.cli.examples import EXAMPLE_CONFIG
 from pipestate.config import Config, load_config, parse_duration
 from pipestate.errors import ConfigError
-from pipestate.examples import EXAMPLE_CONFIG
 from pipestate.windows import DAY
 
 BASE = {"pipeline": {"name": "orders", "start": "2026-01-01"}}

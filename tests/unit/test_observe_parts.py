@@ -9,9 +9,15 @@ from datetime import UTC, date, datetime, timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipestate.console import render_calendar
-from pipestate.metrics import metrics_text
-from pipestate.observe import Calendar, Day, _overlapping_starts, _overlaps_parsed, _runs
+from pipestate.ops.observe import (
+    Calendar,
+    Day,
+    _overlapping_starts,
+    _overlaps_parsed,
+    _runs,
+)
+from pipestate.show.metrics import metrics_text
+from pipestate.show.terminal import render_calendar
 from pipestate.store.daily import _segments
 from pipestate.windows import day_bounds, zone
 

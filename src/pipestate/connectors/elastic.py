@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
-from .base import BatchContext
+from .protocols import BatchContext
 from .search import FILTER_PATH, SearchFailure, SearchOptions, SearchPages
 
 __all__ = ["ElasticsearchSource"]

@@ -25,9 +25,11 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConnectorError
 from ..windows import UTC, zone
-from .base import CHUNK_ROWS, BatchContext, ConnectorError, Options, utc_times
+from .arrow import CHUNK_ROWS, utc_times
+from .protocols import BatchContext
+from .registry import Options
 
 __all__ = ["FilesSource", "partition_span"]
 

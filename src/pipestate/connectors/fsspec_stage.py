@@ -27,19 +27,16 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
-from ..errors import ConfigError
-from .base import (
+from ..errors import ConfigError, ConnectorError
+from .arrow import (
     CHUNK_ROWS,
-    BatchContext,
-    ConnectorError,
-    Options,
-    StagedData,
     conform,
     dumps,
     merge_schemas,
     record_batches,
-    require,
 )
+from .protocols import BatchContext, StagedData
+from .registry import Options, require
 
 __all__ = ["FsspecStage"]
 

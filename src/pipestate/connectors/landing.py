@@ -20,7 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .base import ConnectorError, dumps, record_batches, utc_times
+from ..errors import ConnectorError
+from .arrow import dumps, record_batches, utc_times
 
 __all__ = ["PROFILES", "Landing", "Profile", "family_of_arrow", "family_of_sql", "framed", "profile_for"]
 

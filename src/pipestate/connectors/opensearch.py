@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
-from .base import BatchContext, require
+from .protocols import BatchContext
+from .registry import require
 from .search import FILTER_PATH, SearchFailure, SearchOptions, SearchPages
 
 __all__ = ["OpenSearchSource"]

@@ -26,9 +26,10 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConnectorError, TransientConnectorError
 from ..windows import UTC
-from .base import BatchContext, ConnectorError, Options, TransientConnectorError, require
+from .protocols import BatchContext
+from .registry import Options, require
 
 __all__ = [
     "PointInTimeExpired",

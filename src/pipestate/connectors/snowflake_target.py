@@ -27,20 +27,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConnectorError, TransientConnectorError
 from ..windows import UTC
-from .base import (
+from .arrow import dumps
+from .landing import PROFILES, Landing, framed
+from .protocols import (
     BatchContext,
-    ConnectorError,
     LoadResult,
-    RecordTableOptions,
     Stage,
     StagedData,
-    TransientConnectorError,
-    dumps,
-    require,
 )
-from .landing import PROFILES, Landing, framed
+from .registry import RecordTableOptions, require
 
 __all__ = ["SnowflakeTarget"]
 

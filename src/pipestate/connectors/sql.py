@@ -20,17 +20,8 @@ import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from pydantic import Field, field_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConnectorError, TransientConnectorError
 from ..windows import UTC
-from .base import (
-    BatchContext,
-    ConnectorError,
-    LoadResult,
-    RecordTableOptions,
-    Stage,
-    StagedData,
-    TransientConnectorError,
-)
 from .landing import (
     BATCH_COLUMN,
     LOADED_COLUMN,
@@ -41,6 +32,13 @@ from .landing import (
     profile_for,
     sqlite_text_times,
 )
+from .protocols import (
+    BatchContext,
+    LoadResult,
+    Stage,
+    StagedData,
+)
+from .registry import RecordTableOptions
 
 __all__ = ["SqlTarget"]
 

@@ -39,7 +39,6 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from ..manager import PipelineStateManager
 from ..windows import local_date_of
-from .days import day_state
 
 __all__ = [
     "CompleteDayOperator",
@@ -179,7 +178,7 @@ def complete_day(
     """
     with PipelineStateManager(config) as manager:
         the_day = day if day else _default_day(context, manager)
-        state = day_state(manager, the_day)
+        state = manager.day_state(the_day)
         target = asset or day_asset(manager.pipeline)
     summary = state.to_dict()
     if not state.complete:

@@ -39,8 +39,9 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from ..config import Config, load_config
 from ..manager import PipelineStateManager
+from ..ops.days import DayState
+from ..run.days import DayRun, run_day
 from ..windows import day_bounds, local_date_of
-from .days import DayRun, DayState, day_state, run_day
 
 __all__ = ["PipestateResource", "daily_partitions", "pipestate_daily_asset"]
 
@@ -68,7 +69,7 @@ class PipestateResource(ConfigurableResource):  # type: ignore[misc]
     def day_state(self, day: str | date) -> DayState:
         """Where local `day` stands (counts by status, coverage, complete or not)."""
         with self.manager() as manager:
-            return day_state(manager, day)
+            return manager.day_state(day)
 
     def run_day(self, day: str | date) -> DayRun:
         """Populate, requeue the day's finished windows (if `requeue`), run the day's batches."""

@@ -45,7 +45,7 @@ from ..statuses import Status
 from ..windows import read_instant
 from . import bulk
 from .backends import Backend, backend_of
-from .dialects import (
+from .engine import (
     SQLITE_INSTANT_FUNCTION,
     Waits,
     busy_error,

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection
 
+from ..statuses import Status
 from ..windows import read_stored_instant
 from .schema import DURATION_MINUTES, END_TIME, START_TIME, StateTables
 
@@ -226,3 +227,21 @@ def latest_populate(
         "superseded_total": superseded_total,
         "superseded": superseded,
     }
+
+
+def day_windows(conn: Connection, tables: Any, raw: Any, pipeline: str, low: datetime, high: datetime) -> Any:
+    """`(batch_id, raw start, raw end, status)` of the pipeline's active windows that share an
+    instant with `[low, high)`, by start."""
+    c = tables.state.c
+    stmt = (
+        select(c.batch_id, raw("source_query_window_start_time"), raw("source_query_window_end_time"))
+        .add_columns(c.pipeline_status)
+        .where(
+            c.pipeline_name == pipeline,
+            c.pipeline_status != Status.SUPERSEDED.value,
+            c.source_query_window_start_time < high,
+            c.source_query_window_end_time > low,
+        )
+        .order_by(c.source_query_window_start_time, c.batch_id)
+    )
+    return conn.execute(stmt)

@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from pipestate.connectors import BatchContext, build_source, build_stage, build_target
-from pipestate.connectors.base import ConnectorError, parse_instant, record_batches
-from pipestate.errors import ConfigError
+from pipestate.connectors.arrow import parse_instant, record_batches
+from pipestate.errors import ConfigError, ConnectorError
 
 START = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 END = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
@@ -292,7 +292,7 @@ def test_custom_connector_by_module_path(batch: BatchContext) -> None:
 def test_custom_connector_by_entry_point(monkeypatch: pytest.MonkeyPatch, batch) -> None:
     from importlib.metadata import EntryPoint
 
-    import pipestate.connectors.base as base
+    import pipestate.connectors.registry as base
 
     point = EntryPoint("memory", f"{__name__}:ListSource", base.ENTRY_POINT_GROUP)
 

@@ -20,8 +20,9 @@ import sqlalchemy as sa
 import support
 
 from pipestate.connectors import BatchContext, build_source, build_stage, build_target
-from pipestate.connectors.base import ConnectorError, record_batches
+from pipestate.connectors.arrow import record_batches
 from pipestate.connectors.files import FilesSource, partition_span
+from pipestate.errors import ConnectorError
 from pipestate.windows import zone
 
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
@@ -438,7 +439,7 @@ def test_a_field_that_appears_late_in_a_big_file_is_read(tmp_path: Path) -> None
 
 
 def test_nested_values_become_the_same_json_as_json_dumps() -> None:
-    from pipestate.connectors.base import dumps
+    from pipestate.connectors.arrow import dumps
     from pipestate.connectors.landing import _json_text
 
     values = [

@@ -147,7 +147,7 @@ def test_elasticsearch_emulator_to_s3_to_snowflake(tmp_path: Path, noida: str, m
     fakesnow = pytest.importorskip("fakesnow")
     from pipestate.config import Config
     from pipestate.manager import PipelineStateManager
-    from pipestate.runner import run_pipeline
+    from pipestate.run.runner import run_pipeline
 
     index, inside = seed(ClientBackend(noida, "elasticsearch", "EMULATOR noida-db"))
     source = {"type": "elasticsearch", "hosts": [noida], "index": index, "page_size": 500}

@@ -17,7 +17,7 @@ from es_standin import EsStandin
 
 from pipestate.config import Config
 from pipestate.manager import PipelineStateManager
-from pipestate.runner import run_pipeline
+from pipestate.run.runner import run_pipeline
 
 pytest.importorskip("elasticsearch")
 pytest.importorskip("s3fs")

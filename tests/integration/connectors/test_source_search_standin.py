@@ -20,9 +20,8 @@ from es_standin import EsStandin
 from search_backends import ClientBackend
 
 from pipestate.connectors import BatchContext, build_source
-from pipestate.connectors.base import ConnectorError, TransientConnectorError
 from pipestate.connectors.search import PointInTimeExpired
-from pipestate.errors import ConfigError
+from pipestate.errors import ConfigError, ConnectorError, TransientConnectorError
 
 pytest.importorskip("pyarrow")
 

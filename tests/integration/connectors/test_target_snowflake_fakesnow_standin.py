@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 
 from pipestate.connectors import BatchContext, build_stage, build_target
-from pipestate.connectors.base import ConnectorError
-from pipestate.errors import ConfigError
+from pipestate.errors import ConfigError, ConnectorError
 
 # fakesnow builds DB-API results through DuckDB's Arrow export, which warns about the extra
 # copy; that is fakesnow's internals, not ours.

@@ -7,10 +7,10 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+from ..statuses import STATUS_ORDER
+from ..store import queries
+from ..windows import iso, read_stored_instant
 from .context import Context
-from .statuses import STATUS_ORDER
-from .store import queries
-from .windows import iso, read_stored_instant
 
 __all__ = ["counts", "leases", "status", "statuses"]
 

@@ -16,17 +16,27 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from . import plugins
-from .config import Config
+from .. import ids
+from ..config import Config
+from ..errors import StoreBusyError
+from ..ids import IdFunction
+from ..planning import (
+    InvalidRow,
+    Plan,
+    UnsortedInput,
+    plan,
+)
+from ..statuses import Status
+from ..store.store import RowChanged
+from ..windows import (
+    day_bounds,
+    day_cells,
+    local_date_of,
+    step_minutes,
+)
 from .context import Context
-from .errors import StoreBusyError
-from .planning import InvalidRow, Plan, UnsortedInput, plan
-from .plugins import IdFunction
-from .report import CreatedLog, PopulateReport
+from .populate_report import CreatedLog, PopulateReport
 from .rows import RowBuilder
-from .statuses import Status
-from .store.store import RowChanged
-from .windows import day_bounds, day_cells, local_date_of, step_minutes
 
 __all__ = ["WindowFunctions", "populate", "validate"]
 
@@ -47,13 +57,13 @@ class WindowFunctions:
         """Resolve `[ids]` and `[categories]` and try each on the pipeline's first
         window; ConfigError naming the key if one cannot be imported or fails."""
         functions = cls(
-            ids={key: plugins.resolve("ids", key, name) for key, name in config.ids.model_dump().items()},
+            ids={key: ids.resolve("ids", key, name) for key, name in config.ids.model_dump().items()},
             categories={
-                key: plugins.resolve("categories", key, name)
+                key: ids.resolve("categories", key, name)
                 for key, name in config.categories.model_dump().items()
             },
         )
-        plugins.probe({"ids": functions.ids, "categories": functions.categories}, _first_window(config))
+        ids.probe({"ids": functions.ids, "categories": functions.categories}, _first_window(config))
         return functions
 
 
@@ -261,14 +271,14 @@ def _name_windows(
         store.insert_created_events(sink, ctx.pipeline, run_id, ctx.actor)
 
 
-def _first_window(config: Config) -> plugins.WindowInfo:
+def _first_window(config: Config) -> ids.WindowInfo:
     """The pipeline's first grid window, on which the id and category functions are tried."""
     pipeline = config.pipeline
     start = pipeline.start_utc
     day = local_date_of(start, pipeline.tz)
     day_start, day_end = day_bounds(day, pipeline.tz)
     _, cell_start, cell_end = next(day_cells(day_start, day_end, pipeline.step, start, day_end))
-    return plugins.WindowInfo(
+    return ids.WindowInfo(
         pipeline=pipeline.name,
         start=cell_start,
         end=cell_end,

@@ -1,7 +1,7 @@
 """What a person or an alert asks of a pipeline: its local days and their state,
 the windows of a time range, and the figures worth alerting on.
 
-Every function takes the manager first and only reads. Per-day figures are
+Every function takes the Context first and only reads. Per-day figures are
 aggregated by the database (store/daily.py); the day bounds come from
 windows.py, so DST days are 23 or 25 hours long here as everywhere else.
 """
@@ -16,18 +16,24 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from .errors import UsageError
-from .report import iso
-from .store.daily import HOURS_PER_DAY_SLOT, DayBucket, bucket_rows, span_query
-from .store.schema import DURATION_MINUTES, END_TIME, START_TIME
-from .store.views import alert_figures, window_rows
-from .windows import day_bounds, local_date_of, read_instant
+from ..errors import UsageError
+from ..statuses import Status
+from ..store.daily import (
+    HOURS_PER_DAY_SLOT,
+    DayBucket,
+    bucket_rows,
+    span_query,
+)
+from ..store.schema import DURATION_MINUTES, END_TIME, START_TIME
+from ..store.views import alert_figures, latest_populate, window_rows
+from ..windows import day_bounds, iso, local_date_of, read_instant
+from .status import leases
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
-    from .manager import PipelineStateManager
-    from .planning import Settings
+    from ..planning import Settings
+    from .context import Context
 
 __all__ = [
     "DAY_STATES",
@@ -56,9 +62,9 @@ HOURS_FOR_DAYS = 400
 STATUSES = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
 
 
-def settings_at(manager: PipelineStateManager, now: datetime) -> Settings:
+def settings_at(ctx: Context, now: datetime) -> Settings:
     """The planner's view of the configured range at `now` (as populate sees it)."""
-    return manager.context.plan_settings(now)
+    return ctx.plan_settings(now)
 
 
 @dataclass
@@ -189,7 +195,7 @@ def _range_days(settings: Settings) -> list[Day]:
 
 
 def calendar(
-    manager: PipelineStateManager, *, hours: bool = False, steps: bool = False, conn: Connection | None = None
+    ctx: Context, *, hours: bool = False, steps: bool = False, conn: Connection | None = None
 ) -> Calendar:
     """The range's local days with their counts, coverage, overlaps and state.
 
@@ -197,22 +203,22 @@ def calendar(
     of the local day (the report's heatmap) and, with `steps`, the summed
     durations of the three steps (which cost six instants read per window).
     """
-    store = manager.store
+    store = ctx.store
     store.check_ready()
     if conn is None:
         with store.transaction(write=False) as conn:
-            return calendar(manager, hours=hours, steps=steps, conn=conn)
-    now = manager.now(conn)
-    settings = settings_at(manager, now)
+            return calendar(ctx, hours=hours, steps=steps, conn=conn)
+    now = ctx.now(conn)
+    settings = settings_at(ctx, now)
     days = _range_days(settings)
     aggregate = partial(
         bucket_rows,
         conn,
         store.tables,
-        manager.pipeline,
+        ctx.pipeline,
         range_start=settings.start,
         range_end=settings.covered_stop,
-        max_retries=manager.config.concurrency.max_retries,
+        max_retries=ctx.config.concurrency.max_retries,
     )
     for row in aggregate([(day.start, day.end) for day in days]):
         days[row.bucket].add(row)
@@ -222,10 +228,10 @@ def calendar(
             day.hours = {}
         for row in aggregate([(day.start, day.end) for day in recent], hours=True, steps=steps):
             recent[row.bucket // HOURS_PER_DAY_SLOT].add_hour(row.bucket % HOURS_PER_DAY_SLOT, row)
-    _count_overlaps(manager, conn, days)
+    _count_overlaps(ctx, conn, days)
     return Calendar(
-        manager.pipeline,
-        manager.config.pipeline.timezone,
+        ctx.pipeline,
+        ctx.config.pipeline.timezone,
         now,
         settings.start,
         settings.covered_stop,
@@ -233,7 +239,7 @@ def calendar(
     )
 
 
-def _count_overlaps(manager: PipelineStateManager, conn: Connection, days: list[Day]) -> None:
+def _count_overlaps(ctx: Context, conn: Connection, days: list[Day]) -> None:
     """Set each day's `overlaps`: its active windows that start before an earlier
     active window ends.
 
@@ -242,8 +248,8 @@ def _count_overlaps(manager: PipelineStateManager, conn: Connection, days: list[
     up, and the day before each (a window may end past midnight), are read
     again, active windows only. A clean million-window table is read once.
     """
-    store, tz = manager.store, manager.config.pipeline.tz
-    query = partial(span_query, store.tables, store.raw_column, manager.pipeline)
+    store, tz = ctx.store, ctx.config.pipeline.tz
+    query = partial(span_query, store.tables, store.raw_column, ctx.pipeline)
     index_of = {day.date: index for index, day in enumerate(days)}
 
     def day_indexes(starts: Iterable[datetime]) -> list[int]:
@@ -325,14 +331,14 @@ def _overlaps_parsed(rows: Iterable[tuple[Any, Any]]) -> list[datetime]:
 
 
 def window_range(
-    manager: PipelineStateManager, day: str | None, start: str | None, end: str | None
+    ctx: Context, day: str | None, start: str | None, end: str | None
 ) -> tuple[datetime, datetime]:
     """The UTC `[low, high)` that `pipestate windows` lists: the local day `day`
     (YYYY-MM-DD), or from `start` (default: the range's start) to `end`
     (default: a day later), or with neither the range's last local day. `start`
     and `end` are each a local date (its first instant), a local datetime, or an
     instant with an offset. UsageError naming the option otherwise."""
-    tz = manager.config.pipeline.tz
+    tz = ctx.config.pipeline.tz
     if day is not None and (start is not None or end is not None):
         raise UsageError("--date: give --date, or --start/--end, not both")
     if day is not None:
@@ -340,10 +346,10 @@ def window_range(
             raise UsageError(f"--date: not a date (YYYY-MM-DD): {day!r}")
         return day_bounds(_read_day(day, "--date"), tz)
     if start is None and end is None:
-        with manager.store.transaction(write=False) as conn:
-            stop = settings_at(manager, manager.now(conn)).covered_stop
+        with ctx.store.transaction(write=False) as conn:
+            stop = settings_at(ctx, ctx.now(conn)).covered_stop
         return day_bounds(local_date_of(stop - timedelta(microseconds=1), tz), tz)
-    low = _local_bound(start, "--start", tz) if start else manager.config.pipeline.start_utc
+    low = _local_bound(start, "--start", tz) if start else ctx.config.pipeline.start_utc
     high = _local_bound(end, "--end", tz) if end else low + timedelta(days=1)
     if high <= low:
         raise UsageError(f"--end: must be after --start ({end!r} is not)")
@@ -370,20 +376,20 @@ def _local_bound(value: str, option: str, tz: ZoneInfo) -> datetime:
 
 
 def list_windows(
-    manager: PipelineStateManager,
+    ctx: Context,
     start: datetime,
     end: datetime,
     statuses: Sequence[str] = (),
     limit: int = 1000,
 ) -> dict[str, Any]:
     """The windows starting in `[start, end)` with their local times, at most `limit`."""
-    store = manager.store
+    store = ctx.store
     store.check_ready()
-    tz = manager.config.pipeline.tz
+    tz = ctx.config.pipeline.tz
     with store.transaction(write=False) as conn:
-        now = manager.now(conn)
+        now = ctx.now(conn)
         rows, total = window_rows(
-            conn, store.tables, store.raw_column, manager.pipeline, start, end, statuses, limit
+            conn, store.tables, store.raw_column, ctx.pipeline, start, end, statuses, limit
         )
     windows = []
     for row in rows:
@@ -417,8 +423,8 @@ def list_windows(
             }
         )
     return {
-        "pipeline": manager.pipeline,
-        "timezone": manager.config.pipeline.timezone,
+        "pipeline": ctx.pipeline,
+        "timezone": ctx.config.pipeline.timezone,
         "now": iso(now),
         "start": iso(start),
         "end": iso(end),
@@ -435,21 +441,61 @@ def _wall(instant: datetime | None, tz: ZoneInfo) -> str | None:
     return None if instant is None else instant.astimezone(tz).replace(tzinfo=None).isoformat()
 
 
-def alert_data(manager: PipelineStateManager) -> dict[str, Any]:
+def alert_data(ctx: Context) -> dict[str, Any]:
     """The figures to alert on, with `now`; see store.views.alert_figures."""
-    store = manager.store
+    store = ctx.store
     store.check_ready()
     with store.transaction(write=False) as conn:
-        now = manager.now(conn)
+        now = ctx.now(conn)
         figures = alert_figures(
             conn,
             store.tables,
             store.raw_column,
-            manager.pipeline,
+            ctx.pipeline,
             now,
-            manager.config.concurrency.max_retries,
+            ctx.config.concurrency.max_retries,
         )
-    settings = settings_at(manager, now)
+    settings = settings_at(ctx, now)
     figures["now"] = now
     figures["range_start"] = settings.start
     return figures
+
+
+_LIST_LIMIT = 200
+
+
+@dataclass
+class ReportData:
+    """What the HTML report shows, read in one transaction: the calendar with hours and steps,
+    counts by status, the latest populate's decisions, failures (the first `_LIST_LIMIT` and the
+    total) and leases."""
+
+    calendar: Calendar
+    counts: dict[str, int]
+    populate: dict[str, Any] | None
+    failures: list[dict[str, Any]]
+    failures_total: int
+    leases: dict[str, list[dict[str, Any]]]
+
+
+def report_data(ctx: Context) -> ReportData:
+    """Read what the report shows (validate aside, which the caller runs)."""
+    store = ctx.store
+    store.check_ready()
+    with store.transaction(write=False) as conn:
+        cal = calendar(ctx, hours=True, steps=True, conn=conn)
+        counts = {status: sum(day.counts.get(status, 0) for day in cal.days) for status in STATUSES}
+        populate = latest_populate(conn, store.tables, store.raw_column, ctx.pipeline, _LIST_LIMIT)
+        far = datetime.max.replace(tzinfo=cal.now.tzinfo) - timedelta(days=2)
+        failures, total = window_rows(
+            conn,
+            store.tables,
+            store.raw_column,
+            ctx.pipeline,
+            datetime.min.replace(tzinfo=cal.now.tzinfo) + timedelta(days=2),
+            far,
+            (Status.FAILED,),
+            _LIST_LIMIT,
+        )
+        lease_rows = leases(ctx, conn, cal.now)
+    return ReportData(cal, counts, populate, failures, total, lease_rows)

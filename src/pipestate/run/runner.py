@@ -25,25 +25,28 @@ from typing import Any
 
 import pyarrow as pa
 
-from .batches import Batch
-from .connectors.base import (
+from ..connectors.arrow import record_batches
+from ..connectors.protocols import (
     BatchContext,
     Source,
     Stage,
     StagedData,
     Target,
-    build_source,
-    build_stage,
-    build_target,
-    record_batches,
 )
-from .errors import ConfigError, CountMismatch, InjectedFailure, PipestateError
-from .manager import PipelineStateManager
+from ..connectors.registry import build_source, build_stage, build_target
+from ..errors import (
+    ConfigError,
+    CountMismatch,
+    InjectedFailure,
+    PipestateError,
+)
+from ..manager import PipelineStateManager
+from ..ops.batch import Batch
 from .worker import RunSummary, Worker
 
 __all__ = ["PipelineRunner", "RunResult", "run_pipeline", "CountMismatch", "InjectedFailure"]
 
-log = logging.getLogger("pipestate.runner")
+log = logging.getLogger("pipestate.run.runner")
 
 
 class _Counted:

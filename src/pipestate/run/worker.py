@@ -32,16 +32,21 @@ from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import LeaseInDoubt, LeaseLost, PipestateError, WorkerStopped, retryable
-from .store.dialects import interrupt_statements
+from ..errors import (
+    LeaseInDoubt,
+    LeaseLost,
+    PipestateError,
+    WorkerStopped,
+    retryable,
+)
 
 if TYPE_CHECKING:
-    from .batches import Batch
-    from .manager import PipelineStateManager
+    from ..manager import PipelineStateManager
+    from ..ops.batch import Batch
 
 __all__ = ["Worker", "WorkerStopped", "LeaseInDoubt", "RunSummary"]
 
-log = logging.getLogger("pipestate.worker")
+log = logging.getLogger("pipestate.run.worker")
 
 # After a second stop signal, how long a database call under way may still take.
 STOP_GRACE = 5.0
@@ -381,7 +386,7 @@ class Worker:
             if self._signals > 1 and self._cut is None:
                 # In a claim, complete, fail or release: let it finish, unless it
                 # hangs on the network; then cut its connection so it fails.
-                self._cut = threading.Timer(STOP_GRACE, interrupt_statements, (self.manager.store.engine,))
+                self._cut = threading.Timer(STOP_GRACE, self.manager.interrupt)
                 self._cut.daemon = True
                 self._cut.start()
             log.info("signal %s: finishing the current batch, then stopping", signum)

@@ -14,12 +14,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from .batches import Batch
-from .context import Context
-from .errors import LeaseLost, UsageError
-from .statuses import Status
-from .store import pg_claims, queries
-from .store.claims import (
+from ..errors import LeaseLost, UsageError
+from ..statuses import Status
+from ..store import pg_claims, queries
+from ..store.claims import (
     backoff_delay,
     can_fence_in_update,
     count_in_flight,
@@ -28,8 +26,10 @@ from .store.claims import (
     find_candidate,
     guarded_update,
 )
-from .store.schema import COLUMNS
-from .windows import iso
+from ..store.schema import COLUMNS
+from ..windows import iso
+from .batch import Batch
+from .context import Context
 
 __all__ = ["claim", "complete", "fail", "heartbeat", "record_step", "release"]
 

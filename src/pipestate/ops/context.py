@@ -9,10 +9,10 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from .config import ConcurrencyConfig, Config
-from .errors import UsageError
-from .planning import Settings
-from .store.store import StateStore
+from ..config import ConcurrencyConfig, Config
+from ..errors import UsageError
+from ..planning import Settings
+from ..store.store import StateStore
 
 __all__ = ["Context", "aware"]
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from .store.schema import DURATION_MINUTES, END_TIME, START_TIME
-from .windows import iso
+from ..store.schema import DURATION_MINUTES, END_TIME, START_TIME
+from ..windows import iso
 
 __all__ = ["Batch", "STEP_COLUMNS"]
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from ..errors import UsageError
+from ..statuses import Status
+from ..store import queries
+from ..store.claims import guarded_update
+from ..windows import iso
 from .context import Context, aware
-from .errors import UsageError
-from .statuses import Status
-from .store import queries
-from .store.claims import guarded_update
-from .windows import iso
 
 __all__ = ["history", "quarantine", "requeue", "REQUEUE_STEPS"]
 

@@ -12,12 +12,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from . import plugins
-from .config import Config
-from .planning import Cell, Fill, fill_cells
-from .statuses import Status
-from .store.schema import DURATION_MINUTES, END_TIME, SCHEMA_VERSION, START_TIME
-from .windows import DayStep, format_step
+from ..config import Config
+from ..ids import WindowInfo, stamp_from_iso
+from ..ids import call as call_function
+from ..planning import Cell, Fill, fill_cells
+from ..statuses import Status
+from ..store.schema import (
+    DURATION_MINUTES,
+    END_TIME,
+    SCHEMA_VERSION,
+    START_TIME,
+)
+from ..windows import DayStep, format_step
 
 __all__ = ["RowBuilder"]
 
@@ -52,8 +58,8 @@ class RowBuilder:
     def __init__(
         self,
         config: Config,
-        id_functions: Mapping[str, Callable[[plugins.WindowInfo], Any]],
-        category_functions: Mapping[str, Callable[[plugins.WindowInfo], Any]],
+        id_functions: Mapping[str, Callable[[WindowInfo], Any]],
+        category_functions: Mapping[str, Callable[[WindowInfo], Any]],
         actor: str,
         run_id: str,
         now: datetime,
@@ -116,7 +122,7 @@ class RowBuilder:
             stored, stamp, local = self._texts(_epoch_seconds(instant))
         else:
             text = instant.isoformat(" ", "microseconds")  # "YYYY-MM-DD HH:MM:SS.ffffff+00:00"
-            stored, stamp = text[:26] + (self.instant_text or ""), plugins.stamp_from_iso(text)
+            stored, stamp = text[:26] + (self.instant_text or ""), stamp_from_iso(text)
             if self.utc:
                 local = f"{text[:10]}T{text[11:19]}+00:00"
             else:
@@ -232,7 +238,7 @@ class RowBuilder:
         )
         if self.default_ids and self.no_categories:
             return (f"{self.pipeline}-{start_stamp}-{end_stamp}", *window_values)
-        info = plugins.WindowInfo(
+        info = WindowInfo(
             pipeline=self.pipeline,
             start=start,
             end=end,
@@ -246,13 +252,13 @@ class RowBuilder:
         if self.default_ids:
             ids: tuple[Any, ...] = (f"{self.pipeline}-{start_stamp}-{end_stamp}",)
         else:
-            custom_id = plugins.call(self.ids["batch_id"], info, "[ids] batch_id", required=True)
-            others = (plugins.call(self.ids[key], info, f"[ids] {key}") for key in self._other_ids)
+            custom_id = call_function(self.ids["batch_id"], info, "[ids] batch_id", required=True)
+            others = (call_function(self.ids[key], info, f"[ids] {key}") for key in self._other_ids)
             ids = (custom_id, *others)
         categories: tuple[Any, ...] = ()
         if not self.no_categories:
             categories = tuple(
-                plugins.call(function, info, f"[categories] {key}")
+                call_function(function, info, f"[categories] {key}")
                 for key, function in self.categories.items()
             )
         return (*ids, *categories, *window_values)

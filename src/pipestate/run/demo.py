@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from .manager import PipelineStateManager
+from ..manager import PipelineStateManager
+from ..windows import day_bounds, zone
 from .runner import RunResult, run_pipeline
-from .windows import day_bounds, zone
 
 __all__ = ["DemoResult", "DemoSetup", "run_demo", "write_demo", "verify_demo"]
 

@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 from rich.console import Console
 from rich.text import Text
 
-from .observe import DAY_STATES, Calendar, Day
-from .report import local_text
-from .windows import read_instant
+from ..ops.observe import DAY_STATES, Calendar, Day
+from ..windows import read_instant
+from .text import local_text
 
 __all__ = ["COLOURS", "SYMBOLS", "render_calendar", "render_windows"]
 

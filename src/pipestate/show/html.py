@@ -20,14 +20,12 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from . import observe
-from .observe import DAY_STATES, Calendar, Day
-from .report import iso, local_text
-from .status import leases as lease_view
-from .store.views import latest_populate, window_rows
+from ..ops.observe import DAY_STATES, Calendar, Day
+from ..windows import iso
+from .text import local_text
 
 if TYPE_CHECKING:
-    from .manager import PipelineStateManager
+    from ..manager import PipelineStateManager
 
 __all__ = ["HEX", "build_report", "render_report", "write_report"]
 
@@ -65,26 +63,18 @@ def build_report(manager: PipelineStateManager) -> Report:
     """Read what the page shows: per-day and per-hour aggregates, the latest
     populate's decisions, failures, leases, and a validate (gaps, overlaps,
     invalid rows)."""
-    store = manager.store
-    store.check_ready()
+    data = manager.report_data()
     validation = manager.validate()
-    with store.transaction(write=False) as conn:
-        cal = observe.calendar(manager, hours=True, steps=True, conn=conn)
-        counts = {status: sum(day.counts.get(status, 0) for day in cal.days) for status in observe.STATUSES}
-        populate = latest_populate(conn, store.tables, store.raw_column, manager.pipeline, _LIST_LIMIT)
-        far = datetime.max.replace(tzinfo=cal.now.tzinfo) - timedelta(days=2)
-        failures, total = window_rows(
-            conn,
-            store.tables,
-            store.raw_column,
-            manager.pipeline,
-            datetime.min.replace(tzinfo=cal.now.tzinfo) + timedelta(days=2),
-            far,
-            ("FAILED",),
-            _LIST_LIMIT,
-        )
-        leases = lease_view(manager.context, conn, cal.now)
-    return Report(cal, counts, validation, populate, failures, total, leases, cal.now)
+    return Report(
+        data.calendar,
+        data.counts,
+        validation,
+        data.populate,
+        data.failures,
+        data.failures_total,
+        data.leases,
+        data.calendar.now,
+    )
 
 
 def _hour_state(day: Day, hour: int, carried: str | None) -> str:
@@ -278,7 +268,7 @@ def render_report(report: Report) -> str:
     """The page's HTML text."""
     cal = report.calendar
     env = Environment(
-        loader=PackageLoader("pipestate", "templates"),
+        loader=PackageLoader("pipestate.show", "templates"),
         autoescape=select_autoescape(["html", "j2"]),
         trim_blocks=True,
         lstrip_blocks=True,

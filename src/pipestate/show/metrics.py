@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from .observe import STATUSES
-from .report import iso
+from ..ops.observe import STATUSES
+from ..windows import iso
 
 __all__ = ["metrics_json", "metrics_text"]
 

@@ -1,0 +1,279 @@
+"""Results into words: the plain text of every command (populate and validate, status, claims,
+requeue, history, run and demo), with instants in UTC followed by the pipeline's local time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..windows import format_step, iso, read_instant
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from ..ops.batch import Batch
+    from ..ops.populate_report import PopulateReport
+    from ..run.demo import DemoResult
+    from ..run.runner import RunResult
+    from ..run.worker import RunSummary
+
+__all__ = [
+    "claim_text",
+    "demo_text",
+    "fail_text",
+    "history_text",
+    "local_text",
+    "populate_text",
+    "requeue_text",
+    "run_json",
+    "run_problems",
+    "run_text",
+    "span_with_local",
+    "status_text",
+    "with_local",
+]
+
+
+def local_text(instant: datetime | None, tz: ZoneInfo, seconds: bool = False) -> str:
+    """`2026-03-08 03:00 EDT`: the wall clock of `tz`, with the zone's abbreviation
+    (which tells the two 01:30s of a DST fall-back apart)."""
+    if instant is None:
+        return "-"
+    local = instant.astimezone(tz)
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z")
+
+
+def _is_utc(tz: ZoneInfo | None) -> bool:
+    return tz is None or tz.key in ("UTC", "Etc/UTC", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu")
+
+
+def with_local(text: Any, tz: ZoneInfo | None, inside: bool = False) -> str:
+    """An instant's UTC ISO text followed by its local time in `tz`, for the
+    plain-text outputs: `2026-03-08T06:00:00+00:00 (2026-03-08 01:00 EST)`, or
+    `..., local 2026-03-08 01:00 EST` when `inside` parentheses already. The UTC
+    text alone when the zone is UTC or the value is not an instant."""
+    if _is_utc(tz) or not isinstance(text, str | datetime):
+        return str(text)
+    instant = read_instant(text) if isinstance(text, str) else text
+    if instant is None or tz is None:
+        return str(text)
+    shown = iso(instant) if isinstance(text, datetime) else text
+    return f"{shown}, local {local_text(instant, tz)}" if inside else f"{shown} ({local_text(instant, tz)})"
+
+
+def span_with_local(start: Any, end: Any, tz: ZoneInfo | None) -> str:
+    """`A .. B (local A' .. B')` for two instants, or `A .. B` in UTC zones."""
+    first = iso(start) if isinstance(start, datetime) else start
+    last = iso(end) if isinstance(end, datetime) else end
+    plain = f"{first} .. {last}"
+    if _is_utc(tz) or tz is None:
+        return plain
+    low = read_instant(first) if isinstance(first, str) else None
+    high = read_instant(last) if isinstance(last, str) else None
+    if low is None and high is None:
+        return plain
+    return f"{plain} (local {local_text(low, tz)} .. {local_text(high, tz)})"
+
+
+def populate_text(report: PopulateReport, verb: str = "populate", limit: int = 20) -> str:
+    """Plain text; instants in UTC, each followed by its local time in the
+    pipeline's zone (unless that is UTC)."""
+    plan = report.plan
+    analysis = plan.analysis
+    header = report.header()
+    tz = plan.settings.tz
+    lines = [
+        f"pipeline {report.pipeline}: {verb}{' (dry run: nothing written)' if report.dry_run else ''}",
+        f"  range       {span_with_local(header['range']['start'], header['range']['end'], tz)}",
+    ]
+    if analysis.active_windows:
+        dominant_minutes = header["analysis"]["dominant_duration_minutes"]
+        lines.append(
+            f"  found       {analysis.active_windows} active window(s) from "
+            f"{with_local(analysis.first_start, tz)} to {with_local(analysis.last_end, tz)}, "
+            f"mostly {dominant_minutes} min"
+        )
+    elif report.table_missing:
+        lines.append("  found       no state table yet")
+    else:
+        lines.append("  found       no active windows")
+    sections = [
+        ("gaps", [f"{g.kind:<16} {span_with_local(g.start, g.end, tz)}" for g in plan.gaps]),
+        (
+            "overlaps",
+            [
+                f"kept {r.kept.batch_id}, superseded {r.superseded.batch_id}: {r.reason}"
+                for r in plan.resolutions
+            ],
+        ),
+        ("invalid rows", [f"{row.batch_id}: {row.reason}" for row in plan.invalid]),
+    ]
+    if report.id_collisions:
+        sections.append(
+            (
+                "id collisions",
+                [
+                    f"{c['wanted']} is held by another row; the new window gets {c['used']}"
+                    for c in report.id_collisions
+                ],
+            )
+        )
+    for title, items in sections:
+        lines.append(f"  {title:<11} {len(items)}")
+        lines += [f"    {item}" for item in items[:limit]]
+        if len(items) > limit:
+            lines.append(f"    ... and {len(items) - limit} more (use --json for all)")
+    if verb == "populate":
+        origins: dict[str, int] = {}
+        for fill in plan.fills:
+            origins[fill.origin] = origins.get(fill.origin, 0) + 1
+        done = "would create" if report.dry_run else "created"
+        lines.append(f"  {done:<11} {len(report.created)} window(s)")
+        for fill in plan.fills[:limit]:
+            lines.append(
+                f"    {fill.origin:<9} {fill.local_date} {span_with_local(fill.start, fill.end, tz)} "
+                f"on the {format_step(fill.step)} grid"
+            )
+        if len(plan.fills) > limit:
+            lines.append(f"    ... and {len(plan.fills) - limit} more stretches")
+        did = "would supersede" if report.dry_run else "superseded"
+        lines.append(f"  {did:<11} {len(plan.resolutions)} window(s)")
+    return "\n".join(lines)
+
+
+# -- the other commands ------------------------------------------------------------
+
+
+# A FAILED row another tool wrote may carry no error text; say so rather than print None.
+_NO_ERROR = "(no error recorded)"
+
+
+def status_text(data: dict[str, Any], tz: ZoneInfo | None = None) -> str:
+    """`status` in plain text, from the dict `PipelineStateManager.status()` returns;
+    with `tz` (the pipeline's zone), each instant also in local time."""
+    coverage = data["coverage"]
+    covered, whole = coverage["covered_minutes"], coverage["range_minutes"]
+    lines = [
+        f"pipeline {data['pipeline']}  (now {with_local(data['now'], tz, inside=True)})",
+        f"  range      {span_with_local(data['range']['start'], data['range']['end'], tz)}",
+        f"  coverage   {coverage['percent']}% ({covered} of {whole} min)",
+        f"  windows    {span_with_local(data['first_window_start'], data['last_window_end'], tz)}",
+        "  counts     " + ", ".join(f"{k} {v}" for k, v in data["counts"].items()),
+    ]
+    pending = data["oldest_pending"]
+    if pending:
+        start = with_local(pending["start"], tz, inside=True)
+        lines.append(f"  oldest pending  {pending['batch_id']} (window start {start})")
+    if data["failures"]:
+        lines.append(f"  failures   {len(data['failures'])}")
+        for failure in data["failures"][:10]:
+            error = failure["last_error"] or _NO_ERROR
+            lines.append(f"    {failure['batch_id']} retries {failure['retry_count']}: {error}")
+    for entry in data.get("in_flight", [])[:20]:
+        lines.append(
+            f"  in flight  {entry['batch_id']} by {entry['worker_id']} for {entry['lease_age_seconds']}s, "
+            f"lease until {with_local(entry['lease_expires_at'], tz)}"
+        )
+    for entry in data.get("expired_leases", [])[:20]:
+        lines.append(
+            f"  STUCK      {entry['batch_id']} by {entry['worker_id']}: "
+            f"lease expired {with_local(entry['lease_expires_at'], tz)}"
+        )
+    for entry in data.get("failed_permanently", [])[:20]:
+        error = entry["last_error"] or _NO_ERROR
+        lines.append(f"  FAILED for good  {entry['batch_id']} ({entry['retry_count']} attempts): {error}")
+    return "\n".join(lines)
+
+
+def claim_text(batch: Batch | None) -> str:
+    if batch is None:
+        return "nothing to claim"
+    shown = batch.to_dict()
+    return (
+        f"claimed {batch.batch_id} [{shown['start']} .. {shown['end']}) "
+        f"lease until {shown['lease_expires_at']} token {batch.claim_token}"
+    )
+
+
+def fail_text(batch_id: str, outcome: dict[str, Any]) -> str:
+    if outcome["permanent"]:
+        return f"{batch_id}: FAILED for good after {outcome['retry_count']} attempt(s); requeue to retry"
+    return f"{batch_id}: FAILED, retry {outcome['retry_count']} from {outcome['next_attempt_at']}"
+
+
+def requeue_text(done: list[str], limit: int = 50) -> str:
+    return "\n".join([f"requeued {len(done)} batch(es)", *(f"  {batch_id}" for batch_id in done[:limit])])
+
+
+def history_text(batch_id: str, events: list[dict[str, Any]], tz: ZoneInfo | None = None) -> str:
+    """The audit trail, one line per event; with `tz`, each time also in local time."""
+    if not events:
+        return f"no events for {batch_id}"
+    lines = []
+    for event in events:
+        change = f"{event['old_status'] or '-'} -> {event['new_status'] or '-'}"
+        when = event["event_time"]
+        if tz is not None and not _is_utc(tz):
+            instant = read_instant(when) if isinstance(when, str) else None
+            when = f"{when} ({local_text(instant, tz, seconds=True)})" if instant else when
+        lines.append(
+            f"{when}  {event['event_type']:<13} {change:<26} "
+            f"{event['worker_id'] or ''}  {event['details'] or ''}"
+        )
+    return "\n".join(lines)
+
+
+def run_json(result: RunResult, counts: dict[str, int]) -> dict[str, Any]:
+    """`run --json`: what populate and the workers did, and the status counts after."""
+    return {
+        "created": result.created,
+        "superseded": result.superseded,
+        "completed": result.summary.completed,
+        "failed": result.summary.failed,
+        "lost": result.summary.lost,
+        "ok": result.summary.ok,
+        "failed_batches": sorted(result.summary.failed_ids),
+        "lost_batches": sorted(result.summary.lost_ids),
+        "seconds": round(result.seconds, 3),
+        "counts": counts,
+    }
+
+
+def run_problems(summary: RunSummary) -> str:
+    """The last line of a run whose batches did not all succeed (exit 5): which ones, and what next."""
+    parts = []
+    for ids, what in ((summary.failed_ids, "ended FAILED"), (summary.lost_ids, "lost their lease")):
+        if ids:
+            shown = ", ".join(sorted(ids)[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            parts.append(f"{len(ids)} batch(es) {what}: {shown}")
+    return "; ".join(parts) + " (exit 5; see pipestate status, pipestate history BATCH_ID)"
+
+
+def run_text(result: RunResult) -> str:
+    summary = result.summary
+    return (
+        f"populate created {result.created} and superseded {result.superseded} window(s); "
+        f"processed {summary.processed} batch(es) in {result.seconds:.1f}s: {summary.completed} completed, "
+        f"{summary.failed} failed (will retry or need requeue), {summary.lost} lost their lease"
+    )
+
+
+def demo_text(demo: DemoResult) -> str:
+    """What `pipestate demo` did and where everything is (after the "generated" line)."""
+    setup, config = demo.setup, demo.setup.config_path
+    return f"""{run_text(demo.run)}
+target: {demo.rows} rows, {demo.distinct} distinct events of {setup.events} generated: {demo.verdict}
+state:  {", ".join(f"{k} {v}" for k, v in sorted(demo.counts.items()))}
+
+Everything is in {setup.directory}/:
+  pipestate.toml   the config (files source, local stage, DuckDB target, SQLite state)
+  source/          the generated NDJSON events
+  stage/           one staged Parquet file per window
+  target.duckdb    the loaded rows (table events)
+  state.db         the state table (pipeline_state) and its audit trail (pipeline_state_events)
+Next:
+  pipestate status --config {config}
+  pipestate history <batch_id> --config {config}
+  pipestate validate --config {config}
+To use real systems, point [source], [stage] and [target] at Elasticsearch, S3 and
+Snowflake (docs/connectors.md) and [state] url at PostgreSQL or Snowflake."""
