@@ -48,16 +48,16 @@ __all__ = [
 
 # name -> the module that defines it, imported when the name is first used.
 _LAZY = {
-    "Batch": "batches",
+    "Batch": "ops.batch",
     "Config": "config",
     "load_config": "config",
     "PipelineStateManager": "manager",
-    "PopulateReport": "report",
-    "RunResult": "runner",
-    "run_pipeline": "runner",
+    "PopulateReport": "ops.populate_report",
+    "RunResult": "run.runner",
+    "run_pipeline": "run.runner",
     "Status": "statuses",
-    "RunSummary": "worker",
-    "Worker": "worker",
+    "RunSummary": "run.worker",
+    "Worker": "run.worker",
 }
 
 

@@ -25,6 +25,7 @@ from .ops.context import Context
 from .ops.populate import WindowFunctions
 from .ops.populate_report import PopulateReport
 from .statuses import Status
+from .store import migrate
 from .store.engine import Waits, interrupt_statements
 from .store.store import StateStore
 
@@ -90,7 +91,7 @@ class PipelineStateManager:
         refused (SchemaError), or with `migrate_timestamps` converted to
         `timestamptz`, its values read as UTC.
         """
-        return self.store.init_db(migrate_timestamps=migrate_timestamps)
+        return migrate.init_db(self.store, migrate_timestamps=migrate_timestamps)
 
     # -- populate (populate.py) ---------------------------------------------------
 

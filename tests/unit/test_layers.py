@@ -29,7 +29,9 @@ def test_no_module_imports_another_modules_private_names() -> None:
         tree = ast.parse(path.read_text(), str(path))
         imported_modules: dict[str, str] = {}
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("pipestate")):
+            if isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").startswith("pipestate")
+            ):
                 for alias in node.names:
                     if _private(alias.name):
                         found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {alias.name}")

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import LeaseLost, UsageError
 from ..statuses import Status
-from ..store import pg_claims, queries
+from ..store import locks, pg_claims, queries
 from ..store.claims import (
     backoff_delay,
     can_fence_in_update,
@@ -26,6 +26,7 @@ from ..store.claims import (
     find_candidate,
     guarded_update,
 )
+from ..store.events import insert_events
 from ..store.schema import COLUMNS
 from ..windows import iso
 from .batch import Batch
@@ -84,7 +85,7 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
     # max_in_flight count that must not race, claims queue on the pipeline's lock row.
     pipeline_lock = store.backend.claims_need_pipeline_lock(settings.max_in_flight)
     if pipeline_lock:
-        store.ensure_lock_row(ctx.pipeline)
+        locks.ensure_lock_row(store, ctx.pipeline)
     # The one-statement PostgreSQL claim takes any window and reads statuses in its own
     # SQL; a range or a [state] status_map goes the general way.
     if (
@@ -101,7 +102,7 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
     with store.transaction(write=True) as conn:
         now = ctx.now(conn)
         if pipeline_lock:
-            store.lock_pipeline(conn, ctx.pipeline, holder=f"claim {worker}")
+            locks.lock_pipeline(store, conn, ctx.pipeline, holder=f"claim {worker}")
         in_flight = count_in_flight(store, conn, ctx.pipeline, now) if settings.max_in_flight else 0
         if settings.max_in_flight and in_flight >= settings.max_in_flight:
             return None
@@ -195,7 +196,7 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
                 return Batch.from_row(ctx.pipeline, row)
         finally:
             if events:
-                store.insert_events(conn, events)
+                insert_events(store, conn, events)
 
 
 def _claim_in_one_statement(ctx: Context, worker: str, lease: Any) -> Batch | None:
@@ -294,7 +295,8 @@ def record_step(
             update["current_step"] = step
         _write_claimed(ctx, conn, row, update)
         if step is not None:
-            store.insert_events(
+            insert_events(
+                store,
                 conn,
                 [
                     _claim_event(
@@ -348,7 +350,8 @@ def complete(
                 "updated_by": worker,
             },
         )
-        store.insert_events(
+        insert_events(
+            store,
             conn,
             [
                 _claim_event(
@@ -412,7 +415,8 @@ def fail(
             },
         )
         outcome = {"retry_count": retries, "permanent": permanent, "next_attempt_at": iso(next_attempt)}
-        store.insert_events(
+        insert_events(
+            store,
             conn,
             [
                 _claim_event(
@@ -448,7 +452,8 @@ def release(ctx: Context, batch_id: str, worker: str, token: str | None = None) 
                 "updated_by": worker,
             },
         )
-        store.insert_events(
+        insert_events(
+            store,
             conn,
             [
                 _claim_event(

@@ -11,6 +11,7 @@ from ..errors import UsageError
 from ..statuses import Status
 from ..store import queries
 from ..store.claims import guarded_update
+from ..store.events import insert_events
 from ..windows import iso
 from .context import Context, aware
 
@@ -99,7 +100,7 @@ def requeue(
                 )
             )
             done.append(batch_id)
-        store.insert_events(conn, events)
+        insert_events(store, conn, events)
     return done
 
 
@@ -172,7 +173,7 @@ def quarantine(
                 )
             )
             done.append({"batch_id": batch_id, "previous_status": row.pipeline_status})
-        store.insert_events(conn, events)
+        insert_events(store, conn, events)
     return done
 
 

@@ -27,7 +27,9 @@ from ..planning import (
     plan,
 )
 from ..statuses import Status
-from ..store.store import RowChanged
+from ..store import locks, migrate, populate_sql
+from ..store.events import insert_created_events, insert_events
+from ..store.populate_sql import RowChanged
 from ..windows import (
     day_bounds,
     day_cells,
@@ -79,12 +81,12 @@ def populate(ctx: Context, functions: WindowFunctions, dry_run: bool = False) ->
     if dry_run:
         return _dry_run(ctx, functions, run_id, verb_is_validate=False)
     if not ctx.store.is_set_up():
-        ctx.store.init_db()
-    ctx.store.ensure_lock_row(ctx.pipeline)
+        migrate.init_db(ctx.store)
+    locks.ensure_lock_row(ctx.store, ctx.pipeline)
     for attempt in range(_REPLANS + 1):
         try:
             with ctx.store.transaction(write=True) as conn:
-                ctx.store.lock_pipeline(conn, ctx.pipeline, holder=f"populate {run_id} {ctx.actor}")
+                locks.lock_pipeline(ctx.store, conn, ctx.pipeline, holder=f"populate {run_id} {ctx.actor}")
                 now = ctx.now(conn)
                 the_plan = _plan(ctx, conn, now)
                 report = PopulateReport(ctx.pipeline, False, run_id, now, the_plan, CreatedLog(ctx.pipeline))
@@ -99,7 +101,7 @@ def populate(ctx: Context, functions: WindowFunctions, dry_run: bool = False) ->
                     f"planned {_REPLANS + 1} times, nothing was written; try again"
                 ) from changed
     if len(report.created) >= _LARGE_WRITE:
-        ctx.store.release_log()
+        populate_sql.release_log(ctx.store)
     return report
 
 
@@ -125,23 +127,25 @@ def _dry_run(ctx: Context, functions: WindowFunctions, run_id: str, verb_is_vali
         # validate names the new windows too, to report ids another row holds,
         # but lists none of them.
         log = CreatedLog(ctx.pipeline) if verb_is_validate else report.created
-        taken = ctx.store.inactive_ids(conn, ctx.pipeline) | {r.batch_id for r in the_plan.invalid}
+        taken = populate_sql.inactive_ids(ctx.store, conn, ctx.pipeline) | {
+            r.batch_id for r in the_plan.invalid
+        }
         _name_windows(ctx, functions, the_plan, taken, log, now, run_id, sink=None, conn=conn, report=report)
     return report
 
 
 def _plan(ctx: Context, conn: Connection, now: datetime) -> Plan:
     settings = ctx.plan_settings(now)
-    ctx.store.note_columns(conn)  # another tool's table may lack optional columns before init-db
+    migrate.note_columns(ctx.store, conn)  # another tool's table may lack optional columns before init-db
     # A batch_id held by two rows (a table without a primary key) is an
     # invalid row: claims never take it, so neither may the plan count it.
-    duplicates = ctx.store.duplicate_ids(conn, ctx.pipeline)
-    chunks = ctx.store.candidate_chunks(conn, ctx.pipeline)
+    duplicates = populate_sql.duplicate_ids(ctx.store, conn, ctx.pipeline)
+    chunks = populate_sql.candidate_chunks(ctx.store, conn, ctx.pipeline)
     ranks = None
-    if ctx.store.ranks_read_apart:
+    if populate_sql.ranks_read_apart(ctx.store):
 
         def ranks(batch_ids: list[str]) -> dict[str, tuple]:
-            return ctx.store.rank_values(conn, ctx.pipeline, batch_ids)
+            return populate_sql.rank_values(ctx.store, conn, ctx.pipeline, batch_ids)
 
     def unique(rows: Iterable[tuple[Any, ...]]) -> Iterable[tuple[Any, ...]]:
         return (row for row in rows if row[0] not in duplicates) if duplicates else rows
@@ -152,7 +156,9 @@ def _plan(ctx: Context, conn: Connection, now: datetime) -> Plan:
         # Text timestamps in mixed formats (written by other tools) can sort
         # wrongly in SQL; sort the parsed values here instead.
         chunks.close()
-        everything = sorted(unique(ctx.store.iter_candidates(conn, ctx.pipeline)), key=_sort_key)
+        everything = sorted(
+            unique(populate_sql.iter_candidates(ctx.store, conn, ctx.pipeline)), key=_sort_key
+        )
         the_plan = plan(everything, settings, ranks)
     finally:
         chunks.close()
@@ -182,9 +188,10 @@ def _apply(ctx: Context, functions: WindowFunctions, conn: Connection, report: P
         (r.superseded.batch_id, r.superseded.status, r.superseded.updated_at, r.kept.batch_id, r.reason)
         for r in the_plan.resolutions
     ]
-    store.supersede(conn, ctx.pipeline, losers, now=now, run_id=run_id, by=ctx.actor)
+    populate_sql.supersede(store, conn, ctx.pipeline, losers, now=now, run_id=run_id, by=ctx.actor)
     report.superseded = _superseded_entries(the_plan)
-    store.insert_events(
+    insert_events(
+        store,
         conn,
         (
             ctx.event(
@@ -202,7 +209,7 @@ def _apply(ctx: Context, functions: WindowFunctions, conn: Connection, report: P
             for entry in report.superseded
         ),
     )
-    taken = store.inactive_ids(conn, ctx.pipeline) | {r.batch_id for r in the_plan.invalid}
+    taken = populate_sql.inactive_ids(store, conn, ctx.pipeline) | {r.batch_id for r in the_plan.invalid}
     _name_windows(
         ctx, functions, the_plan, taken, report.created, now, run_id, sink=conn, conn=conn, report=report
     )
@@ -239,17 +246,21 @@ def _name_windows(
     )
     custom_ids = not builder.default_ids
     # Ids are looked up in the table unless it is empty (a first populate).
-    look_up = conn is not None and store.has_rows(conn)
+    look_up = conn is not None and populate_sql.has_rows(store, conn)
     seen: set[str] = set()
     new_rows = builder.rows(the_plan.fills)
     chunks: Iterator[list[tuple[Any, ...]]] = iter(lambda: list(islice(new_rows, _CHUNK)), [])
     index = 0
-    load = store.bulk_load(sink, the_plan.estimated_new_windows()) if sink is not None else nullcontext()
+    load = (
+        populate_sql.bulk_load(store, sink, the_plan.estimated_new_windows())
+        if sink is not None
+        else nullcontext()
+    )
     with load:
         for rows in chunks:
             held: set[str] = set()
             if look_up and conn is not None:
-                held = store.existing_ids(conn, [row[0] for row in rows]) - taken
+                held = populate_sql.existing_ids(store, conn, [row[0] for row in rows]) - taken
                 taken = taken | held
             for offset, row in enumerate(rows):
                 batch_id = row[0]
@@ -265,10 +276,12 @@ def _name_windows(
                     seen.add(batch_id)
             index += len(rows)
             if sink is not None:
-                store.insert_windows(sink, builder.columns, builder.constant, rows, builder.derived)
+                populate_sql.insert_windows(
+                    store, sink, builder.columns, builder.constant, rows, builder.derived
+                )
     log.record(the_plan.fills, index)
     if sink is not None and index:
-        store.insert_created_events(sink, ctx.pipeline, run_id, ctx.actor)
+        insert_created_events(store, sink, ctx.pipeline, run_id, ctx.actor)
 
 
 def _first_window(config: Config) -> ids.WindowInfo:

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ..statuses import STATUS_ORDER
-from ..store import queries
+from ..store import populate_sql, queries
 from ..windows import iso, read_stored_instant
 from .context import Context
 
@@ -18,7 +18,7 @@ __all__ = ["counts", "leases", "status", "statuses"]
 def counts(ctx: Context) -> dict[str, int]:
     """Rows of the pipeline by status (cheap: one grouped count)."""
     with ctx.store.transaction(write=False) as conn:
-        return ctx.store.status_counts(conn, ctx.pipeline)
+        return queries.status_counts(ctx.store, conn, ctx.pipeline)
 
 
 def statuses(ctx: Context, batch_ids: Iterable[str]) -> dict[str, str]:
@@ -34,9 +34,9 @@ def status(ctx: Context) -> dict[str, Any]:
     with store.transaction(write=False) as conn:
         now = ctx.now(conn)
         settings = ctx.plan_settings(now)
-        counts = store.status_counts(conn, ctx.pipeline)
+        counts = queries.status_counts(store, conn, ctx.pipeline)
         covered, first, last, active = _coverage(
-            store.iter_candidates(conn, ctx.pipeline), settings.start, settings.covered_stop
+            populate_sql.iter_candidates(store, conn, ctx.pipeline), settings.start, settings.covered_stop
         )
         oldest_pending = queries.oldest_pending(store, conn, ctx.pipeline)
         failures = queries.failures(store, conn, ctx.pipeline)

@@ -7,7 +7,9 @@ by the row's batch_id (its first value).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from datetime import datetime
+from itertools import islice
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Integer, String, Table, literal
@@ -127,3 +129,12 @@ def copy_insert(
             for row in rows:
                 write(row + tail)
     return len(rows)
+
+
+CHUNK = 5000
+
+
+def chunks(items: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk

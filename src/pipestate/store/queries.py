@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Interval, and_, bindparam, func, or_, select
+from sqlalchemy import Interval, String, and_, bindparam, func, or_, select, type_coerce
 from sqlalchemy.engine import Connection
 
 from ..statuses import Status
@@ -175,3 +175,18 @@ def now_expression(fixed_now: datetime | None) -> Any:
 def lease_expiry(now: Any, lease: timedelta) -> Any:
     """`now + lease` as a SQL expression."""
     return now + bindparam("lease", lease, Interval())
+
+
+def status_counts(store: StateStore, conn: Connection, pipeline: str) -> dict[str, int]:
+    """The pipeline's rows by status (statuses read through the status map)."""
+    state = store.tables.state
+    stmt = (
+        select(state.c.pipeline_status, func.count())
+        .where(state.c.pipeline_name == pipeline)
+        .group_by(type_coerce(state.c.pipeline_status, String()))
+    )
+    counts: dict[str, int] = {}
+    for status, count in conn.execute(stmt):
+        # Two statuses another tool wrote may mean the same one: add them up.
+        counts[str(status)] = counts.get(str(status), 0) + int(count)
+    return counts
