@@ -26,6 +26,7 @@ from pydantic import (
 
 from .errors import ConfigError
 from .paths import anchor_path
+from .statuses import STATUS_ORDER
 from .windows import UTC, Step, day_bounds, format_step, parse_granularity, zone
 
 __all__ = ["Config", "load_config", "parse_duration", "DEFAULT_CONFIG_PATH", "ENV_PREFIX"]
@@ -167,9 +168,6 @@ class PipelineConfig(_Section):
         return parse_duration(self.lag, MAX_LAG)
 
 
-STATUSES = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
-
-
 class StateConfig(_Section):
     url: str = "sqlite:///pipestate.db"
     table: str = "pipeline_state"
@@ -210,9 +208,9 @@ class StateConfig(_Section):
     @classmethod
     def _status_map(cls, value: dict[str, str]) -> dict[str, str]:
         for other, status in value.items():
-            if status not in STATUSES:
-                raise ValueError(f"{other!r} must map to one of {', '.join(STATUSES)}, got {status!r}")
-            if other in STATUSES:
+            if status not in STATUS_ORDER:
+                raise ValueError(f"{other!r} must map to one of {', '.join(STATUS_ORDER)}, got {status!r}")
+            if other in STATUS_ORDER:
                 raise ValueError(f"{other!r} is pipestate's own status and cannot be mapped")
             if not other.strip():
                 raise ValueError("an empty status cannot be mapped")

@@ -24,7 +24,7 @@ from .ops.batch import Batch
 from .ops.context import Context
 from .ops.populate import WindowFunctions
 from .ops.populate_report import PopulateReport
-from .statuses import Status
+from .statuses import Status, Step
 from .store import migrate
 from .store.engine import Waits, interrupt_statements
 from .store.store import StateStore
@@ -167,7 +167,7 @@ class PipelineStateManager:
         end: datetime | None = None,
         statuses: tuple[str, ...] = (Status.FAILED,),
         force: bool = False,
-        from_step: str = "source",
+        from_step: str = Step.SOURCE,
     ) -> list[str]:
         """Make batches PENDING again with a fresh retry budget; returns their ids. The next run
         reads the source again (`from_step="source"`) or reloads the staged files ("target")."""

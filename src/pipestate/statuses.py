@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Status", "STATUS_ORDER"]
+__all__ = ["EXHAUSTED", "REQUEUABLE", "STATUS_ORDER", "Status", "Step"]
 
 
 class Status(StrEnum):
@@ -21,3 +21,19 @@ class Status(StrEnum):
 
 # The order status reports and requeue choices list them in.
 STATUS_ORDER: tuple[Status, ...] = tuple(Status)
+
+# What `requeue --status` may choose: every status but SUPERSEDED (quarantine's way out).
+REQUEUABLE: tuple[Status, ...] = (Status.FAILED, Status.COMPLETED, Status.IN_PROGRESS, Status.PENDING)
+
+# Not a status: the count, beside the statuses, of FAILED windows with no retries left.
+EXHAUSTED = "EXHAUSTED"
+
+
+class Step(StrEnum):
+    """The steps a batch moves through in `run`, as the `current_step` column and
+    `--from-step` name them."""
+
+    SOURCE = "source"
+    STAGE = "stage"
+    TARGET = "target"
+    DONE = "done"  # current_step once COMPLETED

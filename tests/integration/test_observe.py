@@ -11,7 +11,6 @@ from collections import Counter
 import pytest
 from support import external_row, insert_external, utc
 
-from pipestate.ops import observe
 from pipestate.windows import local_date_of, zone
 
 
@@ -205,7 +204,7 @@ def test_alert_figures_follow_the_completed_prefix(manager_factory):
     stuck_clock = manager_factory(
         now=utc(2026, 12, 2), start="2026-01-01", end="2026-01-02", granularity="1h"
     )
-    figures = observe.alert_data(stuck_clock)
+    figures = stuck_clock.alert_data()
     assert figures["stuck_leases"] == 1
     assert figures["complete_until"] == utc(2026, 1, 1, 5)
     assert figures["oldest_pending"]["start"] == utc(2026, 1, 1, 6)

@@ -51,3 +51,39 @@ def test_the_rule_sees_a_reach_in() -> None:
     tree = ast.parse("from .store import _secret\n")
     node = tree.body[0]
     assert isinstance(node, ast.ImportFrom) and _private(node.names[0].name)
+
+
+_STATUS_NAMES = {"PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED", "EXHAUSTED"}
+
+
+def _bare_status_literals(source: str) -> list[int]:
+    """Lines of string constants that spell a status, docstrings aside."""
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in _STATUS_NAMES and id(node) not in docstrings
+    ]
+
+
+def test_statuses_are_spelled_only_in_their_vocabulary() -> None:
+    found = [
+        f"{path.relative_to(PACKAGE)}:{line}"
+        for path in _modules()
+        if path.name != "statuses.py"
+        for line in _bare_status_literals(path.read_text())
+    ]
+    assert found == [], "use pipestate.statuses (Status, EXHAUSTED), not a bare status string"
+
+
+def test_the_status_rule_sees_a_bare_literal() -> None:
+    assert _bare_status_literals('x = 1\nif status == "FAILED":\n    pass\n') == [2]
+    assert _bare_status_literals('"""Say FAILED in a docstring."""\n') == []

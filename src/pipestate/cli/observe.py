@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..statuses import STATUS_ORDER
 from .app import cli, config_option, json_option, load_manager, print_json
 
 if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` stays fast
@@ -68,7 +69,7 @@ def history(batch_id: str, as_json: bool) -> None:
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(["PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED"]),
+    type=click.Choice(list(STATUS_ORDER)),
     help="Only windows in this status (repeatable).",
 )
 @click.option(

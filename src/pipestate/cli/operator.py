@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..statuses import REQUEUABLE, Status, Step
 from .app import cli, config_option, json_option, load_manager, print_json, utc_instant
 
 if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` stays fast
@@ -22,14 +23,14 @@ if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` st
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(["FAILED", "COMPLETED", "IN_PROGRESS", "PENDING"]),
+    type=click.Choice(list(REQUEUABLE)),
     help="Which statuses to requeue in the range (repeatable; default FAILED).",
 )
 @click.option("--force", is_flag=True, help="Also requeue batches under a live lease.")
 @click.option(
     "--from-step",
-    type=click.Choice(["source", "target"]),
-    default="source",
+    type=click.Choice([Step.SOURCE, Step.TARGET]),
+    default=Step.SOURCE,
     show_default=True,
     help="source: the next run reads the source again (late data arrives); "
     "target: it reloads the staged files as they are.",
@@ -59,7 +60,7 @@ def requeue(
         list(batch_ids) or None,
         start=utc_instant(start, "--start"),
         end=utc_instant(end, "--end"),
-        statuses=statuses or ("FAILED",),
+        statuses=statuses or (Status.FAILED,),
         force=force,
         from_step=from_step,
     )

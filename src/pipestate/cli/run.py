@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..statuses import Status
 from .app import cli, config_option, json_option, load_manager, print_json
 
 if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` stays fast
@@ -30,9 +31,9 @@ class _Progress:
     def __call__(self, counts: dict[str, int]) -> None:
         import time
 
-        done = counts.get("COMPLETED", 0)
-        total = sum(v for k, v in counts.items() if k != "SUPERSEDED")
-        failed = counts.get("FAILED", 0)
+        done = counts.get(Status.COMPLETED, 0)
+        total = sum(v for k, v in counts.items() if k != Status.SUPERSEDED)
+        failed = counts.get(Status.FAILED, 0)
         if self.tty:
             if self.bar is None:
                 self.bar = click.progressbar(
@@ -44,7 +45,7 @@ class _Progress:
             self.bar.label = f"batches (failed {failed})" if failed else "batches"
         elif time.monotonic() - self.last_line >= 5:
             self.last_line = time.monotonic()
-            pending = counts.get("PENDING", 0)
+            pending = counts.get(Status.PENDING, 0)
             click.echo(f"progress: {done}/{total} completed, {failed} failed, {pending} pending", err=True)
 
     def close(self) -> None:

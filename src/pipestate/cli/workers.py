@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..statuses import Status
 from .app import cli, config_option, json_option, load_manager, print_json, token_option, worker_option
 
 if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` stays fast
@@ -59,7 +60,7 @@ def complete(batch_id: str, worker: str, token: str | None, as_json: bool) -> No
     """Mark a batch the worker holds COMPLETED (exit 4 if it does not)."""
     load_manager().complete(batch_id, worker, token)
     if as_json:
-        print_json({"batch_id": batch_id, "status": "COMPLETED"})
+        print_json({"batch_id": batch_id, "status": Status.COMPLETED})
     else:
         click.echo(f"{batch_id}: COMPLETED")
 
@@ -78,7 +79,7 @@ def fail(batch_id: str, worker: str, token: str | None, error: str, step: str | 
 
     outcome = load_manager().fail(batch_id, worker, error, token, step)
     if as_json:
-        print_json({"batch_id": batch_id, "status": "FAILED", **outcome})
+        print_json({"batch_id": batch_id, "status": Status.FAILED, **outcome})
     else:
         click.echo(fail_text(batch_id, outcome))
 
@@ -93,6 +94,6 @@ def release(batch_id: str, worker: str, token: str | None, as_json: bool) -> Non
     """Give a held batch back unfinished (PENDING again, no retry counted)."""
     load_manager().release(batch_id, worker, token)
     if as_json:
-        print_json({"batch_id": batch_id, "status": "PENDING"})
+        print_json({"batch_id": batch_id, "status": Status.PENDING})
     else:
         click.echo(f"{batch_id}: released")

@@ -41,6 +41,7 @@ from ..config import Config, load_config
 from ..manager import PipelineStateManager
 from ..ops.days import DayState
 from ..run.days import DayRun, run_day
+from ..statuses import Status
 from ..windows import day_bounds, local_date_of
 
 __all__ = ["PipestateResource", "daily_partitions", "pipestate_daily_asset"]
@@ -160,7 +161,7 @@ def _metadata(runs: list[DayRun]) -> dict[str, Any]:
         "pipeline": first.pipeline,
         "days": MetadataValue.json([run.to_dict() for run in runs]),
         "windows": sum(run.state.windows for run in runs),
-        "completed_windows": sum(run.state.counts.get("COMPLETED", 0) for run in runs),
+        "completed_windows": sum(run.state.counts.get(Status.COMPLETED, 0) for run in runs),
         "requeued": sum(len(run.requeued) for run in runs),
         "batches_completed": sum(run.result.summary.completed for run in runs),
         "start": first.start.isoformat(),

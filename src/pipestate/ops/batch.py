@@ -6,15 +6,16 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from ..statuses import Step
 from ..store.schema import DURATION_MINUTES, END_TIME, START_TIME
 from ..windows import iso
 
 __all__ = ["Batch", "STEP_COLUMNS"]
 
-STEP_COLUMNS = {
-    "source": ("source_extract_status", "source_extract_started_at", "source_extract_completed_at"),
-    "stage": ("stage_write_status", "stage_write_started_at", "stage_write_completed_at"),
-    "target": ("target_load_status", "target_load_started_at", "target_load_completed_at"),
+STEP_COLUMNS: dict[str, tuple[str, str, str]] = {
+    Step.SOURCE: ("source_extract_status", "source_extract_started_at", "source_extract_completed_at"),
+    Step.STAGE: ("stage_write_status", "stage_write_started_at", "stage_write_completed_at"),
+    Step.TARGET: ("target_load_status", "target_load_started_at", "target_load_completed_at"),
 }
 
 

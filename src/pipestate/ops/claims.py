@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import LeaseLost, UsageError
-from ..statuses import Status
+from ..statuses import Status, Step
 from ..store import locks, pg_claims, queries
 from ..store.claims import (
     backoff_delay,
@@ -39,7 +39,7 @@ __all__ = ["claim", "complete", "fail", "heartbeat", "record_step", "release"]
 # complete and fail): the columns of the three steps, and its own notes. Never
 # the status, the lease or the window: those change only through the claim protocol.
 STEP_VALUE_COLUMNS = frozenset(
-    name for group, name, *_ in COLUMNS if group in ("source", "stage", "target")
+    name for group, name, *_ in COLUMNS if group in (Step.SOURCE, Step.STAGE, Step.TARGET)
 ) | {"source_type", "stage_type", "target_type", "batch_metadata"}
 
 
@@ -342,7 +342,7 @@ def complete(
             {
                 **(values or {}),
                 "pipeline_status": Status.COMPLETED,
-                "current_step": "done",
+                "current_step": Step.DONE.value,
                 "completed_at": now,
                 "processing_seconds": seconds,
                 "lease_expires_at": None,

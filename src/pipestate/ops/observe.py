@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from ..errors import UsageError
-from ..statuses import Status
+from ..statuses import EXHAUSTED, STATUS_ORDER, Status
 from ..store.daily import (
     HOURS_PER_DAY_SLOT,
     DayBucket,
@@ -59,7 +59,6 @@ DAY_STATES = {
 # The report's heatmap and step durations cover this many of the latest days (the
 # calendar covers all): a million windows stay a few MB and a few seconds.
 HOURS_FOR_DAYS = 400
-STATUSES = ("PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "SUPERSEDED")
 
 
 def settings_at(ctx: Context, now: datetime) -> Settings:
@@ -94,7 +93,7 @@ class Day:
             self.hours = {}
         counts = self.hours.setdefault(hour, Counter())
         counts[row.status] += row.windows
-        counts["EXHAUSTED"] += row.exhausted
+        counts[EXHAUSTED] += row.exhausted
         for index, seconds in enumerate(row.step_seconds):
             self.step_seconds[index] += seconds
 
@@ -110,7 +109,7 @@ class Day:
 
     @property
     def active(self) -> int:
-        return sum(n for status, n in self.counts.items() if status != "SUPERSEDED")
+        return sum(n for status, n in self.counts.items() if status != Status.SUPERSEDED)
 
     @property
     def gap(self) -> bool:
@@ -127,10 +126,10 @@ class Day:
         if self.overlaps or self.gap:
             return "gap"
         active = self.active
-        done = self.counts.get("COMPLETED", 0)
+        done = self.counts.get(Status.COMPLETED, 0)
         if done == active:
             return "completed"
-        if self.counts.get("PENDING", 0) == active:
+        if self.counts.get(Status.PENDING, 0) == active:
             return "pending"
         return "in_progress"
 
@@ -141,7 +140,7 @@ class Day:
             "end": iso(self.end),
             "state": self.state,
             "windows": self.active,
-            "counts": {status: self.counts.get(status, 0) for status in STATUSES},
+            "counts": {status: self.counts.get(status, 0) for status in STATUS_ORDER},
             "covered_minutes": round(self.covered_seconds / 60, 3),
             "expected_minutes": round(self.expected_seconds / 60, 3),
             "gap": self.gap,
@@ -410,7 +409,7 @@ def list_windows(
                 "worker_id": row["worker_id"],
                 "lease_expires_at": iso(expires),
                 "lease_expired": bool(
-                    row["pipeline_status"] == "IN_PROGRESS" and (not expires or expires <= now)
+                    row["pipeline_status"] == Status.IN_PROGRESS and (not expires or expires <= now)
                 ),
                 "last_error": row["last_error"],
                 "last_error_step": row["last_error_step"],
@@ -484,7 +483,9 @@ def report_data(ctx: Context) -> ReportData:
     store.check_ready()
     with store.transaction(write=False) as conn:
         cal = calendar(ctx, hours=True, steps=True, conn=conn)
-        counts = {status: sum(day.counts.get(status, 0) for day in cal.days) for status in STATUSES}
+        counts: dict[str, int] = {
+            status: sum(day.counts.get(status, 0) for day in cal.days) for status in STATUS_ORDER
+        }
         populate = latest_populate(conn, store.tables, store.raw_column, ctx.pipeline, _LIST_LIMIT)
         far = datetime.max.replace(tzinfo=cal.now.tzinfo) - timedelta(days=2)
         failures, total = window_rows(

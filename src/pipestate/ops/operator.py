@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import UsageError
-from ..statuses import Status
+from ..statuses import Status, Step
 from ..store import queries
 from ..store.claims import guarded_update
 from ..store.events import insert_events
@@ -18,9 +18,9 @@ from .context import Context, aware
 __all__ = ["history", "quarantine", "requeue", "REQUEUE_STEPS"]
 
 # The step a requeued batch starts from, and the step columns that makes unfinished again.
-REQUEUE_STEPS = {
-    "source": ("source_extract_status", "stage_write_status", "target_load_status"),
-    "target": ("target_load_status",),
+REQUEUE_STEPS: dict[str, tuple[str, ...]] = {
+    Step.SOURCE: ("source_extract_status", "stage_write_status", "target_load_status"),
+    Step.TARGET: ("target_load_status",),
 }
 
 
@@ -33,7 +33,7 @@ def requeue(
     statuses: tuple[str, ...] = (Status.FAILED,),
     force: bool = False,
     by: str | None = None,
-    from_step: str = "source",
+    from_step: str = Step.SOURCE,
 ) -> list[str]:
     """Make batches PENDING again with a fresh retry budget; returns their ids.
 

@@ -8,6 +8,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from ..ops.days import DayState, parse_day
+from ..statuses import Status
 
 if TYPE_CHECKING:
     from ..manager import PipelineStateManager
@@ -57,6 +58,6 @@ def run_day(
     low, high = manager.day_span(the_day)
     requeued: list[str] = []
     if requeue and manager.table_exists():
-        requeued = manager.requeue(start=low, end=high, statuses=("COMPLETED", "FAILED"))
+        requeued = manager.requeue(start=low, end=high, statuses=(Status.COMPLETED, Status.FAILED))
     result = run_pipeline(manager, workers=workers, within=(low, high))
     return DayRun(requeued, result, manager.day_state(the_day))

@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from ..manager import PipelineStateManager
+from ..statuses import Status
 from ..windows import day_bounds, zone
 from .runner import RunResult, run_pipeline
 
@@ -159,7 +160,7 @@ def run_demo(
         if inject_failures:
             for _ in range(_RETRY_RUNS):
                 counts = manager.counts()
-                if not counts.get("FAILED") and not counts.get("PENDING"):
+                if not counts.get(Status.FAILED) and not counts.get(Status.PENDING):
                     break
                 more = run_pipeline(
                     manager, workers=workers, inject_failures=inject_failures, progress=progress

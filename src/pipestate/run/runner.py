@@ -42,6 +42,7 @@ from ..errors import (
 )
 from ..manager import PipelineStateManager
 from ..ops.batch import Batch
+from ..statuses import Status, Step
 from .worker import RunSummary, Worker
 
 __all__ = ["PipelineRunner", "RunResult", "run_pipeline", "CountMismatch", "InjectedFailure"]
@@ -139,7 +140,7 @@ class PipelineRunner:
 
     def _steps(self, batch: Batch) -> dict[str, Any]:
         ctx = self.context(batch)
-        staged = self.stage.find(ctx) if batch.step_done("stage") else None
+        staged = self.stage.find(ctx) if batch.step_done(Step.STAGE) else None
         if staged is None:
             staged, stage_done = self._extract_and_stage(batch, ctx)
         else:
@@ -152,9 +153,9 @@ class PipelineRunner:
             "target_load_started_at": _now(),
             "target_load_completed_at": None,
         }
-        self._record(batch, {**stage_done, **target_running}, step="target")
+        self._record(batch, {**stage_done, **target_running}, step=Step.TARGET)
         if stage_done:
-            self._chaos("stage")
+            self._chaos(Step.STAGE)
         return self._load(batch, ctx, staged)
 
     def _extract_and_stage(self, batch: Batch, ctx: BatchContext) -> tuple[StagedData, dict[str, Any]]:
@@ -172,9 +173,9 @@ class PipelineRunner:
                 "stage_write_started_at": started,
                 "stage_write_completed_at": None,
             },
-            step="source",
+            step=Step.SOURCE,
         )
-        self._chaos("source")
+        self._chaos(Step.SOURCE)
         counted = _Counted(self.source.extract(ctx))
         staged = self.stage.write(ctx, counted)
         finished = _now()
@@ -202,7 +203,7 @@ class PipelineRunner:
             raise CountMismatch(
                 f"{batch.batch_id}: staged {staged.record_count} records, target holds {result.record_count}"
             )
-        self._chaos("target")  # after the load: the retry must replace, not duplicate
+        self._chaos(Step.TARGET)  # after the load: the retry must replace, not duplicate
         return {
             "target_load_status": "DONE",
             "target_load_completed_at": _now(),
@@ -330,7 +331,9 @@ def run_pipeline(
     if summary.failed_ids:
         # A batch one worker failed may have been retried and completed by another.
         now = manager.statuses(summary.failed_ids)
-        summary.failed_ids = {batch_id for batch_id in summary.failed_ids if now.get(batch_id) == "FAILED"}
+        summary.failed_ids = {
+            batch_id for batch_id in summary.failed_ids if now.get(batch_id) == Status.FAILED
+        }
     if progress is not None:
         progress(manager.counts())
     result.seconds = time.monotonic() - began

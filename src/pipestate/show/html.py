@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from ..ops.observe import DAY_STATES, Calendar, Day
+from ..statuses import EXHAUSTED, Status
 from ..windows import iso
 from .text import local_text
 
@@ -81,14 +82,14 @@ def _hour_state(day: Day, hour: int, carried: str | None) -> str:
     counts = (day.hours or {}).get(hour)
     if not counts:
         return carried if carried is not None else "gap"
-    if counts.get("EXHAUSTED"):
+    if counts.get(EXHAUSTED):
         return "failed"
-    active = {k: v for k, v in counts.items() if k not in ("SUPERSEDED", "EXHAUSTED") and v}
+    active = {k: v for k, v in counts.items() if k not in (Status.SUPERSEDED, EXHAUSTED) and v}
     if not active:
         return carried if carried is not None else "gap"
-    if set(active) == {"COMPLETED"}:
+    if set(active) == {Status.COMPLETED}:
         return "completed"
-    if set(active) == {"PENDING"}:
+    if set(active) == {Status.PENDING}:
         return "pending"
     return "in_progress"
 
@@ -242,7 +243,7 @@ def _throughput(cal: Calendar) -> tuple[Markup, Markup]:
     groups, per = _points(_with_hours(cal))
     steps: dict[str, list[float | None]] = {"extract": [], "stage": [], "load": []}
     for group in groups:
-        done = sum(day.counts.get("COMPLETED", 0) for day in group)
+        done = sum(day.counts.get(Status.COMPLETED, 0) for day in group)
         for index, name in enumerate(steps):
             total = sum(day.step_seconds[index] for day in group)
             steps[name].append(total / done if done and total else None)

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from ..ops.observe import STATUSES
+from ..statuses import STATUS_ORDER
 from ..windows import iso
 
 __all__ = ["metrics_json", "metrics_text"]
@@ -47,7 +47,7 @@ def metrics_text(pipeline: str, figures: dict[str, Any], openmetrics: bool = Fal
 
     windows = gauge("pipestate_windows", "Windows in the state table by status.", ["pipeline", "status"])
     counts = figures["counts"]
-    for status in (*STATUSES, *sorted(set(counts) - set(STATUSES))):
+    for status in (*STATUS_ORDER, *sorted(set(counts) - set(STATUS_ORDER))):
         windows.labels(pipeline, status).set(counts.get(status, 0))
     values = _values(figures)
     described = {
@@ -90,8 +90,8 @@ def metrics_json(pipeline: str, figures: dict[str, Any]) -> dict[str, Any]:
     return {
         "pipeline": pipeline,
         "now": iso(figures["now"]),
-        "windows": {status: counts.get(status, 0) for status in STATUSES}
-        | {k: v for k, v in counts.items() if k not in STATUSES},
+        "windows": {status: counts.get(status, 0) for status in STATUS_ORDER}
+        | {k: v for k, v in counts.items() if k not in STATUS_ORDER},
         "failed_permanently": figures["failed_permanently"],
         "stuck_leases": figures["stuck_leases"],
         "oldest_pending": None

@@ -22,6 +22,7 @@ from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import ConfigError
+from ..statuses import Status
 from .backends import backend_named
 from .schema import END_TIME, START_TIME, StateTables
 
@@ -201,7 +202,7 @@ def bucket_rows(
     )
     w = inner.c
     bucket = _bucket_expression(w.begin, segments, branch).label("bucket")
-    active = and_(w.status != "SUPERSEDED", w.finish > w.begin)
+    active = and_(w.status != Status.SUPERSEDED.value, w.finish > w.begin)
     clipped = case((w.finish > range_high, range_high), else_=w.finish) - case(
         (w.begin < range_low, range_low), else_=w.begin
     )
@@ -212,7 +213,7 @@ def bucket_rows(
             w.status,
             func.count(),
             func.sum(case((inside, clipped), else_=0)),
-            func.sum(case((and_(w.status == "FAILED", w.retries >= max_retries), 1), else_=0)),
+            func.sum(case((and_(w.status == Status.FAILED.value, w.retries >= max_retries), 1), else_=0)),
             func.sum(w.retries),
             func.sum(w.records),
             func.sum(w.processing),
@@ -264,7 +265,7 @@ def span_query(
     begin, finish = c.source_query_window_start_time, c.source_query_window_end_time
     stmt = select(raw(START_TIME), raw(END_TIME)).where(c.pipeline_name == pipeline)
     if active_only:
-        stmt = stmt.where(c.pipeline_status != "SUPERSEDED", finish > begin)
+        stmt = stmt.where(c.pipeline_status != Status.SUPERSEDED.value, finish > begin)
     if start is not None:
         stmt = stmt.where(begin >= start)
     if end is not None:

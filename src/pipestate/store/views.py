@@ -43,7 +43,7 @@ _INSTANTS = {
     "lease_expires_at",
     "last_error_at",
 }
-_NOT_DONE = ("PENDING", "IN_PROGRESS", "FAILED")
+_NOT_DONE = (Status.PENDING.value, Status.IN_PROGRESS.value, Status.FAILED.value)
 
 
 def window_rows(
@@ -108,19 +108,21 @@ def alert_figures(
         )
     }
     exhausted = conn.execute(
-        select(func.count()).where(mine, c.pipeline_status == "FAILED", c.retry_count >= max_retries)
+        select(func.count()).where(
+            mine, c.pipeline_status == Status.FAILED.value, c.retry_count >= max_retries
+        )
     ).scalar_one()
     stuck = conn.execute(
         select(func.count()).where(
             mine,
-            c.pipeline_status == "IN_PROGRESS",
+            c.pipeline_status == Status.IN_PROGRESS.value,
             or_(c.lease_expires_at.is_(None), c.lease_expires_at <= now),
         )
     ).scalar_one()
     start, end = c.source_query_window_start_time, c.source_query_window_end_time
     oldest = conn.execute(
         select(raw(START_TIME), raw(END_TIME))
-        .where(mine, c.pipeline_status == "PENDING")
+        .where(mine, c.pipeline_status == Status.PENDING.value)
         .order_by(start)
         .limit(1)
     ).first()
@@ -137,7 +139,7 @@ def alert_figures(
         for status in _NOT_DONE
     ]
     first_not_done = min((first for first in firsts if first is not None), default=None)
-    done = and_(mine, c.pipeline_status == "COMPLETED", end > start)
+    done = and_(mine, c.pipeline_status == Status.COMPLETED.value, end > start)
     if first_not_done is not None:
         done = and_(done, start < first_not_done)
     last_done = conn.execute(select(raw(END_TIME)).where(done).order_by(start.desc()).limit(1)).scalar()
@@ -171,7 +173,7 @@ def latest_populate(
         ).first()
         for column, extra in (
             ("created_at", ()),
-            ("superseded_at", (c.pipeline_status == "SUPERSEDED",)),
+            ("superseded_at", (c.pipeline_status == Status.SUPERSEDED.value,)),
         )
     ]
     runs = [(read_stored_instant(row[1]), row[0]) for row in newest if row is not None and row[1] is not None]
@@ -193,11 +195,11 @@ def latest_populate(
                 func.min(raw(START_TIME)),
                 func.max(raw(END_TIME)),
             )
-            .where(of_run, c.pipeline_status != "SUPERSEDED", c.superseded_at.is_(None))
+            .where(of_run, c.pipeline_status != Status.SUPERSEDED.value, c.superseded_at.is_(None))
             .group_by(c.record_origin)
         )
     ]
-    superseded_where = and_(of_run, c.pipeline_status == "SUPERSEDED")
+    superseded_where = and_(of_run, c.pipeline_status == Status.SUPERSEDED.value)
     superseded_total = int(conn.execute(select(func.count()).where(superseded_where)).scalar_one())
     superseded = [
         {
