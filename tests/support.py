@@ -23,8 +23,11 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
-def config_dict(url: str, table: str, **pipeline: Any) -> dict[str, Any]:
-    """A config mapping: pipeline `orders`, UTC, 1h, 2026-01-01 .. 2026-01-02, unless overridden."""
+def config_dict(
+    url: str, table: str, concurrency: dict[str, Any] | None = None, **pipeline: Any
+) -> dict[str, Any]:
+    """A config mapping: pipeline `orders`, UTC, 1h, 2026-01-01 .. 2026-01-02, unless overridden;
+    with `concurrency`, that [concurrency] section too."""
     values: dict[str, Any] = {
         "name": "orders",
         "timezone": "UTC",
@@ -34,7 +37,10 @@ def config_dict(url: str, table: str, **pipeline: Any) -> dict[str, Any]:
     }
     values.update(pipeline)
     values = {key: value for key, value in values.items() if value is not None}
-    return {"pipeline": values, "state": {"url": url, "table": table}}
+    config: dict[str, Any] = {"pipeline": values, "state": {"url": url, "table": table}}
+    if concurrency is not None:
+        config["concurrency"] = concurrency
+    return config
 
 
 def make_config(url: str, table: str, **pipeline: Any) -> Config:
@@ -106,10 +112,14 @@ def active(rows: list[dict[str, Any]]) -> list[tuple[datetime, datetime]]:
     )
 
 
-def events(manager: PipelineStateManager) -> list[dict[str, Any]]:
+def events(manager: PipelineStateManager, batch_id: str | None = None) -> list[dict[str, Any]]:
+    """The audit table's rows (of one batch, with `batch_id`), oldest first."""
     table = manager.store.tables.events
+    stmt = select(table).order_by(table.c.event_id)
+    if batch_id is not None:
+        stmt = stmt.where(table.c.batch_id == batch_id)
     with manager.store.engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(select(table).order_by(table.c.event_id))]
+        return [dict(row._mapping) for row in conn.execute(stmt)]
 
 
 def assert_tiles(windows: list[tuple[datetime, datetime]], start: datetime, stop: datetime) -> None:

@@ -10,13 +10,15 @@ import tomllib
 from datetime import date, datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     PrivateAttr,
     ValidationError,
     ValidationInfo,
@@ -80,6 +82,42 @@ def _describe_duration(value: timedelta) -> str:
     return f"{seconds}s"
 
 
+class Duration(timedelta):
+    """A config duration, parsed once: a `timedelta` everywhere it is used, and the text it was
+    written as (`"15m"`) for `str()`, config_hash and messages."""
+
+    text: str
+
+    def __new__(cls, text: str | int, maximum: timedelta | None = None) -> Duration:
+        value = parse_duration(text, maximum)
+        self = super().__new__(cls, value.days, value.seconds, value.microseconds)
+        self.text = str(text).strip()
+        return self
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Duration({self.text!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # worker processes get the config pickled
+        return (Duration, (self.text,))
+
+
+def _duration(maximum: timedelta | None = None, positive: bool = False) -> Any:
+    """The annotation of a duration key: text in, a `Duration` out, its text when dumped."""
+
+    def read(value: Any) -> Duration:
+        if isinstance(value, Duration):
+            return value
+        parsed = Duration(value, maximum)
+        if positive and parsed <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return parsed
+
+    return Annotated[timedelta, PlainValidator(read), PlainSerializer(str, return_type=str)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,7 +128,7 @@ class PipelineConfig(_Section):
     granularity: str = "1h"
     start: str
     end: str | None = None
-    lag: str = "0s"
+    lag: _duration(MAX_LAG) = Duration("0s")  # type: ignore[valid-type]
 
     @field_validator("name")
     @classmethod
@@ -114,12 +152,6 @@ class PipelineConfig(_Section):
     def _granularity(cls, value: str) -> str:
         parse_granularity(value)
         return value.strip()
-
-    @field_validator("lag")
-    @classmethod
-    def _lag(cls, value: str) -> str:
-        parse_duration(value, MAX_LAG)
-        return value
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -163,35 +195,17 @@ class PipelineConfig(_Section):
     def end_utc(self) -> datetime | None:
         return None if self.end is None else _local_instant(self.end, self.tz, "end")
 
-    @cached_property
-    def lag_delta(self) -> timedelta:
-        return parse_duration(self.lag, MAX_LAG)
-
 
 class StateConfig(_Section):
     url: str = "sqlite:///pipestate.db"
     table: str = "pipeline_state"
     schema_: str = Field(default="", alias="schema")
     # Network databases (PostgreSQL): bounds on every wait; "0s" for none.
-    connect_timeout: str = "10s"
-    statement_timeout: str = "5m"
+    connect_timeout: _duration(MAX_STATEMENT_TIMEOUT) = Duration("10s")  # type: ignore[valid-type]
+    statement_timeout: _duration(MAX_STATEMENT_TIMEOUT) = Duration("5m")  # type: ignore[valid-type]
     # Statuses another tool wrote, read as pipestate's: {"SUCCESS" = "COMPLETED", "done" = "COMPLETED"}.
     status_map: dict[str, str] = Field(default_factory=dict)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @field_validator("connect_timeout", "statement_timeout")
-    @classmethod
-    def _wait(cls, value: str) -> str:
-        parse_duration(value, MAX_STATEMENT_TIMEOUT)
-        return value
-
-    @cached_property
-    def connect_timeout_delta(self) -> timedelta:
-        return parse_duration(self.connect_timeout)
-
-    @cached_property
-    def statement_timeout_delta(self) -> timedelta:
-        return parse_duration(self.statement_timeout)
 
     @field_validator("status_map", mode="before")
     @classmethod
@@ -264,43 +278,12 @@ class CategoriesConfig(_Section):
 
 
 class ConcurrencyConfig(_Section):
-    lease: str = "10m"
+    lease: _duration(MAX_LEASE, positive=True) = Duration("10m")  # type: ignore[valid-type]
     max_in_flight: int = Field(default=0, ge=0)
     max_retries: int = Field(default=3, ge=0, le=MAX_RETRIES)
-    retry_backoff: str = "1m"
+    retry_backoff: _duration(MAX_RETRY_BACKOFF) = Duration("1m")  # type: ignore[valid-type]
     claim_order: Literal["oldest_first", "newest_first"] = "oldest_first"
-    lock_timeout: str = "60s"
-
-    @field_validator("retry_backoff")
-    @classmethod
-    def _backoff(cls, value: str) -> str:
-        parse_duration(value, MAX_RETRY_BACKOFF)
-        return value
-
-    @field_validator("lock_timeout")
-    @classmethod
-    def _lock_timeout(cls, value: str) -> str:
-        parse_duration(value, MAX_LOCK_TIMEOUT)
-        return value
-
-    @field_validator("lease")
-    @classmethod
-    def _positive_lease(cls, value: str) -> str:
-        if parse_duration(value, MAX_LEASE) <= timedelta(0):
-            raise ValueError("must be longer than zero")
-        return value
-
-    @cached_property
-    def lease_delta(self) -> timedelta:
-        return parse_duration(self.lease)
-
-    @cached_property
-    def retry_backoff_delta(self) -> timedelta:
-        return parse_duration(self.retry_backoff)
-
-    @cached_property
-    def lock_timeout_delta(self) -> timedelta:
-        return parse_duration(self.lock_timeout)
+    lock_timeout: _duration(MAX_LOCK_TIMEOUT) = Duration("60s")  # type: ignore[valid-type]
 
 
 def _check_function(value: str, section: str) -> str:

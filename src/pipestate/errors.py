@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
-    "BatchNotFound",
     "ConfigError",
     "ConnectorError",
     "CountMismatch",
@@ -78,13 +77,6 @@ class StoreUnavailable(StateStoreError):
 class SchemaError(StateStoreError):
     """The state table is missing, lacks columns, or has a schema version we cannot use."""
 
-    retryable = False
-
-
-class BatchNotFound(PipestateError):
-    """No batch with that id exists for this pipeline."""
-
-    exit_code = 3
     retryable = False
 
 

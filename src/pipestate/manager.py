@@ -56,9 +56,9 @@ class PipelineStateManager:
             state.url,
             state.table,
             state.schema_ or None,
-            lock_timeout=config.concurrency.lock_timeout_delta,
+            lock_timeout=config.concurrency.lock_timeout,
             engine=engine,
-            waits=Waits(state.connect_timeout_delta, state.statement_timeout_delta),
+            waits=Waits(state.connect_timeout, state.statement_timeout),
             status_map=state.status_map,
         )
         self.actor = actor or f"pipestate@{socket.gethostname()}:{os.getpid()}"

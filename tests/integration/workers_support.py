@@ -65,24 +65,15 @@ def config_dict(
     end: str = "2026-01-01T06:00",
     granularity: str = "1h",
 ) -> dict[str, Any]:
-    """Pipeline `orders` (UTC, 6 hourly windows unless told otherwise) with these [concurrency] keys."""
-    return {
-        "pipeline": {
-            "name": "orders",
-            "timezone": "UTC",
-            "granularity": granularity,
-            "start": start,
-            "end": end,
-        },
-        "state": {"url": url, "table": table},
-        "concurrency": {
-            "lease": lease,
-            "max_in_flight": max_in_flight,
-            "max_retries": max_retries,
-            "retry_backoff": retry_backoff,
-            "claim_order": claim_order,
-        },
+    """support.config_dict with 6 hourly windows (unless told otherwise) and these [concurrency] keys."""
+    concurrency = {
+        "lease": lease,
+        "max_in_flight": max_in_flight,
+        "max_retries": max_retries,
+        "retry_backoff": retry_backoff,
+        "claim_order": claim_order,
     }
+    return support.config_dict(url, table, concurrency, start=start, end=end, granularity=granularity)
 
 
 def make_manager(url: str, table: str, clock: Any = None, **concurrency: Any) -> PipelineStateManager:
@@ -143,13 +134,7 @@ def rows(manager: PipelineStateManager) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in result]
 
 
-def events(manager: PipelineStateManager, batch_id: str | None = None) -> list[dict[str, Any]]:
-    table = manager.store.tables.events
-    stmt = select(table).order_by(table.c.event_id)
-    if batch_id is not None:
-        stmt = stmt.where(table.c.batch_id == batch_id)
-    with manager.store.engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(stmt)]
+events = support.events
 
 
 def kinds(manager: PipelineStateManager, batch_id: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,14 +25,14 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_minimal_config_has_the_documented_defaults():
     config = Config.from_dict(BASE)
     assert config.pipeline.timezone == "UTC" and config.pipeline.granularity == "1h"
-    assert config.pipeline.end_utc is None and config.pipeline.lag_delta == timedelta(0)
+    assert config.pipeline.end_utc is None and config.pipeline.lag == timedelta(0)
     assert config.state.url == "sqlite:///pipestate.db" and config.state.table == "pipeline_state"
     assert config.pipeline.start_utc == datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_example_config_is_valid(tmp_path):
     config = load_config(write(tmp_path, EXAMPLE_CONFIG), environ={})
-    assert config.pipeline.name == "orders" and config.pipeline.lag_delta == timedelta(minutes=15)
+    assert config.pipeline.name == "orders" and config.pipeline.lag == timedelta(minutes=15)
 
 
 def test_env_overrides_every_key(tmp_path):
@@ -184,18 +185,21 @@ def test_durations_zone_and_step_are_typed_and_parsed_once(monkeypatch: pytest.M
         }
     )
     concurrency, pipeline = config.concurrency, config.pipeline
-    assert (concurrency.lease_delta, concurrency.retry_backoff_delta, concurrency.lock_timeout_delta) == (
+    assert (concurrency.lease, concurrency.retry_backoff, concurrency.lock_timeout) == (
         timedelta(minutes=2),
         timedelta(seconds=30),
         timedelta(seconds=5),
     )
     assert pipeline.tz.key == "Europe/Berlin" and pipeline.step == timedelta(hours=1)
-    assert pipeline.lag_delta == timedelta(minutes=15)
+    assert pipeline.lag == timedelta(minutes=15)
+
+    assert pickle.loads(pickle.dumps(config)).concurrency.lease == timedelta(minutes=2)
 
     def parse_again(text: str) -> timedelta:
         raise AssertionError(f"{text!r} parsed again")
 
     monkeypatch.setattr(config_module, "parse_duration", parse_again)
-    assert concurrency.lease_delta == timedelta(minutes=2)  # the value read before, not parsed again
-    assert pipeline.lag_delta == timedelta(minutes=15)
-    assert config.concurrency.lease == "2m"  # the text stays as written (config_hash, messages)
+    assert concurrency.lease == timedelta(minutes=2)  # the value read before, not parsed again
+    assert pipeline.lag == timedelta(minutes=15)
+    assert str(config.concurrency.lease) == "2m"  # the text stays as written (config_hash, messages)
+    assert config.model_dump()["concurrency"]["lease"] == "2m"

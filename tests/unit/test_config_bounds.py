@@ -4,6 +4,7 @@ and dates, broken plug-ins; each a ConfigError naming the key, before anything i
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ def test_the_widest_bounds_are_accepted():
             "state": {"table": "t" * 56, "schema": "s" * 63},
         }
     )
-    assert config.concurrency.lease == "24h"
+    assert config.concurrency.lease == timedelta(hours=24)
     assert parse_duration("8784h") and Config.from_dict(_with("pipeline", lag="8784h"))
 
 

@@ -79,7 +79,7 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
     if len(worker) > MAX_WORKER_ID:  # worker_id is String(255): refused before anything is written
         raise UsageError(f"worker: at most {MAX_WORKER_ID} characters, got {len(worker)}")
     store, settings = ctx.store, ctx.concurrency
-    lease = settings.lease_delta
+    lease = settings.lease
     # PostgreSQL locks the one row it claims; SQLite and DuckDB serialize writers
     # anyway. Elsewhere (Snowflake has no SELECT FOR UPDATE), and for a
     # max_in_flight count that must not race, claims queue on the pipeline's lock row.
@@ -251,7 +251,7 @@ def _why_not(ctx: Context, conn: Any, batch_id: str, worker: str) -> str:
 def heartbeat(ctx: Context, batch_id: str, worker: str, token: str | None = None) -> datetime:
     """Extend the lease; returns the new expiry."""
     store = ctx.store
-    lease = ctx.concurrency.lease_delta
+    lease = ctx.concurrency.lease
     with store.transaction(write=True) as conn:
         if can_fence_in_update(conn):
             now = queries.now_expression(ctx.fixed_now())
@@ -393,7 +393,7 @@ def fail(
         terminal = retryable is False
         retries = int(row["retry_count"] or 0) + (0 if terminal else 1)
         permanent = terminal or retries >= settings.max_retries
-        next_attempt = None if permanent else now + backoff_delay(settings.retry_backoff_delta, retries)
+        next_attempt = None if permanent else now + backoff_delay(settings.retry_backoff, retries)
         kind = None if retryable is None else ("transient" if retryable else "terminal")
         failed_step = step or row["current_step"]
         _write_claimed(

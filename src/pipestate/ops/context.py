@@ -74,7 +74,7 @@ class Context:
             step=pipeline.step,
             start=pipeline.start_utc,
             end=pipeline.end_utc,
-            horizon=now - pipeline.lag_delta,
+            horizon=now - pipeline.lag,
             now=now,
         )
 

@@ -188,7 +188,7 @@ class Worker:
         self.manager = manager
         self.within = within  # claim only windows starting in this UTC range (one local day)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.lease = manager.config.concurrency.lease_delta.total_seconds()
+        self.lease = manager.config.concurrency.lease.total_seconds()
         # At most a third of the lease, so two beats can be late before it lapses.
         ceiling = self.lease / 3
         self.heartbeat_interval = min(heartbeat_interval or ceiling, ceiling)
