@@ -53,6 +53,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--base", required=True, help="git revision to compare against")
+    parser.add_argument("--new", default=None, help="git revision of the new side (default: this work tree)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the bench command")
     args = parser.parse_args()
@@ -60,12 +61,15 @@ def main() -> None:
     if not command:
         parser.error("give the bench command after --")
     with tempfile.TemporaryDirectory(prefix="pipestate-ab-") as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), args.base], check=True
-        )
+        trees = {"base": args.base, "new": args.new}
+        sides = {"new": ROOT / "src"}
+        for side, revision in trees.items():
+            if revision is not None:
+                tree = Path(tmp) / side
+                git = ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), revision]
+                subprocess.run(git, check=True)
+                sides[side] = tree / "src"
         try:
-            sides = {"base": base / "src", "new": ROOT / "src"}
             seen: dict[str, dict[str, list[float]]] = {"base": defaultdict(list), "new": defaultdict(list)}
             for round_ in range(args.rounds):
                 order = ["base", "new"] if round_ % 2 == 0 else ["new", "base"]
@@ -74,7 +78,10 @@ def main() -> None:
                         seen[side][key].append(value)
                 print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
+            for side, revision in trees.items():
+                if revision is not None:
+                    remove = ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(Path(tmp) / side)]
+                    subprocess.run(remove, check=False)
     print(f"{'figure':<70} {'base':>12} {'new':>12} {'new/base':>9}")
     for key in seen["new"]:
         if key not in seen["base"]:
