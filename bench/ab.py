@@ -60,7 +60,8 @@ def main() -> None:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the bench command after --")
-    with tempfile.TemporaryDirectory(prefix="pipestate-ab-") as tmp:
+    # Not under /tmp: test suites clean their temporary folders there.
+    with tempfile.TemporaryDirectory(prefix="pipestate-ab-", dir=ROOT.parent) as tmp:
         trees = {"base": args.base, "new": args.new}
         sides = {"new": ROOT / "src"}
         for side, revision in trees.items():
