@@ -286,6 +286,33 @@ class ConcurrencyConfig(_Section):
     lock_timeout: _duration(MAX_LOCK_TIMEOUT) = Duration("60s")  # type: ignore[valid-type]
 
 
+class MirrorConfig(_Section):
+    """[mirror]: where `pipestate mirror` keeps its copy of the state table (Snowflake)."""
+
+    url: str = ""  # snowflake://user:password@account/database/schema?warehouse=...&role=...
+    schema_: str = Field(default="", alias="schema")  # default: the URL's schema, else PUBLIC
+    table: str = ""  # default: the state table's name; the events table follows it
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        # The message never repeats the value: it may hold a password.
+        if value and not value.startswith("snowflake://"):
+            raise ValueError("must be a snowflake:// URL (snowflake://user:password@account/database/schema)")
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        return value if value == "" else _identifier(value, MAX_TABLE_NAME)
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        return value if value == "" else _identifier(value, MAX_SCHEMA_NAME)
+
+
 def _check_function(value: str, section: str) -> str:
     from .ids import BUILTINS, IMPORT_PATH
 
@@ -303,6 +330,7 @@ class Config(_Section):
     ids: IdsConfig = IdsConfig()
     categories: CategoriesConfig = CategoriesConfig()
     concurrency: ConcurrencyConfig = ConcurrencyConfig()
+    mirror: MirrorConfig = MirrorConfig()
     source: dict[str, Any] = Field(default_factory=dict)
     stage: dict[str, Any] = Field(default_factory=dict)
     target: dict[str, Any] = Field(default_factory=dict)

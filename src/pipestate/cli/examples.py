@@ -34,4 +34,8 @@ table = "pipeline_state"
 # max_retries = 3
 # retry_backoff = "1m"
 # claim_order = "oldest_first"
+
+# [mirror]                      # pipestate mirror: a copy of the state table in Snowflake
+# url = "snowflake://user:password@account/database/schema?warehouse=WH"   # or PIPESTATE_MIRROR__URL
+# table = ""                    # default: the state table's name
 """

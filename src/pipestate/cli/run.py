@@ -96,23 +96,49 @@ inject_option = click.option(
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many batches in all.")
 @inject_option
 @click.option("--seed", type=int, default=None, hidden=True)
+@click.option(
+    "--mirror", "then_mirror", is_flag=True, help="Then mirror the state table into Snowflake ([mirror])."
+)
 @json_option
-def run(workers: int, once: bool, limit: int | None, inject: float, seed: int | None, as_json: bool) -> None:
+def run(
+    workers: int,
+    once: bool,
+    limit: int | None,
+    inject: float,
+    seed: int | None,
+    then_mirror: bool,
+    as_json: bool,
+) -> None:
     """Populate, then move each claimable batch source -> stage -> target.
 
     Each batch is extracted into one staged file and loaded so that a retry
     replaces its rows in the target instead of duplicating them. A retried
     batch resumes at its first unfinished step. SIGTERM stops cleanly.
+    With --mirror, the state table is then mirrored (see `pipestate mirror`).
     """
-    from ..show.text import run_json, run_problems, run_text
+    from ..show.text import mirror_text, run_json, run_problems, run_text
 
     manager = load_manager()
+    if then_mirror:
+        from ..ops.mirror import mirror_target
+
+        mirror_target(manager.context)  # [mirror] is checked before anything runs (exit 2)
     result = _run(manager, workers, once, limit, inject, seed)
     summary = result.summary
+    mirrored = None
+    if then_mirror:
+        from ..ops.mirror import mirror
+
+        mirrored = mirror(manager.context)
     if as_json:
-        print_json(run_json(result, manager.counts()))
+        data = run_json(result, manager.counts())
+        if mirrored is not None:
+            data["mirror"] = mirrored.as_json()
+        print_json(data)
     else:
         click.echo(run_text(result))
+        if mirrored is not None:
+            click.echo(mirror_text(mirrored))
     if not summary.ok:
         click.echo(f"pipestate: {run_problems(summary)}", err=True)
         sys.exit(RUN_HAD_FAILURES)

@@ -1,4 +1,4 @@
-"""Airflow 3 (Task SDK) tasks for pipestate: populate, run N batches, validate, announce a complete day.
+"""Airflow 3 (Task SDK) tasks for pipestate: populate, run batches, validate, announce a day, mirror.
 
 Each command task runs the real `pipestate` command in a subprocess and fails
 exactly when its exit code says so: 1 (validate found problems) and 2 (bad
@@ -15,7 +15,7 @@ The command's JSON is the task's return value (XCom).
 
 The same work as plain functions, for TaskFlow (`@task def populate(): return
 pipestate_airflow.populate(CONFIG)`): `populate`, `run_batches`, `validate`,
-`complete_day`. Install with `pip install "pipestate[airflow]"`.
+`complete_day`, `mirror`. Install with `pip install "pipestate[airflow]"`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from ..windows import local_date_of
 
 __all__ = [
     "CompleteDayOperator",
+    "MirrorOperator",
     "PipestateCommandFailed",
     "PipestateCommandRefused",
     "PipestateOperator",
@@ -50,6 +51,7 @@ __all__ = [
     "ValidateOperator",
     "complete_day",
     "day_asset",
+    "mirror",
     "pipestate_command",
     "populate",
     "run_batches",
@@ -147,6 +149,16 @@ def validate(config: str | os.PathLike[str] | None = None, require_coverage: boo
     return pipestate_command(["validate", *(["--require-coverage"] if require_coverage else [])], config)
 
 
+def mirror(
+    config: str | os.PathLike[str] | None = None, all_pipelines: bool = False, verify: bool = False
+) -> dict[str, Any]:
+    """`pipestate mirror [--all] [--verify]`: the state table and its events copied into Snowflake.
+
+    Fails without retrying when --verify finds the copy different (exit 1)."""
+    flags = [*(["--all"] if all_pipelines else []), *(["--verify"] if verify else [])]
+    return pipestate_command(["mirror", *flags], config)
+
+
 def day_asset(pipeline: str) -> Asset:
     """The Asset that `complete_day` updates: one event per local day whose windows are all COMPLETED.
 
@@ -169,8 +181,11 @@ def complete_day(
     day: str | date | None,
     context: Mapping[str, Any],
     asset: Asset | None = None,
+    then_mirror: bool = False,
 ) -> dict[str, Any]:
     """Update the pipeline's day Asset if local `day` is complete, else skip the task.
+    With `then_mirror`, a complete day is first mirrored into Snowflake (`pipestate mirror`),
+    so that the asset event means the copy shows the day too.
 
     `day` is `YYYY-MM-DD` (templated in the operator); None means the local day
     before the DAG run's (see `_default_day`). A skipped task emits no asset
@@ -187,6 +202,8 @@ def complete_day(
             f"{state.pipeline} {state.day}: not complete ({counts}; "
             f"{summary['covered_minutes']} of {summary['day_minutes']} min covered); no asset event"
         )
+    if then_mirror:
+        summary["mirror"] = mirror(config)
     context["outlet_events"][target].extra = {
         key: summary[key] for key in ("pipeline", "day", "start", "end", "windows")
     }
@@ -270,6 +287,7 @@ class CompleteDayOperator(BaseOperator):
         day: str | None = None,
         pipeline: str | None = None,
         asset: Asset | None = None,
+        mirror: bool = False,
         **kwargs: Any,
     ) -> None:
         if asset is None and pipeline is not None:
@@ -277,7 +295,17 @@ class CompleteDayOperator(BaseOperator):
         if asset is not None:
             kwargs.setdefault("outlets", [asset])
         super().__init__(**kwargs)
-        self.config, self.day, self.asset = config, day, asset
+        self.config, self.day, self.asset, self.mirror = config, day, asset, mirror
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return complete_day(self.config, self.day, context, self.asset)
+        return complete_day(self.config, self.day, context, self.asset, then_mirror=self.mirror)
+
+
+class MirrorOperator(PipestateOperator):
+    """`pipestate mirror [--all] [--verify]`: copy the state table and its events into Snowflake."""
+
+    def __init__(
+        self, *, config: str | None = None, all_pipelines: bool = False, verify: bool = False, **kwargs: Any
+    ) -> None:
+        flags = [*(["--all"] if all_pipelines else []), *(["--verify"] if verify else [])]
+        super().__init__(arguments=["mirror", *flags], config=config, **kwargs)

@@ -57,6 +57,7 @@ class PipestateResource(ConfigurableResource):  # type: ignore[misc]
     config_path: str
     workers: int = 1
     requeue: bool = True
+    mirror_after_day: bool = False  # mirror the state table into Snowflake once a day completes
 
     def manager(self) -> PipelineStateManager:
         """A manager for the pipeline; close it (or use it in a `with`)."""
@@ -71,6 +72,13 @@ class PipestateResource(ConfigurableResource):  # type: ignore[misc]
         """Where local `day` stands (counts by status, coverage, complete or not)."""
         with self.manager() as manager:
             return manager.day_state(day)
+
+    def mirror(self, all_pipelines: bool = False, verify: bool = False) -> dict[str, Any]:
+        """`pipestate mirror`'s JSON: the state table and its events copied into Snowflake ([mirror])."""
+        from ..ops.mirror import mirror
+
+        with self.manager() as manager:
+            return mirror(manager.context, all_pipelines=all_pipelines, verify=verify).as_json()
 
     def run_day(self, day: str | date) -> DayRun:
         """Populate, requeue the day's finished windows (if `requeue`), run the day's batches."""
@@ -110,7 +118,8 @@ def pipestate_daily_asset(
     """A daily-partitioned asset (named after the pipeline) that runs each local day through pipestate.
 
     The partitions come from the config (`daily_partitions`); the work from the
-    resource under `resource_key`. A day whose windows do not all end COMPLETED
+    resource under `resource_key` (with `mirror_after_day`, a complete day is then
+    mirrored into Snowflake, see `pipestate mirror`). A day whose windows do not all end COMPLETED
     fails its materialization, naming the batches. Further keyword arguments go
     to `@asset` (group_name, key_prefix, description, ...).
     """
@@ -142,7 +151,16 @@ def pipestate_daily_asset(
                 description="; ".join(_why_incomplete(run) for run in bad),
                 metadata=_metadata(runs),
             )
-        return MaterializeResult(metadata=_metadata(runs))
+        metadata = _metadata(runs)
+        if resource.mirror_after_day:
+            mirrored = resource.mirror()
+            context.log.info(
+                f"mirrored {mirrored['rows']} state row(s), {mirrored['events']} event(s) "
+                f"into {mirrored['tables']['state']}"
+            )
+            metadata["mirrored_rows"] = mirrored["rows"]
+            metadata["mirror_mark"] = mirrored["mark"] or ""
+        return MaterializeResult(metadata=metadata)
 
     return _day
 

@@ -454,6 +454,10 @@ def alert_data(ctx: Context) -> dict[str, Any]:
             now,
             ctx.config.concurrency.max_retries,
         )
+        # The copies `pipestate mirror` keeps: when each last ran, how many rows it is behind.
+        from .mirror import freshness  # here: the mirror's modules load Arrow
+
+        figures["mirrors"] = freshness(ctx, conn)
     settings = settings_at(ctx, now)
     figures["now"] = now
     figures["range_start"] = settings.start

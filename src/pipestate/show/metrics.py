@@ -78,6 +78,22 @@ def metrics_text(pipeline: str, figures: dict[str, Any], openmetrics: bool = Fal
         value = values[key]
         if value is not None:
             gauge(name, doc).labels(pipeline).set(value)
+    mirrors = figures.get("mirrors") or []
+    if mirrors:
+        labels = ["pipeline", "scope"]
+        age = gauge(
+            "pipestate_mirror_age_seconds",
+            "Seconds since `pipestate mirror` last committed its copy (scope: the pipeline or *).",
+            labels,
+        )
+        behind = gauge(
+            "pipestate_mirror_rows_behind",
+            "State rows written since the last mirror read them: what the copy does not show yet.",
+            labels,
+        )
+        for found in mirrors:
+            age.labels(pipeline, found["scope"]).set(_seconds(figures["now"], found["mirrored_at"]) or 0.0)
+            behind.labels(pipeline, found["scope"]).set(found["rows_behind"])
     output = generate_openmetrics(registry) if openmetrics else generate_latest(registry)
     return output.decode("utf-8")
 
@@ -100,4 +116,13 @@ def metrics_json(pipeline: str, figures: dict[str, Any]) -> dict[str, Any]:
         "oldest_pending_age_seconds": values["oldest_pending_age_seconds"],
         "complete_until": iso(figures["complete_until"] or figures["range_start"]),
         "freshness_seconds": values["freshness_seconds"],
+        "mirrors": [
+            {
+                "scope": found["scope"],
+                "mirrored_at": iso(found["mirrored_at"]),
+                "age_seconds": _seconds(figures["now"], found["mirrored_at"]),
+                "rows_behind": found["rows_behind"],
+            }
+            for found in figures.get("mirrors") or []
+        ],
     }

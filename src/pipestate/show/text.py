@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
     from ..ops.batch import Batch
+    from ..ops.mirror import MirrorResult
     from ..ops.populate_report import PopulateReport
     from ..run.demo import DemoResult
     from ..run.runner import RunResult
@@ -277,3 +278,27 @@ Next:
   pipestate validate --config {config}
 To use real systems, point [source], [stage] and [target] at Elasticsearch, S3 and
 Snowflake (docs/connectors.md) and [state] url at PostgreSQL or Snowflake."""
+
+
+def mirror_text(result: MirrorResult) -> str:
+    """`pipestate mirror`'s words: what was copied, how, and what --verify found."""
+    how = "everything (full copy)" if result.full else "what changed since the last mirror"
+    lines = [
+        f"mirror {result.scope} -> {result.tables['state']} ({result.target}): {how}",
+        f"  {result.rows} state rows, {result.events} events; {result.statements} statements "
+        f"in {result.seconds:.2f}s",
+    ]
+    lines += [f"  {action}" for action in result.actions]
+    if result.verify is not None:
+        for name in ("state", "events"):
+            part = result.verify[name]
+            word = "equal" if part["equal"] else "DIFFERENT"
+            lines.append(
+                f"  verify {name}: {word} (source {part['source_rows']}, copy {part['copy_rows']} rows)"
+            )
+            for kind in ("missing", "extra", "different"):
+                if part.get(kind):
+                    more = part["counts"][kind] - len(part[kind])
+                    listed = ", ".join(part[kind]) + (f" and {more} more" if more > 0 else "")
+                    lines.append(f"    {kind}: {listed}")
+    return "\n".join(lines)

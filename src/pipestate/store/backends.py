@@ -66,6 +66,9 @@ class Backend:
     advisory_schema_lock: bool = False
     """init-db serializes on an advisory lock: PostgreSQL's catalog otherwise makes
     two concurrent creators of one table collide (duplicate key in pg_type)."""
+    commit_order_marks: bool = False
+    """A row's last writing transaction and a snapshot's horizon are readable (PostgreSQL's
+    xmin and pg_current_snapshot()), so `mirror` copies only what committed since its mark."""
     session_options: bool = False
     """Sessions are set up by libpq options (PostgreSQL): lock and statement timeouts,
     keepalives, the UTC zone, and a client-side watchdog for frozen networks."""
@@ -196,6 +199,7 @@ BACKENDS: dict[str, Backend] = {
         one_statement_claims=True,
         fence_in_update=True,
         advisory_schema_lock=True,
+        commit_order_marks=True,
         session_options=True,
         instants_beyond_python=True,
         reflects_unique_ids=True,

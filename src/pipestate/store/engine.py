@@ -10,6 +10,7 @@ share a lock.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -38,8 +39,10 @@ def normalize_url(url: str) -> URL:
     """The SQLAlchemy URL, with plain `postgresql://` meaning psycopg 3 (our driver)."""
     try:
         parsed = make_url(url)
-    except ArgumentError as err:
-        raise ConfigError(f"[state] url: not a database URL: {url!r}") from err
+    except ArgumentError:
+        # Said without the password: the text between "user:" and "@" never reaches a message.
+        shown = re.sub(r":[^:@/\s]*@", ":***@", url)
+        raise ConfigError(f"[state] url: not a database URL: {shown!r}") from None
     backend = backend_named(parsed.get_backend_name())
     if "+" not in parsed.drivername and backend.default_driver:
         parsed = parsed.set(drivername=f"{backend.name}+{backend.default_driver}")
