@@ -496,7 +496,7 @@ def test_real_snowflake_mirror(tmp_path: Path, table_name: str) -> None:
 
 
 def test_passwords_stay_out_of_url_errors() -> None:
-    from pipestate.store.dialects import normalize_url
+    from pipestate.store.engine import normalize_url
 
     from pipestate.connectors.snowflake_mirror import SnowflakeMirror, mirror_target_name
     from pipestate.errors import ConfigError
