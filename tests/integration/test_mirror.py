@@ -14,6 +14,7 @@ each row's canonical text, per side) AND by reading both sides row by row here.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -38,6 +39,9 @@ from pipestate.store import mirror as source_side
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result makes an extra copy:UserWarning"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    # The command run in this process (`_in_process`) leaves its engine's connections to the
+    # process's exit, as the real command does; their collection is not under test here.
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
 FAKE_URL = "snowflake://mirror_user:s3cr3t-Pw@acme/analytics/raw"
@@ -426,51 +430,66 @@ def _config_file(tmp_path: Path, table: str, url: str = FAKE_URL) -> Path:
     return path
 
 
+def _in_process(db_path: Path, config: Path, *args: str) -> Any:
+    """`pipestate ARGS --json` in this process, on fakesnow's files in `db_path`; its JSON."""
+    import fakesnow
+
+    from pipestate.cli import main
+
+    with fakesnow.patch(db_path=str(db_path)):
+        code = main([*args, "--config", str(config)])
+    gc.collect()  # the command's engine, collected here, under this module's warning filters
+    return code
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_a_mirror_killed_mid_copy_or_mid_transaction_leaves_nothing_half_done(pg_table, tmp_path) -> None:
+def test_a_mirror_killed_mid_copy_or_mid_transaction_leaves_nothing_half_done(
+    pg_table: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("fakesnow")
     config = _config_file(tmp_path, pg_table)
     snow = tmp_path / "snow"
     snow.mkdir()
     manager = _made(PipelineStateManager(str(config)))
     manager.populate_pipeline_batches()
-    done = _cli(snow, config, "mirror", "--json")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["rows"] == 24
+    assert _in_process(snow, config, "mirror", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 24
     for pattern in ("COPY INTO", f"INSERT INTO analytics.raw.{pg_table}_events"):
         _work(manager, f"w-{pattern[:4]}", 4, fail_every=3)
-        killed = _cli(snow, config, "mirror", "--json", die_at=pattern)
+        killed = _cli(snow, config, "mirror", "--json", die_at=pattern)  # SIGKILLed in there
         assert killed.returncode == -9, killed.stderr
-        again = _cli(snow, config, "mirror", "--verify", "--json")
-        assert again.returncode == 0, again.stderr
-        result = json.loads(again.stdout)
+        assert _in_process(snow, config, "mirror", "--verify", "--json") == 0
+        result = json.loads(capsys.readouterr().out)
         assert result["verify"]["equal"] and result["rows"] >= 4
-    manager.close()
 
 
 @pytest.mark.postgres
-def test_the_command_keeps_credentials_out_of_json_and_errors(pg_table, tmp_path) -> None:
+def test_the_command_keeps_credentials_out_of_json_and_errors(
+    pg_table: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("fakesnow")
     config = _config_file(tmp_path, pg_table)
     snow = tmp_path / "snow"
     snow.mkdir()
-    populated = _cli(snow, config, "populate", "--json")
-    assert populated.returncode == 0, populated.stderr
-    done = _cli(snow, config, "mirror", "--verify", "--json")
+    _made(PipelineStateManager(str(config))).populate_pipeline_batches()
+    done = _cli(snow, config, "mirror", "--verify", "--json")  # the real entry point, a process of its own
     assert done.returncode == 0, done.stderr
     assert "s3cr3t-Pw" not in done.stdout + done.stderr
     assert json.loads(done.stdout)["mirror"] == "snowflake://mirror_user:***@acme/analytics/raw"
-    text_out = _cli(snow, config, "mirror", "--verify")
-    assert "verify state: equal" in text_out.stdout and "s3cr3t-Pw" not in text_out.stdout + text_out.stderr
-    # a URL the connector refuses: the one-line error names the mirror without its password
-    bad = _config_file(tmp_path, pg_table, url="snowflake://mirror_user:s3cr3t-Pw@acme/analytics/raw?bogus=1")
-    refused = _cli(snow, bad, "mirror")
-    assert refused.returncode == 2 and "bogus" in refused.stderr and "s3cr3t-Pw" not in refused.stderr
-    missing = tmp_path / "plain.toml"
-    missing.write_text(config.read_text().split("[mirror]")[0])
-    assert _cli(snow, missing, "mirror").returncode == 2
-    # run --mirror: the run, then the copy (no [source] here: run stops with exit 2 before anything)
+    assert _in_process(snow, config, "mirror", "--verify") == 0
+    shown = capsys.readouterr()
+    assert "verify state: equal" in shown.out and "s3cr3t-Pw" not in shown.out + shown.err
+    # a URL the connector would refuse: exit 2, naming the option, not the password
+    bad = _config_file(tmp_path, pg_table, url=FAKE_URL + "?bogus=1")
+    assert _in_process(snow, bad, "mirror") == 2
+    refused = capsys.readouterr().err
+    assert "bogus" in refused and "s3cr3t-Pw" not in refused
+    plain = tmp_path / "plain.toml"
+    plain.write_text(config.read_text().split("[mirror]")[0])
+    assert _in_process(snow, plain, "mirror") == 2
+    assert "[mirror] url" in capsys.readouterr().err
+    assert _in_process(snow, plain, "run", "--mirror") == 2  # checked before anything runs
 
 
 def test_real_snowflake_mirror(tmp_path: Path, table_name: str) -> None:
@@ -496,10 +515,9 @@ def test_real_snowflake_mirror(tmp_path: Path, table_name: str) -> None:
 
 
 def test_passwords_stay_out_of_url_errors() -> None:
-    from pipestate.store.engine import normalize_url
-
     from pipestate.connectors.snowflake_mirror import SnowflakeMirror, mirror_target_name
     from pipestate.errors import ConfigError
+    from pipestate.store.engine import normalize_url
 
     with pytest.raises(ConfigError) as state_error:
         normalize_url("postgresql//u:s3cr3t-Pw@h/db")
