@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-from sqlalchemy import Date, Float, Integer, delete, func, insert, select, text
+from sqlalchemy import Date, Float, Integer, delete, func, insert, inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -465,6 +465,8 @@ def record_mirror(store: StateStore, scope: str, details: dict[str, Any]) -> Non
 def recorded_mirrors(store: StateStore, conn: Connection) -> dict[str, dict[str, Any]]:
     """scope -> what `record_mirror` noted (with `at`, the meta row's time)."""
     meta = store.tables.meta
+    if not inspect(conn).has_table(meta.name, schema=meta.schema):
+        return {}  # another tool's table before init-db: no meta table, so no mirror either
     rows = conn.execute(
         select(meta.c.name, meta.c.value, meta.c.updated_at).where(meta.c.name.like("mirror:%"))
     )
