@@ -1,11 +1,14 @@
 """The source side of `pipestate mirror`: what changed since a mark, read in bulk, and digests.
 
 On PostgreSQL the mark is commit-ordered: a mirror reads in one REPEATABLE READ snapshot, and
-its mark is that snapshot (`xmin:xmax:in-progress xids`, pg_current_snapshot()). The next
-mirror reads the rows whose last writer (the row's `xmin`) that snapshot did not see: one at or
-past its xmax, or one in progress then. A slow transaction that stamped an early `updated_at`
-but committed after the mirror was invisible to it, so it is read next time, whatever its
-timestamps or ids say. No clock, no sequence and no overlap window is involved.
+its mark is that snapshot (`xmin:xmax:in-progress xids`, pg_current_snapshot()). Every
+transaction below the snapshot's xmin had ended when it was taken, so its rows were seen. The
+next mirror reads the rows whose last writer (the row's `xmin`) is at or past that xmin: a slow
+transaction that stamped an early `updated_at` but committed after the mirror was running then,
+so its xid is at or past the mark's xmin and its rows are read next time, whatever their
+timestamps or ids say. The rows of transactions between the xmin and the commit of the last
+read are read again (an overlap the copy absorbs: the same values, events kept once by id);
+a transaction left open for long anywhere in the cluster holds the xmin back and widens it.
 Elsewhere (SQLite, DuckDB, Snowflake as the state table) there is no such marker: every
 mirror copies the whole scope, which is exact, not incremental.
 
@@ -169,17 +172,16 @@ def incremental(snapshot: Snapshot, since: str | None) -> bool:
 
 
 def _xid_condition(since: str, horizon: int) -> str:
-    """The rows the snapshot `since` did not see: written by a transaction at or past its xmax,
-    or by one in progress then (its xip list). A row's xmin is 32 bits: it is placed below
-    `horizon` by its distance d = (horizon - xmin) mod 2**32, and compared by that distance."""
+    """The rows the snapshot `since` may not have seen: written by a transaction at or past its
+    xmin. Not only those in its in-progress list: that list names top-level transactions, and
+    a row written under a savepoint carries the subtransaction's xid, which it does not name.
+    A row's xmin is 32 bits: it is placed below `horizon` by its distance
+    d = (horizon - xmin) mod 2**32, and compared by that distance."""
     previous = _parse(since)
     assert previous is not None
-    _, xmax, xip = previous
+    xmin = previous[0]
     distance = f"(({horizon % _XID_SPAN} - xmin::text::bigint + {_XID_SPAN}) % {_XID_SPAN})"
-    condition = f"{distance} <= {horizon - xmax}"
-    if xip:
-        condition = f"({condition} OR {distance} IN ({', '.join(str(horizon - x) for x in xip)}))"
-    return condition
+    return f"{distance} <= {horizon - xmin}"
 
 
 def read_changes(
