@@ -88,7 +88,8 @@ def metrics_text(pipeline: str, figures: dict[str, Any], openmetrics: bool = Fal
         )
         behind = gauge(
             "pipestate_mirror_rows_behind",
-            "State rows written since the last mirror read them: what the copy does not show yet.",
+            "State rows the next mirror would read (at most this many written since the last one): "
+            "what the copy may not show yet.",
             labels,
         )
         for found in mirrors:
