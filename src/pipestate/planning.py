@@ -43,6 +43,7 @@ __all__ = [
     "Window",
     "fill_cells",
     "plan",
+    "plan_counted",
 ]
 
 KNOWN_STATUSES = frozenset(Status)
@@ -353,6 +354,45 @@ class _Planner:
             seen[(run_day, run_length)] += run_n  # type: ignore[index]
             self._flush_fast(tail, tail_start, tail_end, (run_day, run_length))  # type: ignore[arg-type]
 
+    def consume_counted(
+        self, explicit: Iterable[tuple], counted: Mapping[tuple[date, int], int], last_end: datetime | None
+    ) -> None:
+        """Plan from what the database already reduced (store/spans.py `plan_rows`):
+        the windows to see one by one, sorted, each with `before`, the latest end
+        of the windows sorted before it; and the count of every other window per
+        (local day, seconds). Those others start exactly at the latest end before
+        them and overlap nothing: each is kept, alone, as `consume`'s fast path
+        keeps such a window. Between two explicit windows they run from the
+        latest end before the first (or its own end) to the second's `before`."""
+        reach: datetime | None = None
+        for row in explicit:
+            before = row[7]
+            if reach is not None and before is not None and before > reach:
+                self._counted_run(reach, before)
+                reach = before
+            self.add(row[:7])
+            reach = row[2] if reach is None or row[2] > reach else reach
+        if reach is not None and last_end is not None and last_end > reach:
+            self._counted_run(reach, last_end)
+        for (day, seconds), count in counted.items():
+            self.fast_seen[(day, timedelta(seconds=seconds))] += count
+
+    def _counted_run(self, first_start: datetime, last_end: datetime) -> None:
+        """Counted windows tile `[first_start, last_end)`: the open cluster ends
+        before them, and they are kept."""
+        if self.cluster:
+            self._resolve()
+        self.covered_until = last_end
+        analysis = self.analysis
+        if analysis.last_end is None or last_end > analysis.last_end:
+            analysis.last_end = last_end
+        if self.kept_first is None:
+            self.kept_first = first_start
+        elif first_start > self.kept_cursor:  # type: ignore[operator]
+            self.holes.append((self.kept_cursor, first_start))  # type: ignore[arg-type]
+        if self.kept_cursor is None or last_end > self.kept_cursor:
+            self.kept_cursor = last_end
+
     def _flush_fast(self, tail: tuple, start: datetime, end: datetime, key: tuple[date, timedelta]) -> None:
         """Bring the general path's state up to the fast path's last row, `tail`,
         which becomes the open cluster again (so it is not kept by the fast path)."""
@@ -631,6 +671,22 @@ def plan(rows: Iterable[tuple], settings: Settings, ranks: RankLookup | None = N
     """
     planner = _Planner(settings, ranks)
     planner.consume(rows)
+    return planner.finish()
+
+
+def plan_counted(
+    explicit: Iterable[tuple],
+    counted: Mapping[tuple[date, int], int],
+    last_end: datetime | None,
+    invalid: Iterable[InvalidRow],
+    settings: Settings,
+) -> Plan:
+    """`plan()` from the database's reduction of the rows (see `_Planner.consume_counted`);
+    `invalid` are the rows it found that cannot be windows. The same plan as
+    `plan()` over every row (a property test holds them equal)."""
+    planner = _Planner(settings)
+    planner.invalid.extend(invalid)
+    planner.consume_counted(explicit, counted, last_end)
     return planner.finish()
 
 

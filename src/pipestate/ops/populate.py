@@ -25,9 +25,10 @@ from ..planning import (
     Plan,
     UnsortedInput,
     plan,
+    plan_counted,
 )
 from ..statuses import Status
-from ..store import locks, migrate, populate_sql
+from ..store import locks, migrate, populate_sql, spans
 from ..store.events import insert_created_events, insert_events
 from ..store.populate_sql import RowChanged
 from ..windows import (
@@ -134,12 +135,27 @@ def _dry_run(ctx: Context, functions: WindowFunctions, run_id: str, verb_is_vali
     return report
 
 
-def _plan(ctx: Context, conn: Connection, now: datetime) -> Plan:
+def _plan(ctx: Context, conn: Connection, now: datetime, in_database: bool | None = None) -> Plan:
+    """The plan at `now`. Where the database sweeps the windows itself
+    (`Backend.sweeps_in_sql`, or `in_database`), it returns only the windows
+    that break the tiling and a count of the others per day and length
+    (store/spans.py); else every row is read and planned here."""
     settings = ctx.plan_settings(now)
     migrate.note_columns(ctx.store, conn)  # another tool's table may lack optional columns before init-db
     # A batch_id held by two rows (a table without a primary key) is an
     # invalid row: claims never take it, so neither may the plan count it.
     duplicates = populate_sql.duplicate_ids(ctx.store, conn, ctx.pipeline)
+    duplicate_rows = [
+        InvalidRow(batch_id, f"batch_id is held by {count} rows of the table; never claimed", False)
+        for batch_id, count in sorted(duplicates.items())
+    ]
+    if ctx.store.backend.sweeps_in_sql if in_database is None else in_database:
+        reduced = spans.plan_rows(ctx.store, conn, ctx.pipeline, settings.tz, list(duplicates))
+        if reduced is not None:
+            invalid = [InvalidRow(batch_id, reason, False) for batch_id, reason in reduced.invalid]
+            the_plan = plan_counted(reduced.explicit, reduced.counted, reduced.last_end, invalid, settings)
+            the_plan.invalid.extend(duplicate_rows)
+            return the_plan
     chunks = populate_sql.candidate_chunks(ctx.store, conn, ctx.pipeline)
     ranks = None
     if populate_sql.ranks_read_apart(ctx.store):
@@ -162,10 +178,7 @@ def _plan(ctx: Context, conn: Connection, now: datetime) -> Plan:
         the_plan = plan(everything, settings, ranks)
     finally:
         chunks.close()
-    the_plan.invalid.extend(
-        InvalidRow(batch_id, f"batch_id is held by {count} rows of the table; never claimed", False)
-        for batch_id, count in sorted(duplicates.items())
-    )
+    the_plan.invalid.extend(duplicate_rows)
     return the_plan
 
 

@@ -113,6 +113,13 @@ class Backend:
     seconds_between: Callable[[Any, Any], ColumnElement[Any]] | None = None
     """Seconds, with their fraction, from the first stored instant to the second;
     None: the difference of their `epoch_seconds`."""
+    sweeps_in_sql: bool = False
+    """Where windows break (gaps, overlaps) is found by a window function over the
+    sorted windows (store/spans.py); else by reading the window index in order and
+    comparing the stored values in Python (SQLite, whose window functions cost
+    seconds a million rows, more than that read)."""
+    sub_second: Callable[[Any], ColumnElement[Any]] | None = None
+    """True where a stored instant has a fraction of a second (None: never asked)."""
     integer_division: str = "/"
     """How SQL divides two non-negative integers integrally: the "/" operator, "//"
     (DuckDB's `/` is true division), or "floor" of the quotient."""
@@ -144,6 +151,14 @@ def _sqlite_epoch(column: Any) -> ColumnElement[Any]:
 
 def _sqlite_seconds(started: Any, completed: Any) -> ColumnElement[Any]:
     return (func.julianday(completed) - func.julianday(started)) * 86400.0
+
+
+def _sqlite_sub_second(column: Any) -> ColumnElement[Any]:
+    return func.substr(column, 21) != "000000"
+
+
+def _truncated_sub_second(column: Any) -> ColumnElement[Any]:
+    return func.date_trunc("second", column) != column
 
 
 def _pg_epoch(column: Any) -> ColumnElement[Any]:  # timestamptz
@@ -187,6 +202,7 @@ BACKENDS: dict[str, Backend] = {
         small_integer_ids=True,
         epoch_seconds=_sqlite_epoch,
         seconds_between=_sqlite_seconds,
+        sub_second=_sqlite_sub_second,
     ),
     "postgresql": Backend(
         name="postgresql",
@@ -209,6 +225,8 @@ BACKENDS: dict[str, Backend] = {
         instant_text="+00:00",  # COPY text: the offset makes the session time zone irrelevant
         epoch_seconds=_pg_epoch,
         seconds_between=_pg_seconds,
+        sweeps_in_sql=True,
+        sub_second=_truncated_sub_second,
     ),
     "duckdb": Backend(
         name="duckdb",
@@ -227,6 +245,8 @@ BACKENDS: dict[str, Backend] = {
         identity_columns=False,
         epoch_seconds=_duckdb_epoch,
         seconds_between=_duckdb_seconds,
+        sweeps_in_sql=True,
+        sub_second=_truncated_sub_second,
         integer_division="//",
     ),
     "snowflake": Backend(

@@ -26,7 +26,7 @@ from ..statuses import Status
 from .backends import backend_named
 from .schema import END_TIME, START_TIME, StateTables
 
-__all__ = ["DayBucket", "HOURS_PER_DAY_SLOT", "bucket_rows", "epoch_seconds", "span_query"]
+__all__ = ["DayBucket", "HOURS_PER_DAY_SLOT", "bucket_rows", "day_index", "epoch_seconds", "span_query"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PLAIN_DAY = 86_400
@@ -106,6 +106,24 @@ def _bucket_expression(
         ),
         else_=_bucket_expression(seconds, segments[middle:], branch),
     )
+
+
+def day_index(
+    seconds: ColumnElement[Any], bounds: Sequence[tuple[datetime, datetime]], dialect: str
+) -> ColumnElement[Any] | None:
+    """The index in `bounds` (consecutive local days) of the day holding `seconds`
+    (epoch seconds in SQL), valid for values inside the days; None without days."""
+    segments = _segments(bounds)
+    if not segments:
+        return None
+
+    def branch(value: ColumnElement[Any], segment: _Segment) -> ColumnElement[Any]:
+        first = literal(segment.first_day, BigInteger())
+        if not segment.plain:
+            return first
+        return first + _int_div(value - literal(segment.start, BigInteger()), _PLAIN_DAY, dialect)
+
+    return _bucket_expression(seconds, segments, branch)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 # The instants Python's datetime can hold (years 1 to 9999), on PostgreSQL.
 _PG_FIRST_INSTANT: ColumnElement[Any] = literal_column("TIMESTAMPTZ '0001-01-01 00:00:00+00'")
 _PG_PAST_LAST_INSTANT: ColumnElement[Any] = literal_column("TIMESTAMPTZ '10000-01-01 00:00:00+00'")
+PG_READABLE = (_PG_FIRST_INSTANT, _PG_PAST_LAST_INSTANT)  # [first, past last), for store/spans.py
 
 
 @lru_cache(maxsize=64)
