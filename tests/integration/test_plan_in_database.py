@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, insert, text
 
+from pipestate.ops.populate import _plan
 from pipestate.planning import Plan
-from pipestate.populate import _plan
 
 ZONE = "America/New_York"
 # 2026-03-08 is 23 hours long in New York, 2026-11-01 25 hours.
@@ -81,7 +81,8 @@ def test_the_plan_from_the_database_equals_the_plan_from_every_row(manager_facto
                 for batch_id, written in rewrites:  # text in a form SQLite's DateTime never writes
                     conn.execute(
                         text(
-                            f'UPDATE "{state.name}" SET source_query_window_start_time = :v WHERE batch_id = :b'
+                            f'UPDATE "{state.name}" SET source_query_window_start_time = :v '
+                            "WHERE batch_id = :b"
                         ),
                         {"v": written, "b": batch_id},
                     )

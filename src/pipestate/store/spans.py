@@ -28,8 +28,8 @@ from sqlalchemy.engine import Connection
 from ..statuses import Status
 from ..windows import day_bounds, local_date_of, read_instant, read_stored_instant
 from .daily import day_index, epoch_seconds
-from .schema import END_TIME, START_TIME
 from .populate_sql import RANK_COLUMNS
+from .schema import END_TIME, START_TIME
 from .store import PG_READABLE, StateStore
 
 _PG_FIRST_INSTANT, _PG_PAST_LAST_INSTANT = PG_READABLE
