@@ -31,6 +31,7 @@ from .windows import (
 _fromisoformat = datetime.fromisoformat
 
 __all__ = [
+    "GAP_KINDS",
     "Cell",
     "Fill",
     "Gap",
@@ -41,6 +42,7 @@ __all__ = [
     "Settings",
     "UnsortedInput",
     "Window",
+    "contract_gaps",
     "fill_cells",
     "plan",
     "plan_counted",
@@ -224,6 +226,26 @@ def _dominant_unit(counter: Counter[Step]) -> Step | None:
     if not counter:
         return None
     return max(counter.items(), key=lambda item: (item[1], _unit_length(item[0])))[0]
+
+
+# The contract's kinds of gap (section 5), in the order reports list them.
+GAP_KINDS = ("missing_day", "start_of_day", "end_of_day", "between_windows")
+
+
+def contract_gaps(holes: Iterable[tuple[datetime, datetime]], settings: Settings) -> list[Gap]:
+    """The gaps of the contract (section 5) from the uncovered stretches between
+    the first start and the last end of the active windows: clipped to the
+    configured range, split at local midnights, each given its kind. Time before
+    the first or after the last window is new work, never passed here."""
+    gaps: list[Gap] = []
+    low, stop = settings.start, settings.stop
+    for start, end in holes:
+        start, end = max(start, low), min(end, stop)
+        for day, piece_start, piece_end, day_start, day_end in split_at_midnights(start, end, settings.tz):
+            gaps.append(
+                Gap(piece_start, piece_end, gap_kind(piece_start, piece_end, day_start, day_end), day)
+            )
+    return gaps
 
 
 def gap_kind(start: datetime, end: datetime, day_start: datetime, day_end: datetime) -> str:
@@ -579,20 +601,7 @@ class _Planner:
             self.kept_overall[length] += count
         low, stop = settings.start, settings.stop
 
-        gaps: list[Gap] = []
-        for start, end in self.raw_gaps:
-            start, end = max(start, low), min(end, stop)
-            for day, piece_start, piece_end, day_start, day_end in split_at_midnights(
-                start, end, settings.tz
-            ):
-                gaps.append(
-                    Gap(
-                        piece_start,
-                        piece_end,
-                        gap_kind(piece_start, piece_end, day_start, day_end),
-                        day,
-                    )
-                )
+        gaps = contract_gaps(self.raw_gaps, settings)
 
         overall_unit = _dominant_unit(self.kept_overall)
         kept_dominant = {

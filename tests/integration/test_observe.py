@@ -130,7 +130,8 @@ def test_days_take_the_most_urgent_state(manager_factory):
 
 
 def test_a_shifted_window_is_an_overlap_even_when_the_minutes_add_up(manager_factory):
-    """[0,6) [5,11) [12,18) [18,24): as many minutes as the day has, an overlap and a gap."""
+    """[0,6) [5,11) [12,18) [18,24): as many minutes as the day has, an overlap and a gap:
+    the overlapping hour counts once, so the gap shows."""
     manager = manager_factory(start="2026-01-01", end="2026-01-02", granularity="6h")
     rows = [
         external_row("a", utc(2026, 1, 1, 0), utc(2026, 1, 1, 6)),
@@ -140,7 +141,10 @@ def test_a_shifted_window_is_an_overlap_even_when_the_minutes_add_up(manager_fac
     ]
     insert_external(manager, rows)
     (day,) = manager.calendar().days
-    assert day.covered_seconds == day.expected_seconds
+    assert day.covered_seconds == day.expected_seconds - 3600
+    assert [(g.start, g.end, g.kind) for g in day.gaps] == [
+        (utc(2026, 1, 1, 11), utc(2026, 1, 1, 12), "between_windows")
+    ]
     assert day.overlaps == 1 and day.state == "gap"
     # populate repairs it: "b" is SUPERSEDED, [6, 12) becomes a PENDING window
     manager.populate_pipeline_batches()

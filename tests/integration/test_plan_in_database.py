@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, insert, text
 
 from pipestate.ops.populate import _plan
-from pipestate.planning import Plan
+from pipestate.planning import Plan, contract_gaps
+from pipestate.store import spans
 
 ZONE = "America/New_York"
 # 2026-03-08 is 23 hours long in New York, 2026-11-01 25 hours.
@@ -92,8 +93,11 @@ def test_the_plan_from_the_database_equals_the_plan_from_every_row(manager_facto
             in_python = _summary(_plan(ctx, conn, now, in_database=False))
             in_database = _summary(_plan(ctx, conn, now, in_database=True))
             default = _summary(_plan(ctx, conn, now))
+            swept = spans.sweep(store, conn, ctx.pipeline)
         assert in_database == in_python
         assert default == in_python
+        # status, the calendar and the report count the gaps populate fills
+        assert contract_gaps(swept.gaps(), ctx.plan_settings(now)) == in_python["gaps"]
     finally:
         with store.engine.begin() as conn:
             conn.execute(delete(state))

@@ -9,16 +9,11 @@ from datetime import UTC, date, datetime, timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipestate.ops.observe import (
-    Calendar,
-    Day,
-    _overlapping_starts,
-    _overlaps_parsed,
-    _runs,
-)
+from pipestate.ops.observe import Calendar, Day
 from pipestate.show.metrics import metrics_text
 from pipestate.show.terminal import render_calendar
 from pipestate.store.daily import _segments
+from pipestate.store.spans import Break, Sweep
 from pipestate.windows import day_bounds, zone
 
 
@@ -49,27 +44,23 @@ def test_a_day_a_dst_change_skipped_has_no_segment():
     assert all(s.first_day != 2 for s in segments)
 
 
-def test_overlap_scan_compares_as_stored_and_gives_up_on_unsorted_text():
-    rows = [
-        ("2026-01-01 00:00:00", "2026-01-01 06:00:00"),
-        ("2026-01-01 05:00:00", "2026-01-01 11:00:00"),  # starts before the previous end
-        ("2026-01-01 12:00:00", "2026-01-01 18:00:00"),
-        ("2026-01-01 18:00:00", "2026-01-02 00:00:00"),  # touching is not overlapping
-    ]
-    assert _overlapping_starts(c for c in [rows]) == [datetime(2026, 1, 1, 5, tzinfo=UTC)]
-    unsorted = [
-        ("2026-01-01T06:00:00Z", "2026-01-01T07:00:00Z"),
-        ("2026-01-01 05:00:00", "2026-01-01 06:00:00"),
-    ]
-    assert _overlapping_starts(c for c in [unsorted]) is None
-    assert _overlaps_parsed(unsorted + [("2026-01-01 05:30:00", "2026-01-01 05:45:00")]) == [
-        datetime(2026, 1, 1, 5, 30, tzinfo=UTC)
-    ]
-
-
-def test_runs_of_day_indexes():
-    assert list(_runs([1, 2, 3, 7, 9, 10])) == [(1, 3), (7, 7), (9, 10)]
-    assert list(_runs([])) == []
+def test_a_sweep_counts_overlapping_time_once_and_the_edges_as_new_work():
+    hour = lambda h: datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=h)  # noqa: E731
+    swept = Sweep(
+        4,
+        hour(1),
+        hour(10),
+        [
+            Break(hour(1), hour(3), None),
+            Break(hour(2), hour(4), hour(3)),  # overlaps: its time counts once
+            Break(hour(6), hour(8), hour(4)),  # a gap [4, 6)
+        ],
+    )
+    assert swept.gaps() == [(hour(4), hour(6))]
+    assert [b.start for b in swept.overlaps()] == [hour(2)]
+    # [0, 1) and [10, 12) are new work, [4, 6) a gap: 7 of 12 hours covered
+    assert swept.covered_seconds(hour(0), hour(12)) == 7 * 3600
+    assert swept.covered_seconds(hour(0), hour(12)) <= 12 * 3600
 
 
 def _calendar(first: date, states: list[str]) -> Calendar:
@@ -78,7 +69,7 @@ def _calendar(first: date, states: list[str]) -> Calendar:
         start = datetime.combine(first + timedelta(days=offset), datetime.min.time(), UTC)
         day = Day(first + timedelta(days=offset), start, start + timedelta(days=1), 86400)
         day.counts = Counter({"completed": {"COMPLETED": 24}, "pending": {"PENDING": 24}}[state])
-        day.covered_seconds = 86400
+        # covered: no gap and no new work in the day
         days.append(day)
     return Calendar("orders", "UTC", days[-1].end, days[0].start, days[-1].end, days)
 

@@ -9,7 +9,7 @@ windows.py, so DST days are 23 or 25 hours long here as everywhere else.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -17,16 +17,13 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from ..errors import UsageError
+from ..planning import Gap, contract_gaps
 from ..statuses import EXHAUSTED, STATUS_ORDER, Status
-from ..store.daily import (
-    HOURS_PER_DAY_SLOT,
-    DayBucket,
-    bucket_rows,
-    span_query,
-)
+from ..store import spans
+from ..store.daily import HOURS_PER_DAY_SLOT, DayBucket, bucket_rows
 from ..store.schema import DURATION_MINUTES, END_TIME, START_TIME
 from ..store.views import alert_figures, latest_populate, window_rows
-from ..windows import day_bounds, iso, local_date_of, read_instant
+from ..windows import day_bounds, iso, local_date_of, split_at_midnights
 from .status import leases
 
 if TYPE_CHECKING:
@@ -75,7 +72,9 @@ class Day:
     end: datetime  # UTC, exclusive
     expected_seconds: int  # the part of the day inside the range (and before now - lag)
     counts: Counter[str] = field(default_factory=Counter)
-    covered_seconds: int = 0
+    gaps: list[Gap] = field(default_factory=list)  # the contract's gaps (populate's) in the day
+    gap_seconds: int = 0  # their length inside the range
+    new_seconds: int = 0  # time before the first or after the last window: new work, not a gap
     overlaps: int = 0
     failed_permanently: int = 0
     retries: int = 0
@@ -99,7 +98,6 @@ class Day:
 
     def add(self, row: DayBucket) -> None:
         self.counts[row.status] += row.windows
-        self.covered_seconds += row.covered_seconds
         self.failed_permanently += row.exhausted
         self.retries += row.retries
         self.records += row.records
@@ -112,10 +110,14 @@ class Day:
         return sum(n for status, n in self.counts.items() if status != Status.SUPERSEDED)
 
     @property
+    def covered_seconds(self) -> int:
+        """The part of `expected_seconds` the active windows cover (overlapping time once)."""
+        return max(self.expected_seconds - self.gap_seconds - self.new_seconds, 0)
+
+    @property
     def gap(self) -> bool:
-        """Less of the day covered than expected (overlapping time counts twice,
-        so a day with overlaps may hide a gap: populate reports both)."""
-        return self.expected_seconds > 0 and self.covered_seconds < self.expected_seconds
+        """A gap of the contract's in the day (populate fills it with GAP_FILL windows)."""
+        return self.expected_seconds > 0 and bool(self.gaps)
 
     @property
     def state(self) -> str:
@@ -127,10 +129,10 @@ class Day:
             return "gap"
         active = self.active
         done = self.counts.get(Status.COMPLETED, 0)
-        if done == active:
+        if active and done == active and not self.new_seconds:
             return "completed"
         if self.counts.get(Status.PENDING, 0) == active:
-            return "pending"
+            return "pending"  # new work alone (no window yet) is pending too
         return "in_progress"
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +146,8 @@ class Day:
             "covered_minutes": round(self.covered_seconds / 60, 3),
             "expected_minutes": round(self.expected_seconds / 60, 3),
             "gap": self.gap,
+            "gaps": [{"start": iso(g.start), "end": iso(g.end), "kind": g.kind} for g in self.gaps],
+            "new_work_minutes": round(self.new_seconds / 60, 3),
             "overlaps": self.overlaps,
             "failed_permanently": self.failed_permanently,
             "retries": self.retries,
@@ -211,13 +215,7 @@ def calendar(
     settings = settings_at(ctx, now)
     days = _range_days(settings)
     aggregate = partial(
-        bucket_rows,
-        conn,
-        store.tables,
-        ctx.pipeline,
-        range_start=settings.start,
-        range_end=settings.covered_stop,
-        max_retries=ctx.config.concurrency.max_retries,
+        bucket_rows, conn, store.tables, ctx.pipeline, max_retries=ctx.config.concurrency.max_retries
     )
     for row in aggregate([(day.start, day.end) for day in days]):
         days[row.bucket].add(row)
@@ -227,7 +225,7 @@ def calendar(
             day.hours = {}
         for row in aggregate([(day.start, day.end) for day in recent], hours=True, steps=steps):
             recent[row.bucket // HOURS_PER_DAY_SLOT].add_hour(row.bucket % HOURS_PER_DAY_SLOT, row)
-    _count_overlaps(ctx, conn, days)
+    _lay_out(days, spans.sweep(store, conn, ctx.pipeline), settings)
     return Calendar(
         ctx.pipeline,
         ctx.config.pipeline.timezone,
@@ -238,95 +236,45 @@ def calendar(
     )
 
 
-def _count_overlaps(ctx: Context, conn: Connection, days: list[Day]) -> None:
-    """Set each day's `overlaps`: its active windows that start before an earlier
-    active window ends.
-
-    First every window, in the window index's order (which alone answers it):
-    a day without such a window has no overlap. Only the days where one turns
-    up, and the day before each (a window may end past midnight), are read
-    again, active windows only. A clean million-window table is read once.
-    """
-    store, tz = ctx.store, ctx.config.pipeline.tz
-    query = partial(span_query, store.tables, store.raw_column, ctx.pipeline)
-    index_of = {day.date: index for index, day in enumerate(days)}
-
-    def day_indexes(starts: Iterable[datetime]) -> list[int]:
-        return [index_of[day] for day in (local_date_of(start, tz) for start in starts) if day in index_of]
-
-    def count(starts: Iterable[datetime], first: int = 0, last: int = len(days) - 1) -> None:
-        for start in starts:
-            index = index_of.get(local_date_of(start, tz))
-            if index is not None and first <= index <= last:
-                day = days[index]
-                day.overlaps += 1
-                day.overlap_hours.add(int((start - day.start).total_seconds() // 3600))
-
-    starts = _overlapping_starts(store.read_chunks(conn, query(active_only=False)))
-    if starts is None:  # not in the instants' order: read everything, parse and sort it
-        spans = store.read_chunks(conn, query(active_only=True))
-        count(_overlaps_parsed(row for chunk in spans for row in chunk))
+def _lay_out(days: list[Day], swept: spans.Sweep, settings: Settings) -> None:
+    """Give each day its gaps, new work and overlaps, from one sweep of the windows:
+    the contract's gaps between the first start and the last end, the time of
+    the range before the first or after the last window (new work), and the
+    windows starting in the day before an earlier one ends."""
+    if not days:
         return
-    for first, last in _runs(sorted(set(day_indexes(starts)))):
-        low, high = days[max(first - 1, 0)].start, days[last].end
-        found = _overlapping_starts(store.read_chunks(conn, query(active_only=True, start=low, end=high)))
-        count(found or (), first, last)
+    tz = settings.tz
+    index_of = {day.date: index for index, day in enumerate(days)}
+    low, high = settings.start, settings.covered_stop
+
+    def each_day(start: datetime, end: datetime) -> Iterator[tuple[Day, float]]:
+        for day, piece_start, piece_end, _, _ in split_at_midnights(max(start, low), min(end, high), tz):
+            index = index_of.get(day)
+            if index is not None:
+                yield days[index], (piece_end - piece_start).total_seconds()
+
+    for gap in contract_gaps(swept.gaps(), settings):
+        index = index_of.get(gap.local_date)
+        if index is not None:
+            days[index].gaps.append(gap)
+            days[index].gap_seconds += int(_length(gap.start, gap.end, low, high))
+    if swept.first_start is None or swept.last_end is None:
+        new_work = [(low, high)]
+    else:
+        new_work = [(low, swept.first_start), (swept.last_end, high)]
+    for start, end in new_work:
+        for day, seconds in each_day(start, end):
+            day.new_seconds += int(seconds)
+    for window in swept.overlaps():
+        index = index_of.get(local_date_of(window.start, tz))
+        if index is not None:
+            day = days[index]
+            day.overlaps += 1
+            day.overlap_hours.add(int((window.start - day.start).total_seconds() // 3600))
 
 
-def _runs(indexes: list[int]) -> Iterator[tuple[int, int]]:
-    """Consecutive stretches `(first, last)` of sorted day indexes."""
-    first = previous = None
-    for index in indexes:
-        if first is None or previous is None:
-            first = previous = index
-        elif index == previous + 1:
-            previous = index
-        else:
-            yield first, previous
-            first = previous = index
-    if first is not None and previous is not None:
-        yield first, previous
-
-
-def _overlapping_starts(chunks: Any) -> list[datetime] | None:
-    """Starts of the windows that begin before an earlier one ends, or None if
-    the rows did not come in the instants' order.
-
-    `chunks` hold `(start, end)` as stored, sorted: they are compared as stored
-    (text on SQLite and PostgreSQL sorts like the instants) and only the few
-    overlapping ones are parsed. Text in mixed formats, written by other tools,
-    can sort otherwise: then None.
-    """
-    found = []
-    previous_start = latest_end = None
-    try:
-        for chunk in chunks:
-            for start, end in chunk:
-                if start is None or end is None or not end > start:
-                    continue
-                if previous_start is not None and start < previous_start:
-                    return None
-                if latest_end is not None and start < latest_end:
-                    found.append(start)
-                if latest_end is None or end > latest_end:
-                    latest_end = end
-                previous_start = start
-    finally:
-        chunks.close()
-    return [instant for instant in (read_instant(value) for value in found) if instant is not None]
-
-
-def _overlaps_parsed(rows: Iterable[tuple[Any, Any]]) -> list[datetime]:
-    """`_overlapping_starts` for stored rows in any order: parsed, then sorted."""
-    found: list[datetime] = []
-    latest_end: datetime | None = None
-    parsed = ((read_instant(start), read_instant(end)) for start, end in rows)
-    for start, end in sorted((s, e) for s, e in parsed if s is not None and e is not None and e > s):
-        if latest_end is not None and start < latest_end:
-            found.append(start)
-        if latest_end is None or end > latest_end:
-            latest_end = end
-    return found
+def _length(start: datetime, end: datetime, low: datetime, high: datetime) -> float:
+    return max((min(end, high) - max(start, low)).total_seconds(), 0.0)
 
 
 def window_range(

@@ -3,12 +3,13 @@ failures, and the leases (in flight, expired, failed for good)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from ..planning import GAP_KINDS, contract_gaps
 from ..statuses import STATUS_ORDER
-from ..store import populate_sql, queries
+from ..store import queries, spans
 from ..windows import iso, read_stored_instant
 from .context import Context
 
@@ -35,13 +36,14 @@ def status(ctx: Context) -> dict[str, Any]:
         now = ctx.now(conn)
         settings = ctx.plan_settings(now)
         counts = queries.status_counts(store, conn, ctx.pipeline)
-        covered, first, last, active = _coverage(
-            populate_sql.iter_candidates(store, conn, ctx.pipeline), settings.start, settings.covered_stop
-        )
+        swept = spans.sweep(store, conn, ctx.pipeline)
         oldest_pending = queries.oldest_pending(store, conn, ctx.pipeline)
         failures = queries.failures(store, conn, ctx.pipeline)
         lease_view = leases(ctx, conn, now)
     total = max((settings.covered_stop - settings.start).total_seconds(), 0.0)
+    covered = swept.covered_seconds(settings.start, settings.covered_stop)
+    gaps = contract_gaps(swept.gaps(), settings)
+    gap_seconds = sum((gap.end - gap.start).total_seconds() for gap in gaps)
     return {
         "pipeline": ctx.pipeline,
         "now": iso(now),
@@ -49,14 +51,19 @@ def status(ctx: Context) -> dict[str, Any]:
         "counts": {status.value: int(counts.get(status, 0)) for status in STATUS_ORDER}
         | {str(k): int(v) for k, v in counts.items() if k not in STATUS_ORDER},
         "total_rows": int(sum(counts.values())),
-        "active_windows": active,
+        "active_windows": swept.windows,
         "coverage": {
             "covered_minutes": round(covered / 60, 3),
             "range_minutes": round(total / 60, 3),
             "percent": round(100 * covered / total, 3) if total else 100.0,
+            # the contract's gaps (populate's), and time past the windows' ends: new work
+            "gap_minutes": round(gap_seconds / 60, 3),
+            "new_work_minutes": round(max(total - covered - gap_seconds, 0.0) / 60, 3),
         },
-        "first_window_start": iso(first),
-        "last_window_end": iso(last),
+        "gaps": {kind: sum(1 for g in gaps if g.kind == kind) for kind in GAP_KINDS},
+        "overlaps": len(swept.overlaps()),
+        "first_window_start": iso(swept.first_start),
+        "last_window_end": iso(swept.last_end),
         "oldest_pending": None
         if oldest_pending is None
         else {
@@ -109,25 +116,3 @@ def leases(ctx: Context, conn: Any, now: datetime) -> dict[str, list[dict[str, A
             for row in permanent
         ],
     }
-
-
-def _coverage(
-    rows: Iterable[tuple[Any, ...]] | Iterator[tuple[Any, ...]], low: datetime, high: datetime
-) -> tuple[float, datetime | None, datetime | None, int]:
-    """Seconds of [low, high) covered by the rows' windows, plus first start, last end, count."""
-    covered = 0.0
-    cursor = low
-    first = last = None
-    count = 0
-    for row in rows:
-        start, end = row[1], row[2]
-        if start is None or end is None or end <= start:
-            continue
-        count += 1
-        first = start if first is None or start < first else first
-        last = end if last is None or end > last else last
-        start, end = max(start, cursor), min(end, high)
-        if end > start:
-            covered += (end - start).total_seconds()
-            cursor = end
-    return covered, first, last, count

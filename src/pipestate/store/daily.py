@@ -133,7 +133,6 @@ class DayBucket:
     bucket: int  # day index; with hours=True: day index * HOURS_PER_DAY_SLOT + hour of the day
     status: str
     windows: int
-    covered_seconds: int  # their seconds inside the range (active windows; overlaps counted twice)
     exhausted: int  # FAILED windows without retries left
     retries: int  # sum of retry_count
     records: int  # sum of source_record_count
@@ -147,8 +146,6 @@ def bucket_rows(
     pipeline: str,
     bounds: Sequence[tuple[datetime, datetime]],
     *,
-    range_start: datetime,
-    range_end: datetime,
     max_retries: int,
     hours: bool = False,
     steps: bool = False,
@@ -164,7 +161,6 @@ def bucket_rows(
     dialect = conn.dialect.name
     c = tables.state.c
     begin = epoch_seconds(c.source_query_window_start_time, dialect)
-    finish = epoch_seconds(c.source_query_window_end_time, dialect)
     if hours:
 
         def branch(seconds: ColumnElement[Any], segment: _Segment) -> ColumnElement[Any]:
@@ -187,7 +183,6 @@ def bucket_rows(
 
     low = segments[0].start
     high = _seconds(bounds[-1][1])
-    range_low, range_high = _seconds(range_start), _seconds(range_end)
     step_columns = [
         (
             _duration(c[f"{step}_started_at"], c[f"{step}_completed_at"], dialect)
@@ -200,7 +195,6 @@ def bucket_rows(
         select(
             c.pipeline_status.label("status"),
             begin.label("begin"),
-            finish.label("finish"),
             func.coalesce(c.retry_count, 0).label("retries"),
             func.coalesce(c.source_record_count, 0).label("records"),
             func.coalesce(c.processing_seconds, 0).label("processing"),
@@ -220,17 +214,11 @@ def bucket_rows(
     )
     w = inner.c
     bucket = _bucket_expression(w.begin, segments, branch).label("bucket")
-    active = and_(w.status != Status.SUPERSEDED.value, w.finish > w.begin)
-    clipped = case((w.finish > range_high, range_high), else_=w.finish) - case(
-        (w.begin < range_low, range_low), else_=w.begin
-    )
-    inside = and_(active, w.finish > range_low, w.begin < range_high)
     stmt = (
         select(
             bucket,
             w.status,
             func.count(),
-            func.sum(case((inside, clipped), else_=0)),
             func.sum(case((and_(w.status == Status.FAILED.value, w.retries >= max_retries), 1), else_=0)),
             func.sum(w.retries),
             func.sum(w.records),
@@ -248,9 +236,8 @@ def bucket_rows(
             int(row[3] or 0),
             int(row[4] or 0),
             int(row[5] or 0),
-            int(row[6] or 0),
-            float(row[7] or 0),
-            (float(row[8] or 0), float(row[9] or 0), float(row[10] or 0)),
+            float(row[6] or 0),
+            (float(row[7] or 0), float(row[8] or 0), float(row[9] or 0)),
         )
         for row in conn.execute(stmt)
     ]
