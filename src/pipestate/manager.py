@@ -203,6 +203,10 @@ class PipelineStateManager:
         """Per local day of the range: counts by status, coverage, gaps, overlaps, failures."""
         return observe.calendar(self.context, hours=hours, steps=steps)
 
+    def status_and_calendar(self) -> tuple[dict[str, Any], observe.Calendar]:
+        """`status()` and `calendar()` read together, the windows swept once."""
+        return observe.status_and_calendar(self.context)
+
     def window_range(self, day: str | None, start: str | None, end: str | None) -> tuple[datetime, datetime]:
         """The UTC range of `--date D` or `--start A --end B` (bare dates are local days)."""
         return observe.window_range(self.context, day, start, end)

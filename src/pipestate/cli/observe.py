@@ -26,8 +26,10 @@ def status(no_calendar: bool, as_json: bool) -> None:
     from ..show.text import status_text
 
     manager = load_manager()
-    data = manager.status()
-    days = None if no_calendar else manager.calendar()
+    if no_calendar:
+        data, days = manager.status(), None
+    else:
+        data, days = manager.status_and_calendar()
     if as_json:
         if days is not None:
             data["calendar"] = days.to_dict()

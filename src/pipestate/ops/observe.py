@@ -24,7 +24,7 @@ from ..store.daily import HOURS_PER_DAY_SLOT, DayBucket, bucket_rows
 from ..store.schema import DURATION_MINUTES, END_TIME, START_TIME
 from ..store.views import alert_figures, latest_populate, window_rows
 from ..windows import day_bounds, iso, local_date_of, split_at_midnights
-from .status import leases
+from .status import leases, status
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -41,6 +41,7 @@ __all__ = [
     "calendar",
     "list_windows",
     "settings_at",
+    "status_and_calendar",
     "window_range",
 ]
 
@@ -198,7 +199,12 @@ def _range_days(settings: Settings) -> list[Day]:
 
 
 def calendar(
-    ctx: Context, *, hours: bool = False, steps: bool = False, conn: Connection | None = None
+    ctx: Context,
+    *,
+    hours: bool = False,
+    steps: bool = False,
+    conn: Connection | None = None,
+    swept: spans.Sweep | None = None,
 ) -> Calendar:
     """The range's local days with their counts, coverage, overlaps and state.
 
@@ -210,7 +216,7 @@ def calendar(
     store.check_ready()
     if conn is None:
         with store.transaction(write=False) as conn:
-            return calendar(ctx, hours=hours, steps=steps, conn=conn)
+            return calendar(ctx, hours=hours, steps=steps, conn=conn, swept=swept)
     now = ctx.now(conn)
     settings = settings_at(ctx, now)
     days = _range_days(settings)
@@ -225,7 +231,7 @@ def calendar(
             day.hours = {}
         for row in aggregate([(day.start, day.end) for day in recent], hours=True, steps=steps):
             recent[row.bucket // HOURS_PER_DAY_SLOT].add_hour(row.bucket % HOURS_PER_DAY_SLOT, row)
-    _lay_out(days, spans.sweep(store, conn, ctx.pipeline), settings)
+    _lay_out(days, swept if swept is not None else spans.sweep(store, conn, ctx.pipeline), settings)
     return Calendar(
         ctx.pipeline,
         ctx.config.pipeline.timezone,
@@ -234,6 +240,14 @@ def calendar(
         settings.covered_stop,
         days,
     )
+
+
+def status_and_calendar(ctx: Context) -> tuple[dict[str, Any], Calendar]:
+    """`status` and its calendar in one transaction, from one sweep of the windows."""
+    ctx.store.check_ready()
+    with ctx.store.transaction(write=False) as conn:
+        swept = spans.sweep(ctx.store, conn, ctx.pipeline)
+        return status(ctx, conn, swept), calendar(ctx, conn=conn, swept=swept)
 
 
 def _lay_out(days: list[Day], swept: spans.Sweep, settings: Settings) -> None:

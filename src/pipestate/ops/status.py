@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from ..planning import GAP_KINDS, contract_gaps
 from ..statuses import STATUS_ORDER
 from ..store import queries, spans
@@ -28,18 +30,24 @@ def statuses(ctx: Context, batch_ids: Iterable[str]) -> dict[str, str]:
         return queries.statuses_of(ctx.store, conn, ctx.pipeline, list(batch_ids))
 
 
-def status(ctx: Context) -> dict[str, Any]:
-    """Counts by status, coverage of the range, first/last window, oldest pending, failures."""
+def status(ctx: Context, conn: Connection | None = None, swept: spans.Sweep | None = None) -> dict[str, Any]:
+    """Counts by status, coverage of the range, first/last window, oldest pending, failures.
+
+    `swept`: the windows' sweep if the caller has made it in `conn` (the
+    calendar shares it: one pass over the windows, not two)."""
     store = ctx.store
     store.check_ready()
-    with store.transaction(write=False) as conn:
-        now = ctx.now(conn)
-        settings = ctx.plan_settings(now)
-        counts = queries.status_counts(store, conn, ctx.pipeline)
+    if conn is None:
+        with store.transaction(write=False) as conn:
+            return status(ctx, conn, swept)
+    now = ctx.now(conn)
+    settings = ctx.plan_settings(now)
+    counts = queries.status_counts(store, conn, ctx.pipeline)
+    if swept is None:
         swept = spans.sweep(store, conn, ctx.pipeline)
-        oldest_pending = queries.oldest_pending(store, conn, ctx.pipeline)
-        failures = queries.failures(store, conn, ctx.pipeline)
-        lease_view = leases(ctx, conn, now)
+    oldest_pending = queries.oldest_pending(store, conn, ctx.pipeline)
+    failures = queries.failures(store, conn, ctx.pipeline)
+    lease_view = leases(ctx, conn, now)
     total = max((settings.covered_stop - settings.start).total_seconds(), 0.0)
     covered = swept.covered_seconds(settings.start, settings.covered_stop)
     gaps = contract_gaps(swept.gaps(), settings)

@@ -131,7 +131,7 @@ def _sweep_in_sql(
     found = Sweep(int(windows), read_stored_instant(first), read_stored_instant(last))
     if not windows:
         return found
-    order = (begin, finish, c.batch_id)
+    order = (begin, finish)  # ties do not change the latest end before a window
     inner = (
         select(
             begin.label("start"),
