@@ -4,7 +4,8 @@
     python bench/observe.py --postgres         # also the local PostgreSQL
     python bench/observe.py --windows 100000   # a smaller table, for a quick look
 
-Builds the table of bench/populate.py (15-minute windows from 1998-01-01 UTC),
+Builds the table of bench/populate.py (15-minute windows from 1998-01-01 UTC,
+local days in America/New_York),
 then gives it the mix of states a real pipeline has: all but the last week
 COMPLETED, a window FAILED for good, one IN_PROGRESS, the rest PENDING. Each
 command then runs as a user runs it, in a fresh `pipestate` process, side by
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from populate import DEFAULT_PG, START, STEP, _config, _reset_postgres  # noqa: E402
 
 PIPESTATE = str(Path(sys.executable).with_name("pipestate"))
+ZONE = "America/New_York"  # local days of 23 and 25 hours, as issue 22 measures
 
 
 def _toml(config: dict) -> str:
@@ -51,6 +52,7 @@ def build(url: str, table: str, windows: int, folder: Path) -> Path:
     from pipestate.manager import PipelineStateManager
 
     config = _config(url, table, windows)
+    config["pipeline"]["timezone"] = ZONE
     path = folder / f"{table}.toml"
     path.write_text(_toml(config), encoding="utf-8")
     end = START + windows * STEP
@@ -86,25 +88,28 @@ def build(url: str, table: str, windows: int, folder: Path) -> Path:
     return path
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _time(args: list[str], repeat: int) -> tuple[float, str, float]:
-    """Best wall time of `repeat` runs, the output, and the CPU time of that run
-    (user + system: on a shared machine it says more than the wall time)."""
-    best, out, cpu = float("inf"), "", 0.0
-    for _ in range(repeat):
-        cpu_before = _children_cpu()
-        began = time.perf_counter()
-        done = subprocess.run(args, capture_output=True, text=True, check=False)
+def _run(args: list[str]) -> tuple[float, str, float, float]:
+    """One run: wall time, stdout, the process's CPU time (user + system, as
+    /usr/bin/time counts it) and its peak RSS in MB, from wait4."""
+    began = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(args, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
         elapsed = time.perf_counter() - began
-        if done.returncode != 0:
-            sys.exit(f"{' '.join(args)} failed:\n{done.stderr}")
-        if elapsed < best:
-            best, out, cpu = elapsed, done.stdout, _children_cpu() - cpu_before
-    return best, out, cpu
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if child.returncode != 0:
+            sys.exit(f"{' '.join(args)} failed:\n{err.read().decode()}")
+        text = out.read().decode()
+    return elapsed, text, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def _time(args: list[str], repeat: int) -> tuple[float, str, float, float]:
+    """The run of `repeat` with the least CPU time: wall, output, CPU, peak RSS MB
+    (CPU says more than the wall time on a shared machine)."""
+    runs = [_run(args) for _ in range(repeat)]
+    return min(runs, key=lambda run: run[2])
 
 
 def _chromium() -> str | None:
@@ -115,26 +120,27 @@ def measure(name: str, config: Path, folder: Path, repeat: int) -> list[tuple[st
     rows = []
     base = [PIPESTATE, "--config", str(config)]
     for label, extra in (
-        ("status --no-calendar", ["status", "--no-calendar"]),
+        ("status --json --no-calendar", ["status", "--json", "--no-calendar"]),
         ("status", ["status"]),
         ("status --json", ["status", "--json"]),
         ("metrics", ["metrics"]),
         ("windows --date", ["windows", "--date", "2020-02-29"]),
     ):
-        seconds, _, cpu = _time(base + extra, repeat)
-        rows.append((name, label, f"{seconds:.2f} s (CPU {cpu:.2f} s)"))
-        print(f"  {label:<22} {seconds:6.2f} s (CPU {cpu:.2f} s)", flush=True)
+        seconds, _, cpu, rss = _time(base + extra, repeat)
+        rows.append((name, label, f"{seconds:.2f} s (CPU {cpu:.2f} s, {rss:.0f} MB)"))
+        print(f"  {label:<22} {seconds:6.2f} s (CPU {cpu:.2f} s, {rss:.0f} MB)", flush=True)
     page = folder / f"{name}.html"
-    seconds, _, cpu = _time(base + ["report", "--html", str(page)], repeat)
+    seconds, _, cpu, rss = _time(base + ["report", "--html", str(page)], repeat)
     size = page.stat().st_size / 1e6
-    rows.append((name, "report --html", f"{seconds:.2f} s (CPU {cpu:.2f} s), {size:.1f} MB"))
-    print(f"  {'report --html':<22} {seconds:6.2f} s (CPU {cpu:.2f} s), {size:.1f} MB", flush=True)
+    figure = f"{seconds:.2f} s (CPU {cpu:.2f} s, {rss:.0f} MB), page {size:.2f} MB"
+    rows.append((name, "report --html", figure))
+    print(f"  {'report --html':<22} {figure}", flush=True)
     chromium = _chromium()
     if chromium is None:
         rows.append((name, "page in Chromium", "no Chromium installed"))
         return rows
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()]
-    seconds, dom, _ = _time(command, repeat)
+    seconds, dom, _, _ = _time(command, repeat)
     ready = re.search(r'data-ready-ms="(\d+)"', dom)
     figure = (
         f"ready after {int(ready.group(1)) / 1000:.2f} s; browser run {seconds:.2f} s"
@@ -153,6 +159,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per command; the best is shown")
     parser.add_argument("--postgres", action="store_true", help="also the local PostgreSQL")
+    parser.add_argument("--duckdb", action="store_true", help="also DuckDB (a temporary file)")
     parser.add_argument("--pg-url", default=DEFAULT_PG)
     args = parser.parse_args()
     os.environ.pop("NO_COLOR", None)
@@ -162,6 +169,10 @@ def main() -> None:
         print(f"sqlite: {args.windows:,} windows", flush=True)
         config = build(f"sqlite:///{folder / 'bench.db'}", "bench_state", args.windows, folder)
         results += measure("sqlite", config, folder, args.repeat)
+        if args.duckdb:
+            print(f"duckdb: {args.windows:,} windows", flush=True)
+            config = build(f"duckdb:///{folder / 'bench.duckdb'}", "bench_state", args.windows, folder)
+            results += measure("duckdb", config, folder, args.repeat)
         if args.postgres:
             print(f"postgresql: {args.windows:,} windows", flush=True)
             _reset_postgres(args.pg_url, "bench_observe")
@@ -173,7 +184,8 @@ def main() -> None:
     print()
     load = os.getloadavg()[0]
     print(
-        f"{'database':<11} {'command':<22} best of {args.repeat}, wall (CPU), fresh process; load {load:.1f}"
+        f"{'database':<11} {'command':<22} least CPU of {args.repeat}: wall (CPU, peak RSS), "
+        f"fresh process; load {load:.1f}"
     )
     for database, label, figure in results:
         print(f"{database:<11} {label:<22} {figure}")
