@@ -345,6 +345,8 @@ def plan_rows(
             func.max(finish).over(order_by=order, rows=(None, -1)).label("before"),
             func.max(finish).over(order_by=order, rows=(None, 0)).label("reach"),
             func.lead(begin).over(order_by=order).label("next_start"),
+            # the database's order, ties by batch_id in its collation: `before` follows it
+            func.row_number().over(order_by=order).label("n"),
             seconds.label("seconds"),
             length.label("length"),
             case(
@@ -377,7 +379,7 @@ def plan_rows(
     keyed = select(
         case((explicit, w.batch_id), else_=None).label("one"),
         bucket.label("day"),
-        *(w[name] for name in ("length", "start", "end", "status", *RANK_COLUMNS, "before")),
+        *(w[name] for name in ("length", "start", "end", "status", *RANK_COLUMNS, "before", "n")),
     ).subquery("k")
     k = keyed.c
     stmt = select(
@@ -385,7 +387,7 @@ def plan_rows(
         k.day,
         k.length,
         func.count(),
-        *(func.min(k[name]) for name in ("start", "end", "status", *RANK_COLUMNS, "before")),
+        *(func.min(k[name]) for name in ("start", "end", "status", *RANK_COLUMNS, "before", "n")),
     ).group_by(k.one, k.day, k.length)
     rows: list[tuple[Any, ...]] = []
     counted: dict[tuple[date, int], int] = {}
@@ -395,7 +397,8 @@ def plan_rows(
             counted[key] = counted.get(key, 0) + int(row[3])
         else:
             rows.append((row[0], read_stored_instant(row[4]), read_stored_instant(row[5]), *row[6:]))
-    rows.sort(key=lambda r: (r[1], r[2], str(r[0])))
+    rows.sort(key=lambda r: r[-1])
+    rows = [r[:-1] for r in rows]
     return PlanRows(rows, counted, read_stored_instant(last_end), invalid)
 
 
