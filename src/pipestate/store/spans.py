@@ -125,27 +125,30 @@ def _sweep_in_sql(
     c = store.tables.state.c
     begin, finish = c.source_query_window_start_time, c.source_query_window_end_time
     where = [c.pipeline_name == pipeline, *_active(store, start, end)]
-    windows, first, last = conn.execute(
-        select(func.count(), func.min(begin), func.max(finish)).where(*where)
-    ).one()
-    found = Sweep(int(windows), read_stored_instant(first), read_stored_instant(last))
-    if not windows:
-        return found
     order = (begin, finish)  # ties do not change the latest end before a window
     inner = (
         select(
             begin.label("start"),
             finish.label("end"),
             func.max(finish).over(order_by=order, rows=(None, -1)).label("before"),
+            # the count and the last end ride along (one scan, not two)
+            func.count().over().label("windows"),
+            func.max(finish).over().label("last"),
         )
         .where(*where)
         .subquery("w")
     )
     w = inner.c
-    stmt = select(w.start, w.end, w.before).where(or_(w.before.is_(None), w.start != w.before))
-    for row_start, row_end, before in conn.execute(stmt):
+    stmt = select(w.start, w.end, w.before, w.windows, w.last).where(
+        or_(w.before.is_(None), w.start != w.before)
+    )
+    found = Sweep()
+    for row_start, row_end, before, windows, last in conn.execute(stmt):
         found.breaks.append(_break(row_start, row_end, before))
+        found.windows, found.last_end = int(windows), read_stored_instant(last)
     found.breaks.sort(key=lambda b: (b.start, b.end))
+    if found.breaks:  # the first window always breaks: nothing before it
+        found.first_start = found.breaks[0].start
     return found
 
 
