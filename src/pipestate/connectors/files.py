@@ -52,12 +52,15 @@ class FilesOptions(Options):
     csv_delimiter: str = ","
     cache_mb: int = Field(default=256, ge=0)  # parsed NDJSON/CSV kept per process, whole files
     block_mb: int = Field(default=2, gt=0, le=256)  # parse block of a streamed file; a record must fit
-    partition_timezone: str = "UTC"  # the zone of hive folder values such as dt=2026-03-07/hour=05
+    # The zone of hive folder values such as dt=2026-03-07/hour=05; by default the zone naive
+    # times are read in, since such folders are mostly named after the records' own clock.
+    partition_timezone: str | None = None
 
     @field_validator("naive_timezone", "partition_timezone")
     @classmethod
-    def _zone(cls, value: str) -> str:
-        zone(value)
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            zone(value)
         return value
 
     @field_validator("time_field", "path")
@@ -129,7 +132,7 @@ class FilesSource:
 
     def __init__(self, options: FilesOptions) -> None:
         self.options = options
-        self._partition_tz = zone(options.partition_timezone)
+        self._partition_tz = zone(options.partition_timezone or options.naive_timezone)
         self._spans: dict[tuple[str, int, int], tuple[datetime, datetime] | None] = {}
         self._cache: dict[tuple[str, int, int], pa.Table] = {}
         self._cache_bytes = options.cache_mb << 20
@@ -368,7 +371,7 @@ class FilesSource:
         except _ARROW_ERRORS as err:
             raise ConnectorError(f"{path}: cannot read as parquet: {_first_line(err)}") from err
         with handle:
-            groups = _row_group_spans(handle, field)
+            groups = _row_group_spans(handle, field, self.options.naive_timezone, self.options.epoch_unit)
             known = [span for span in groups if span is not None]
             if len(known) == len(groups) and known:
                 self._spans[key] = (min(s[0] for s in known), max(s[1] for s in known))
@@ -407,22 +410,88 @@ def _parsed_estimate(path: Path, size: int) -> int:
     return size * 5 if path.suffix.lower() == ".gz" else size
 
 
-def _row_group_spans(handle: pq.ParquetFile, field: str) -> list[tuple[datetime, datetime] | None]:
-    """Each row group's time span from its statistics, where the column is a timestamp."""
+def _row_group_spans(
+    handle: pq.ParquetFile, field: str, naive_tz: str = "UTC", epoch_unit: str = "auto"
+) -> list[tuple[datetime, datetime] | None]:
+    """Each row group's time span from its statistics, in the instants the reader makes of its
+    values (`utc_times` with the same zone and unit), or None where they cannot bound them."""
     schema = handle.schema_arrow
     index = schema.get_field_index(field)
-    spans: list[tuple[datetime, datetime] | None] = []
     kind = schema.field(index).type if index >= 0 else None
+    # Only the column's own leaf has statistics; a nested or repeated field has none we can use.
+    leaf = _leaf_index(handle, field) if kind is not None else None
+    spans: list[tuple[datetime, datetime] | None] = []
     for group in range(handle.metadata.num_row_groups):
         span = None
-        if kind is not None and pa.types.is_timestamp(kind):
-            column = handle.metadata.row_group(group).column(index)
-            stats = column.statistics
+        if kind is not None and leaf is not None:
+            stats = handle.metadata.row_group(group).column(leaf).statistics
             if stats is not None and stats.has_min_max and stats.null_count == 0:
-                edges = utc_times(pa.array([stats.min, stats.max], kind)).to_pylist()
-                span = (edges[0], edges[1])
+                span = statistics_span(stats.min, stats.max, kind, naive_tz, epoch_unit)
         spans.append(span)
     return spans
+
+
+def _leaf_index(handle: pq.ParquetFile, field: str) -> int | None:
+    for leaf in range(handle.metadata.num_columns):
+        if handle.metadata.schema.column(leaf).path == field:
+            return leaf
+    return None
+
+
+# Every zone's offsets lie within this of UTC (historic local mean times included).
+_WIDEST_OFFSET = timedelta(hours=16)
+
+
+def statistics_span(
+    low: Any, high: Any, kind: pa.DataType, naive_tz: str = "UTC", epoch_unit: str = "auto"
+) -> tuple[datetime, datetime] | None:
+    """The closed UTC span that every value between the column statistics `low` and `high`
+    reads as (through `utc_times`), or None when no such span can be told: pruning with it
+    never skips a record the reader would put in a window.
+
+    An aware timestamp, a naive one in UTC and epoch numbers of a fixed unit read in order,
+    so their edges are the span's. A naive timestamp in another zone does not quite: a value
+    in a DST gap reads with the offset before it, later than values just after the gap; so
+    the span is the edges read with every offset the zone takes around them. Text and
+    epoch numbers of unit "auto" (seconds below 1e11, milliseconds above) are not bounded."""
+    try:
+        if pa.types.is_timestamp(kind):
+            edges = pa.array([low, high], kind).cast(pa.timestamp("us", kind.tz), safe=False)
+            if kind.tz is not None:
+                first, last = utc_times(edges, "UTC").to_pylist()
+                return first, last + timedelta(microseconds=1)  # the cast above floors
+            naive_low, naive_high = edges.to_pylist()
+            return _naive_span(naive_low, naive_high, zone(naive_tz))
+        if (pa.types.is_integer(kind) or pa.types.is_floating(kind)) and epoch_unit != "auto":
+            first, last = utc_times(pa.array([low, high], kind), "UTC", epoch_unit).to_pylist()
+            return first, last
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, ValueError):
+        return None
+    return None
+
+
+def _naive_span(low: datetime, high: datetime, tz: Any) -> tuple[datetime, datetime]:
+    first, last = low.replace(tzinfo=UTC), high.replace(tzinfo=UTC) + timedelta(microseconds=1)
+    if high - low > timedelta(days=62):
+        return first - _WIDEST_OFFSET, last + _WIDEST_OFFSET  # long spans rarely prune anyway
+    # The offsets the zone takes from a day before `low` to a day after `high`, a day apart
+    # (no zone changes its offset twice in a day).
+    offsets = set()
+    moment = low - timedelta(days=1)
+    while moment <= high + timedelta(days=1):
+        for fold in (0, 1):
+            offset = moment.replace(tzinfo=tz, fold=fold).utcoffset()
+            if offset is not None:
+                offsets.add(offset)
+        moment += timedelta(days=1)
+    for edge in (low, high):
+        for fold in (0, 1):
+            offset = edge.replace(tzinfo=tz, fold=fold).utcoffset()
+            if offset is not None:
+                offsets.add(offset)
+    if not offsets:
+        return first - _WIDEST_OFFSET, last + _WIDEST_OFFSET
+    return first - max(offsets), last - min(offsets)
 
 
 def _start_of(span: tuple[datetime, datetime] | None) -> float:
