@@ -24,6 +24,7 @@ __all__ = [
     "LeaseLost",
     "PipestateError",
     "SchemaError",
+    "StageChanged",
     "StateStoreError",
     "StoreBusyError",
     "StoreUnavailable",
@@ -101,6 +102,13 @@ class TransientConnectorError(ConnectorError):
 
 class CountMismatch(ConnectorError):
     """Two steps disagree on how many records the batch has."""
+
+
+class StageChanged(CountMismatch):
+    """The staged data is not what the stage step recorded, and the caller asked for exactly
+    that stage (`requeue --from-step target`): it is not loaded, and no retry will change it."""
+
+    retryable = False
 
 
 class InjectedFailure(ConnectorError):

@@ -18,6 +18,7 @@ from ..windows import UTC, zone
 
 __all__ = [
     "parse_instant",
+    "stored_instant",
     "json_default",
     "dumps",
     "CHUNK_ROWS",
@@ -56,6 +57,15 @@ def parse_instant(
     if moment.tzinfo is None or moment.utcoffset() is None:
         moment = moment.replace(tzinfo=naive_tz)
     return moment.astimezone(UTC)
+
+
+def stored_instant(value: Any) -> datetime | None:
+    """A record time as a target gives it back (an aware or naive-UTC datetime, or SQLite's
+    UTC text) as an aware UTC datetime."""
+    if value is None:
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _from_epoch(number: int | float | Decimal, unit: str) -> datetime:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -46,6 +47,11 @@ _MANIFEST = ".manifest.json"
 _ROW_GROUP_ROWS = 65_536  # rows gathered before a Parquet row group is written
 _ROW_GROUP_BYTES = 32 << 20  # or this many bytes of Arrow data, whichever comes first
 _NDJSON_BLOCK = 32 << 20  # bytes of NDJSON parsed at a time when reading back
+# A file's fingerprint covers its last bytes: the Parquet footer (every column chunk's offsets,
+# sizes and statistics) or the gzip trailer (a CRC of all the data), unless the filesystem
+# gives a checksum of the whole object (an S3 ETag).
+_TAIL_BYTES = 64 << 10
+_CHECKSUM_KEYS = ("ETag", "etag", "md5Hash", "crc32c", "checksum")
 
 
 class StageOptions(Options):
@@ -93,6 +99,9 @@ class _LocalFS:
 
     def size(self, path: str) -> int:
         return os.path.getsize(path)
+
+    def info(self, path: str) -> dict[str, Any]:
+        return {"size": os.path.getsize(path)}
 
     def makedirs(self, path: str, exist_ok: bool = True) -> None:
         os.makedirs(path, exist_ok=exist_ok)
@@ -200,7 +209,10 @@ class FsspecStage:
         size = sum(size for _, _, size in parts)
         if len(parts) == 1:
             self.fs.mv(parts[0][0], final)
-            return StagedData(self.fs.unstrip_protocol(final), count, size, self.options.format)
+            location = self.fs.unstrip_protocol(final)
+            return StagedData(
+                location, count, size, self.options.format, fingerprint=self.fingerprint([final])
+            )
         self._discard(final)
         names = []
         for number, (temporary, _, _) in enumerate(parts, start=1):
@@ -224,7 +236,8 @@ class FsspecStage:
 
     def _staged_parts(self, manifest: str, text: dict[str, Any]) -> StagedData:
         folder = manifest.rpartition("/")[0]
-        files = tuple(self.fs.unstrip_protocol(f"{folder}/{entry['name']}") for entry in text["files"])
+        paths = [f"{folder}/{entry['name']}" for entry in text["files"]]
+        files = tuple(self.fs.unstrip_protocol(path) for path in paths)
         return StagedData(
             self.fs.unstrip_protocol(manifest),
             int(text["record_count"]),
@@ -232,7 +245,32 @@ class FsspecStage:
             str(text["format"]),
             file_count=len(files),
             files=files,
+            fingerprint=self.fingerprint([manifest, *paths]),
         )
+
+    def fingerprint(self, paths: list[str]) -> str:
+        """What the files hold now, cheaply: each one's size and its checksum (the object's
+        ETag where the filesystem has one, else a SHA-256 of its last 64 KiB); a file that
+        is gone reads as "missing". A changed record of a file pipestate wrote changes its
+        fingerprint (the gzip CRC; the Parquet footer's sizes and statistics, short of a
+        forgery of the same length)."""
+        digest = hashlib.sha256()
+        for path in paths:
+            with contextlib.suppress(AttributeError):
+                self.fs.invalidate_cache(path)  # another process may have replaced it
+            try:
+                info = self.fs.info(path)
+            except FileNotFoundError:
+                digest.update(f"{path.rpartition('/')[2]}:missing\n".encode())
+                continue
+            size = int(info.get("size") or 0)
+            checksum = next((str(info[key]) for key in _CHECKSUM_KEYS if info.get(key)), None)
+            if checksum is None:
+                with self.fs.open(path, "rb") as handle:
+                    handle.seek(max(size - _TAIL_BYTES, 0))
+                    checksum = hashlib.sha256(handle.read()).hexdigest()
+            digest.update(f"{path.rpartition('/')[2]}:{size}:{checksum}\n".encode())
+        return f"sha256:{digest.hexdigest()[:32]}"
 
     def _discard(self, path: str) -> None:
         try:
@@ -255,7 +293,9 @@ class FsspecStage:
         else:
             with self.fs.open(final, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as packed:
                 count = sum(1 for line in packed if line.strip())
-        return StagedData(location, count, self.fs.size(final), self.options.format)
+        return StagedData(
+            location, count, self.fs.size(final), self.options.format, fingerprint=self.fingerprint([final])
+        )
 
     def read(self, staged: StagedData) -> Iterator[pa.RecordBatch]:
         if staged.file_format not in _EXTENSION:

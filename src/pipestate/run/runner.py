@@ -39,6 +39,7 @@ from ..errors import (
     CountMismatch,
     InjectedFailure,
     PipestateError,
+    StageChanged,
 )
 from ..manager import PipelineStateManager
 from ..ops.batch import Batch
@@ -140,7 +141,7 @@ class PipelineRunner:
 
     def _steps(self, batch: Batch) -> dict[str, Any]:
         ctx = self.context(batch)
-        staged = self.stage.find(ctx) if batch.step_done(Step.STAGE) else None
+        staged = self._recorded_stage(batch, ctx) if batch.step_done(Step.STAGE) else None
         if staged is None:
             staged, stage_done = self._extract_and_stage(batch, ctx)
         else:
@@ -157,6 +158,24 @@ class PipelineRunner:
         if stage_done:
             self._chaos(Step.STAGE)
         return self._load(batch, ctx, staged)
+
+    def _recorded_stage(self, batch: Batch, ctx: BatchContext) -> StagedData | None:
+        """The stage an earlier attempt wrote, if it is still what the stage step recorded.
+        A stage that differs is never loaded: after a failure the batch is extracted again;
+        under `requeue --from-step target` (the user asked for that stage) it fails."""
+        staged = self.stage.find(ctx)
+        if staged is None:
+            return None
+        change = stage_change(batch.row, staged)
+        if change is None:
+            return staged
+        if batch.row.get("target_load_status") == Status.PENDING:  # requeued --from-step target
+            raise StageChanged(
+                f"{batch.batch_id}: the staged data at {staged.location} changed since the stage step "
+                f"({change}); not loaded: requeue without --from-step target to read the source again"
+            )
+        log.warning("%s: the staged data changed (%s); extracting again", batch.batch_id, change)
+        return None
 
     def _extract_and_stage(self, batch: Batch, ctx: BatchContext) -> tuple[StagedData, dict[str, Any]]:
         location, query = self.source.describe(ctx)
@@ -194,6 +213,7 @@ class PipelineRunner:
             "stage_location": staged.location,
             "stage_file_format": staged.file_format,
             "stage_file_count": staged.file_count,
+            "stage_fingerprint": staged.fingerprint or None,
         }
         return staged, done
 
@@ -212,6 +232,20 @@ class PipelineRunner:
             "target_location": result.location,
             "target_load_id": result.load_id,
         }
+
+
+def stage_change(row: dict[str, Any], staged: StagedData) -> str | None:
+    """How `staged` (the stage as found now) differs from what the batch's row recorded of
+    it, in words; None when it agrees (a value the row did not record is not compared)."""
+    recorded = {
+        "records": (row.get("stage_record_count"), staged.record_count),
+        "bytes": (row.get("stage_bytes"), staged.bytes),
+        "fingerprint": (row.get("stage_fingerprint"), staged.fingerprint or None),
+    }
+    for name, (then, now) in recorded.items():
+        if then is not None and now is not None and str(then) != str(now):
+            return f"{name} {then} recorded, {now} now"
+    return None
 
 
 @dataclass

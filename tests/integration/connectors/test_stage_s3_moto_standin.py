@@ -99,3 +99,16 @@ def test_real_s3_round_trip(batch: BatchContext) -> None:
         assert [r for c in stage.read(staged) for r in c.to_pylist()] == [{"id": 1}, {"id": 2}]
     finally:
         stage.fs.rm(stage.root, recursive=True)  # type: ignore[attr-defined]
+
+
+def test_s3_stage_changed_after_staging_changes_its_fingerprint(
+    moto_s3: str, bucket: str, batch: BatchContext
+) -> None:
+    # Issue 20: the target step compares the stage with what the stage step recorded.
+    stage = s3_stage(moto_s3, f"s3://{bucket}/raw/")
+    staged = stage.write(batch, [{"id": n} for n in range(50)])
+    assert staged.fingerprint and stage.find(batch) == staged
+    other = s3_stage(moto_s3, f"s3://{bucket}/elsewhere/").write(batch, [{"id": n} for n in range(10)])
+    stage.fs.copy(other.location, staged.location)  # type: ignore[attr-defined]
+    found = s3_stage(moto_s3, f"s3://{bucket}/raw/").find(batch)
+    assert found is not None and found.record_count == 10 and found.fingerprint != staged.fingerprint
