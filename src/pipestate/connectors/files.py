@@ -195,6 +195,40 @@ class FilesSource:
             else:
                 yield from self._streamed(path, kind, key, batch)
 
+    def window_counts(self, windows: list[tuple[datetime, datetime]]) -> list[int]:
+        """How many records each `[start, end)` holds now, read as `extract` reads them
+        (the same files, folders and instants), each file read once: for `reconcile --source`."""
+        import numpy as np
+
+        counts = np.zeros(len(windows), dtype=np.int64)
+        if not windows:
+            return []
+        order = sorted(range(len(windows)), key=lambda i: windows[i][0])
+        starts = np.array([_micros(windows[i][0]) for i in order], dtype=np.int64)
+        ends = np.array([_micros(windows[i][1]) for i in order], dtype=np.int64)
+        field = self.options.time_field
+        for path in self.files():
+            kind = self.options.format if self.options.format != "auto" else _format_of(path)
+            if kind is None:
+                raise ConnectorError(f"{path}: unknown file type (set [source] format)")
+            span = partition_span(path, self._partition_tz)
+            if kind == "parquet":
+                try:
+                    column = pq.read_table(path, columns=[field]).column(field)
+                except _ARROW_ERRORS as err:
+                    raise ConnectorError(f"{path}: cannot read as parquet: {_first_line(err)}") from err
+                times = self._with_times(path, pa.table({field: column}), 1).column(field)
+            else:
+                times = self._read_whole(path, kind).column(field)
+            values = np.sort(times.cast(pa.int64()).to_numpy(zero_copy_only=False))
+            # Windows are disjoint (a pipeline's active windows tile time): per window, the
+            # records from its start to its end; a file's folders bound what extract reads.
+            found = np.searchsorted(values, ends, "left") - np.searchsorted(values, starts, "left")
+            if span is not None:
+                found[(ends <= _micros(span[0])) | (starts >= _micros(span[1]))] = 0
+            counts[order] += found
+        return [int(n) for n in counts]
+
     # -- NDJSON and CSV ------------------------------------------------------------------------
 
     def _cached(self, path: Path, kind: str, key: tuple[str, int, int], batch: BatchContext) -> pa.Table:
@@ -492,6 +526,10 @@ def _naive_span(low: datetime, high: datetime, tz: Any) -> tuple[datetime, datet
     if not offsets:
         return first - _WIDEST_OFFSET, last + _WIDEST_OFFSET
     return first - max(offsets), last - min(offsets)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def _start_of(span: tuple[datetime, datetime] | None) -> float:

@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 
 from ..errors import ConfigError, ConnectorError, TransientConnectorError
 from ..windows import UTC
+from .arrow import stored_instant
 from .landing import (
     BATCH_COLUMN,
     LOADED_COLUMN,
@@ -34,6 +35,7 @@ from .landing import (
 )
 from .protocols import (
     BatchContext,
+    BatchRows,
     LoadResult,
     Stage,
     StagedData,
@@ -266,6 +268,36 @@ class SqlTarget:
             return 0
         with self.engine.connect() as conn:
             return self._rows_of(conn, batch.batch_id)
+
+    def batch_counts(
+        self, start: datetime | None = None, end: datetime | None = None
+    ) -> dict[str, BatchRows]:
+        """Rows per batch id whose record time is in [start, end): one grouped query."""
+        if not self._columns_now():
+            return {}
+        quote = self.profile.quote
+        batch, moment = quote(BATCH_COLUMN), quote(self.options.time_column or "")
+        where, params = [], {}
+        for name, value, test in (("low", start, ">="), ("high", end, "<")):
+            if value is not None:
+                where.append(f"{moment} {test} :{name}")
+                params[name] = self._instant_param(value)
+        sql = f"SELECT {batch}, count(*), min({moment}), max({moment}) FROM {self.table}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" GROUP BY {batch}"
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.text(sql), params).all()
+        except sa.exc.DBAPIError as err:
+            raise _wrap(err, "count the rows of each batch") from err
+        return {str(b): BatchRows(int(n), stored_instant(lo), stored_instant(hi)) for b, n, lo, hi in rows}
+
+    def _instant_param(self, value: datetime) -> Any:
+        value = value.astimezone(UTC)
+        if self.profile.name == "sqlite":  # stored as UTC text: compared as text
+            return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        return value
 
     def _rows_of(self, conn: sa.Connection, batch_id: str) -> int:
         """The target's rows of one batch."""
