@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from pipestate.config import Config
 from pipestate.connectors import BatchContext, build_stage
 from pipestate.manager import PipelineStateManager
-from pipestate.runner import run_pipeline
+from pipestate.run.runner import run_pipeline
 
 WINDOW = {"start": datetime(2026, 1, 1, 5, tzinfo=UTC), "end": datetime(2026, 1, 1, 6, tzinfo=UTC)}
 

@@ -10,6 +10,7 @@ Hive-style folders (`dt=2026-03-07/hour=05/`) whose span misses the window are s
 
 from __future__ import annotations
 
+import bisect
 import functools
 import glob
 import re
@@ -198,14 +199,7 @@ class FilesSource:
     def window_counts(self, windows: list[tuple[datetime, datetime]]) -> list[int]:
         """How many records each `[start, end)` holds now, read as `extract` reads them
         (the same files, folders and instants), each file read once: for `reconcile --source`."""
-        import numpy as np
-
-        counts = np.zeros(len(windows), dtype=np.int64)
-        if not windows:
-            return []
-        order = sorted(range(len(windows)), key=lambda i: windows[i][0])
-        starts = np.array([_micros(windows[i][0]) for i in order], dtype=np.int64)
-        ends = np.array([_micros(windows[i][1]) for i in order], dtype=np.int64)
+        counts = [0] * len(windows)
         field = self.options.time_field
         for path in self.files():
             kind = self.options.format if self.options.format != "auto" else _format_of(path)
@@ -220,14 +214,14 @@ class FilesSource:
                 times = self._with_times(path, pa.table({field: column}), 1).column(field)
             else:
                 times = self._read_whole(path, kind).column(field)
-            values = np.sort(times.cast(pa.int64()).to_numpy(zero_copy_only=False))
-            # Windows are disjoint (a pipeline's active windows tile time): per window, the
-            # records from its start to its end; a file's folders bound what extract reads.
-            found = np.searchsorted(values, ends, "left") - np.searchsorted(values, starts, "left")
-            if span is not None:
-                found[(ends <= _micros(span[0])) | (starts >= _micros(span[1]))] = 0
-            counts[order] += found
-        return [int(n) for n in counts]
+            values = pc.sort_indices(times)  # sorted instants, as integers, for bisection
+            micros = pc.take(times, values).cast(pa.int64()).to_pylist()
+            for index, (start, end) in enumerate(windows):
+                if span is not None and (end <= span[0] or start >= span[1]):
+                    continue  # extract skips this file's folder for the window
+                low, high = _micros(start), _micros(end)
+                counts[index] += bisect.bisect_left(micros, high) - bisect.bisect_left(micros, low)
+        return counts
 
     # -- NDJSON and CSV ------------------------------------------------------------------------
 

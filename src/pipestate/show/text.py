@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ..ops.batch import Batch
     from ..ops.mirror import MirrorResult
     from ..ops.populate_report import PopulateReport
+    from ..ops.reconcile import ReconcileReport
     from ..run.demo import DemoResult
     from ..run.runner import RunResult
     from ..run.worker import RunSummary
@@ -25,6 +26,7 @@ __all__ = [
     "history_text",
     "local_text",
     "populate_text",
+    "reconcile_text",
     "requeue_text",
     "run_json",
     "run_problems",
@@ -204,6 +206,25 @@ def fail_text(batch_id: str, outcome: dict[str, Any]) -> str:
 
 def requeue_text(done: list[str], limit: int = 50) -> str:
     return "\n".join([f"requeued {len(done)} batch(es)", *(f"  {batch_id}" for batch_id in done[:limit])])
+
+
+def reconcile_text(report: ReconcileReport, limit: int = 50) -> str:
+    """What `reconcile` checked, then one line per finding (the first `limit`)."""
+    checked = (
+        f"{report.completed} COMPLETED of {report.windows} window(s), {report.target_rows:,} target row(s)"
+    )
+    if report.source_checked:
+        checked += ", source recounted"
+    lines = [f"reconcile {report.pipeline}: {checked} in {report.seconds:.2f}s"]
+    if report.ok:
+        lines.append("ok: every COMPLETED window's rows are in the target exactly as recorded")
+        return "\n".join(lines)
+    lines.append(f"{len(report.findings)} finding(s):")
+    for finding in report.findings[:limit]:
+        lines.append(f"  {finding.kind:<14} {finding.batch_id}: {finding.detail}")
+    if len(report.findings) > limit:
+        lines.append(f"  ... and {len(report.findings) - limit} more (--json lists them all)")
+    return "\n".join(lines)
 
 
 def history_text(batch_id: str, events: list[dict[str, Any]], tz: ZoneInfo | None = None) -> str:

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..connectors.registry import build_source, build_target
+from ..errors import ConfigError
+from ..statuses import Status
+from ..store import recount
 from .context import Context, aware
-from .errors import ConfigError
-from .statuses import Status
-from .store import recount
 
 __all__ = ["Finding", "ReconcileReport", "reconcile"]
 
@@ -95,17 +96,44 @@ class ReconcileReport:
 
 def reconcile(
     ctx: Context,
-    target: Any,
-    source: Any = None,
     start: datetime | None = None,
     end: datetime | None = None,
+    with_source: bool = False,
+    *,
+    target: Any = None,
+    source: Any = None,
 ) -> ReconcileReport:
-    """Recount the target's rows (and with `source`, the source's records) of the windows that
-    start in [start, end) (None: unbounded) against the state table.
+    """Recount the target's rows (and `with_source`, the source's records) of the windows that
+    start in [start, end) (None: unbounded) against the state table. Writes nothing.
 
-    `target` must answer `batch_counts(start, end)` and `source` `window_counts(windows)`
-    (see `pipestate.connectors.base.BatchRows`); ConfigError when one cannot."""
+    The connectors are built from the configuration unless given; the target must answer
+    `batch_counts(start, end)` and the source `window_counts(windows)` (see
+    `pipestate.connectors.BatchRows`); ConfigError when one cannot."""
     start, end = aware(start, "start"), aware(end, "end")
+    config = ctx.config
+    built = []
+    if target is None:
+        if not config.target:
+            raise ConfigError("[target] type: required to reconcile (see docs/connectors.md)")
+        target = build_target(config.target, base=config.base_dir)
+        built.append(target)
+    if with_source and source is None:
+        if not config.source:
+            raise ConfigError("[source] type: required for reconcile --source")
+        source = build_source(config.source, base=config.base_dir)
+        built.append(source)
+    try:
+        return _reconcile(ctx, target, source if with_source else None, start, end)
+    finally:
+        for connector in built:
+            close = getattr(connector, "close", None)
+            if callable(close):
+                close()
+
+
+def _reconcile(
+    ctx: Context, target: Any, source: Any, start: datetime | None, end: datetime | None
+) -> ReconcileReport:
     began = time.monotonic()
     if not callable(getattr(target, "batch_counts", None)):
         raise ConfigError(
