@@ -39,7 +39,7 @@ from .arrow import (
 from .protocols import BatchContext, StagedData
 from .registry import Options, require
 
-__all__ = ["FsspecStage"]
+__all__ = ["FsspecStage", "safe_key"]
 
 _PLACEHOLDERS = {"pipeline", "yyyy", "mm", "dd", "hh", "batch_id"}
 _EXTENSION = {"ndjson.gz": ".ndjson.gz", "parquet": ".parquet"}
@@ -86,6 +86,31 @@ class StageOptions(Options):
         if self.type == "local" and scheme != "file":
             raise ValueError("url: must be a directory or file:// URL for type 'local'")
         return self
+
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+_LONGEST_KEY = 150  # characters of an encoded id kept whole; a longer one ends in a hash
+
+
+def safe_key(batch_id: str) -> str:
+    """A batch id as one file or object name, whatever it holds: every character but ASCII
+    letters, digits, `-`, `_` and `.` (and a leading `.`) becomes `~XX` per UTF-8 byte, so
+    `..`, `/`, `\\`, control characters, spaces or `%` never reach a path or a URI, and two ids
+    never share a name. Ids of those characters alone (every default id) stay as they are. An
+    encoded id longer than 150 characters keeps its first 100 and a SHA-256 of the whole id."""
+    encoded = "".join(
+        char
+        if char in _SAFE and not (index == 0 and char == ".")
+        else "".join(f"~{b:02X}" for b in char.encode())
+        for index, char in enumerate(batch_id)
+    )
+    if not encoded:
+        raise ConnectorError("batch_id: empty; it cannot name a staged file")
+    if len(encoded) > _LONGEST_KEY:
+        encoded = (
+            f"{encoded[:100]}~~{hashlib.sha256(batch_id.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
+        )
+    return encoded
 
 
 class _LocalFS:
@@ -172,9 +197,12 @@ class FsspecStage:
             "mm": f"{batch.local_date.month:02d}",
             "dd": f"{batch.local_date.day:02d}",
             "hh": f"{local_start.hour:02d}",
-            "batch_id": batch.batch_id,
+            "batch_id": safe_key(batch.batch_id),
         }
-        return self.options.key_template.format(**parts) + _EXTENSION[self.options.format]
+        key = self.options.key_template.format(**parts) + _EXTENSION[self.options.format]
+        if any(part in ("", ".", "..") for part in key.split("/")):
+            raise ConnectorError(f"[stage] key_template: {key!r} is not a plain path below the stage url")
+        return key
 
     def path(self, batch: BatchContext) -> str:
         return f"{self.root}/{self.key(batch)}"
