@@ -11,6 +11,7 @@ writes nothing).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -40,10 +41,12 @@ from ..errors import (
     InjectedFailure,
     PipestateError,
     StageChanged,
+    StoreUnavailable,
 )
 from ..manager import PipelineStateManager
 from ..ops.batch import Batch
 from ..statuses import Status, Step
+from .retrying import store_retry
 from .worker import RunSummary, Worker
 
 __all__ = ["PipelineRunner", "RunResult", "run_pipeline", "CountMismatch", "InjectedFailure"]
@@ -285,6 +288,10 @@ def _worker_process(
     except PipestateError as err:  # the state database failed: one line, not a traceback
         print(f"pipestate: worker {worker_id} stopped: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except Exception as err:  # noqa: BLE001 - a child never prints a raw traceback
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"pipestate: worker {worker_id} stopped: {type(err).__name__}: {first}", file=sys.stderr)
+        sys.exit(3)
     results.put(summary)
 
 
@@ -332,7 +339,8 @@ def run_pipeline(
     populated = False
     try:
         runner.check()
-        report = manager.populate_pipeline_batches()
+        # A database restarting (refused, starting up) is waited out, a few seconds at most.
+        report = store_retry("populate", manager.populate_pipeline_batches)
         result.created, result.superseded = len(report.created), len(report.superseded)
         populated = True
         prefix = worker_prefix or manager.actor.removeprefix("pipestate@")
@@ -416,7 +424,8 @@ def _run_processes(
         while any(process.is_alive() for process in processes):
             try:
                 if progress is not None:
-                    progress(manager.counts())
+                    with contextlib.suppress(StoreUnavailable):  # a restart: the next tick shows it
+                        progress(manager.counts())
                 for process in processes:
                     process.join(timeout=0.5)
             except KeyboardInterrupt:

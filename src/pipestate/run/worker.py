@@ -39,6 +39,7 @@ from ..errors import (
     WorkerStopped,
     retryable,
 )
+from .retrying import store_retry
 
 if TYPE_CHECKING:
     from ..manager import PipelineStateManager
@@ -204,18 +205,10 @@ class Worker:
     # -- the state database, transient errors retried -----------------------------
 
     def _store_call(self, what: str, call: Callable[[], T]) -> T:
-        """`call()`, tried again after a transient error (bounded, with backoff)."""
-        delay = self.store_backoff
-        for attempt in range(1, self.store_retries + 1):
-            try:
-                return call()
-            except PipestateError as err:
-                if err.retryable is not True or attempt == self.store_retries or self.stopping:
-                    raise
-                log.warning("%s failed (%s), trying again in %.1fs: %s", what, type(err).__name__, delay, err)
-            self._pause(delay)
-            delay = min(delay * 2, 30.0)
-        raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
+        """`call()`, tried again after a transient error (bounded, jittered backoff)."""
+        return store_retry(
+            what, call, self.store_retries, self.store_backoff, self._pause, give_up=lambda: self.stopping
+        )
 
     def _pause(self, seconds: float) -> None:
         """Sleep, waking early when a stop signal arrives."""

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import NullType
 
-from ..errors import SchemaError, StateStoreError, StoreUnavailable
+from ..errors import SchemaError, StateStoreError, StoreUnavailable, transient_reason
 from . import bulk
 from .backends import Backend, backend_of
 from .engine import (
@@ -238,6 +238,8 @@ class StateStore:
             return StoreUnavailable(
                 f"lost the connection to the state database ({self.dialect}): {first_line}"
             )
+        if transient_reason(err) is not None:  # refused, starting up, shutting down: try again
+            return StoreUnavailable(f"state database unavailable ({self.dialect}): {first_line}")
         return StateStoreError(f"state database error ({self.dialect}): {first_line}")
 
     def now(self, conn: Connection) -> datetime:
