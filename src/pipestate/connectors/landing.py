@@ -51,6 +51,11 @@ class Profile:
     # Serializes two loads of one batch where the isolation level alone would not (given :key).
     lock_sql: str | None = None
     index_batch_id: bool = True  # an index on pipestate_batch_id for the delete and the count
+    # Whether an index named :index exists on the table (given :table, :schema): checked before
+    # any DDL, so a worker starting while a load is open never queues behind it for a lock.
+    index_query: str | None = None
+    # Bounds the wait of the DDL that remains (table or index missing) on another's lock.
+    ddl_lock_timeout_sql: str | None = None
     one_writer: bool = False  # one process at a time may open the database for writing
     utc_sql: str | None = None  # makes the load's transaction read naive instants as UTC
     # Settings made on each new target connection (`SET name = 'value'`); the same names in
@@ -116,6 +121,11 @@ PROFILES: dict[str, Profile] = {
         bulk="copy",
         # READ COMMITTED lets two loads of one batch both delete nothing and both insert.
         lock_sql="SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))",
+        index_query=(
+            "SELECT 1 FROM pg_indexes WHERE tablename = :table "
+            "AND schemaname = coalesce(:schema, current_schema()) AND indexname = :index"
+        ),
+        ddl_lock_timeout_sql="SET LOCAL lock_timeout = '5s'",
         utc_sql="SET LOCAL TIME ZONE 'UTC'",
     ),
     # SQLite: instants as UTC text the way SQLAlchemy stores them; JSON as text ("JSON_TEXT"
@@ -136,6 +146,10 @@ PROFILES: dict[str, Profile] = {
         batch_id_type="VARCHAR(255)",
         add_if_not_exists=False,
         columns_query="SELECT name, type FROM pragma_table_info(:table, coalesce(:schema, 'main'))",
+        index_query=(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = :table "
+            "AND name = :index AND :schema IS NULL"
+        ),
     ),
     "snowflake": Profile(
         "snowflake",

@@ -131,12 +131,18 @@ class SqlTarget:
         """Create the table (and an index on the batch id) if it is missing."""
         if self._created:
             return
+        index_name = f"ix_{self.options.table}_batch"
+        if self._in_catalog(index_name):
+            self._created = True  # no DDL: CREATE ... IF NOT EXISTS would wait on any open load
+            return
         statements = [self.landing.create_sql()]
         if self.profile.index_batch_id:
-            index = self.profile.quote(f"ix_{self.options.table}_batch")
+            index = self.profile.quote(index_name)
             statements.append(
                 f"CREATE INDEX IF NOT EXISTS {index} ON {self.table} ({self.profile.quote(BATCH_COLUMN)})"
             )
+        if self.profile.ddl_lock_timeout_sql:
+            statements.insert(0, self.profile.ddl_lock_timeout_sql)
         try:
             with self.engine.begin() as conn:
                 for statement in statements:
@@ -150,6 +156,23 @@ class SqlTarget:
             if not present:
                 raise _wrap(err, "create the target table") from err
         self._created = True
+
+    def _in_catalog(self, index_name: str) -> bool:
+        """Whether the table (and its batch-id index, where the profile makes one) exist, read
+        from the catalog alone: no lock is taken, so an open load of any batch does not block."""
+        query = self.profile.index_query
+        if query is None:
+            return False
+        names = {"table": self.options.table, "schema": self.options.schema_}
+        try:
+            with self.engine.connect() as conn:
+                if not self._columns(conn):
+                    return False
+                if not self.profile.index_batch_id:
+                    return True
+                return conn.execute(sa.text(query), {**names, "index": index_name}).first() is not None
+        except sa.exc.DBAPIError:
+            return False  # the DDL below then says what is wrong
 
     def _columns(self, conn: sa.Connection) -> dict[str, str]:
         rows = conn.execute(

@@ -278,7 +278,7 @@ class Worker:
         except PipestateError as err:
             log.warning("could not release %s after giving it up: %s", claimed.batch_id, err)
         else:
-            log.warning("released %s: its lease was in doubt, so another worker can take it", claimed.batch_id)
+            log.warning("released %s: its lease was in doubt; another worker can take it", claimed.batch_id)
 
     def _doubted(self, claimed: Batch) -> LeaseInDoubt:
         return LeaseInDoubt(
