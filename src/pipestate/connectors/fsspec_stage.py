@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import string
 import uuid
@@ -34,12 +35,15 @@ from .arrow import (
     conform,
     dumps,
     merge_schemas,
+    parquet_ready,
     record_batches,
 )
 from .protocols import BatchContext, StagedData
 from .registry import Options, require
 
 __all__ = ["FsspecStage", "safe_key"]
+
+log = logging.getLogger("pipestate.stage")
 
 _PLACEHOLDERS = {"pipeline", "yyyy", "mm", "dd", "hh", "batch_id"}
 _EXTENSION = {"ndjson.gz": ".ndjson.gz", "parquet": ".parquet"}
@@ -355,6 +359,7 @@ class _PartWriter:
         self.stage, self.folder = stage, folder
         self.format = stage.options.format
         self.parts: list[tuple[str, int, int]] = []  # (temporary path, rows, bytes)
+        self.notes: list[str] = []  # columns written differently from how they came
         self._handle: Any = None
         self._path = ""
         self._rows = 0
@@ -373,6 +378,11 @@ class _PartWriter:
         if self.format == "ndjson.gz":
             self._ndjson(chunk)
             return
+        chunk, notes = parquet_ready(chunk)
+        for note in notes:
+            if note not in self.notes:
+                self.notes.append(note)
+                log.warning("stage: %s", note)
         if self._schema is None:
             self._schema = chunk.schema
         elif chunk.schema != self._schema:
