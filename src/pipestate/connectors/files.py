@@ -208,7 +208,7 @@ class FilesSource:
             span = partition_span(path, self._partition_tz)
             if kind == "parquet":
                 try:
-                    column = pq.read_table(path, columns=[field]).column(field)
+                    column = pq.read_table(_parquet_source(path), columns=[field]).column(field)
                 except _ARROW_ERRORS as err:
                     raise ConnectorError(f"{path}: cannot read as parquet: {_first_line(err)}") from err
                 times = self._with_times(path, pa.table({field: column}), 1).column(field)
@@ -252,7 +252,7 @@ class FilesSource:
         whole parse then decides, and reports any problem naming the record."""
         field = self.options.time_field
         try:
-            with pa.input_stream(str(path), compression="detect") as stream:
+            with _stream(path) as stream:
                 if kind == "csv":
                     convert = pa_csv.ConvertOptions(include_columns=[field])
                     table = pa_csv.read_csv(
@@ -305,7 +305,7 @@ class FilesSource:
         blocks: list[pa.Table] = []
         first_row = 1
         try:
-            with pa.input_stream(str(path), compression="detect") as stream:
+            with _stream(path) as stream:
                 reader = self._reader(stream, kind, _SMALL_BLOCK_BYTES)
                 for block in reader:
                     blocks.append(self._with_times(path, pa.Table.from_batches([block]), first_row))
@@ -316,7 +316,7 @@ class FilesSource:
         except _ARROW_ERRORS:
             blocks.clear()
         try:
-            with pa.input_stream(str(path), compression="detect") as stream:
+            with _stream(path) as stream:
                 if kind == "csv":
                     table = pa_csv.read_csv(stream, parse_options=self._csv_parse(), memory_pool=_pool())
                 else:
@@ -347,7 +347,7 @@ class FilesSource:
         high: datetime | None = None
         first_row = 1
         try:
-            with pa.input_stream(str(path), compression="detect") as stream:
+            with _stream(path) as stream:
                 # pyarrow's streaming readers read ahead several blocks: memory grows with the
                 # block (16 MB blocks: ~500 MB), so blocks are small unless records are long.
                 for block in self._reader(stream, kind, self.options.block_mb << 20):
@@ -370,6 +370,10 @@ class FilesSource:
     def _with_times(self, path: Path, table: pa.Table, first_row: int) -> pa.Table:
         """`table` with its time field read as UTC instants; ConnectorError naming the record."""
         field = self.options.time_field
+        names = table.schema.names
+        if len(set(names)) != len(names):  # a CSV header naming a column twice
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise ConnectorError(f"{path}: the header names {', '.join(map(repr, twice))} more than once")
         index = table.schema.get_field_index(field)
         if index < 0:
             if table.num_rows == 0:
@@ -395,7 +399,7 @@ class FilesSource:
     ) -> Iterator[pa.RecordBatch]:
         field = self.options.time_field
         try:
-            handle = pq.ParquetFile(path)
+            handle = pq.ParquetFile(_parquet_source(path))
         except _ARROW_ERRORS as err:
             raise ConnectorError(f"{path}: cannot read as parquet: {_first_line(err)}") from err
         with handle:
@@ -415,6 +419,27 @@ class FilesSource:
                         ) from err
                     yield from _window_of(self._with_times(path, table, first_row), field, batch)
                 first_row += rows
+
+
+def _stream(path: Path) -> Any:
+    """A pyarrow input stream of the file, decompressed by its extension. pyarrow opens only
+    UTF-8 paths: a name holding other bytes (a file copied from another system) is opened by
+    Python and handed over, so it is read like any other instead of failing every batch."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        compression = "gzip" if path.name.lower().endswith(".gz") else None
+        return pa.input_stream(pa.PythonFile(open(path, "rb"), mode="r"), compression=compression)  # noqa: SIM115
+    return pa.input_stream(str(path), compression="detect")
+
+
+def _parquet_source(path: Path) -> Any:
+    """The Parquet file's path, or its bytes where pyarrow cannot open the name (see `_stream`)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return pa.BufferReader(path.read_bytes())
+    return path
 
 
 @functools.cache

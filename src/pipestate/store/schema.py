@@ -114,7 +114,7 @@ COLUMNS: list[tuple[str, str, TypeEngine[Any], bool, str]] = [
         DURATION_MINUTES,
         Integer(),
         True,
-        "Real length of the window in minutes",
+        "Real length of the window in whole minutes (a window shorter than a minute: 1, never 0)",
     ),
     (
         "window",
