@@ -133,3 +133,20 @@ def test_an_ndjson_stage_changed_in_place_changes_its_fingerprint(tmp_path: Path
     found = stage.find(batch())
     assert found is not None and found.record_count == 100
     assert found.fingerprint != staged.fingerprint
+
+
+def test_a_table_of_schema_version_1_is_brought_up_to_date_by_run(tmp_path: Path) -> None:
+    config, events = setup(tmp_path)
+    with PipelineStateManager(config) as manager:
+        manager.init_db()
+        with manager.store.engine.begin() as conn:  # as pipestate before stage_fingerprint left it
+            conn.execute(sa.text("ALTER TABLE pipeline_state DROP COLUMN stage_fingerprint"))
+            conn.execute(sa.text("UPDATE pipeline_state_meta SET value = '1' WHERE name = 'schema_version'"))
+    with PipelineStateManager(config) as manager:
+        assert run_pipeline(manager).summary.completed == 24
+        with manager.store.engine.connect() as conn:
+            version = conn.execute(
+                sa.text("SELECT value FROM pipeline_state_meta WHERE name = 'schema_version'")
+            )
+            assert version.scalar_one() == "2"
+    assert sum(target_ids(config).values()) == events

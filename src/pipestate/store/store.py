@@ -200,6 +200,8 @@ class StateStore:
             if guard is not None:
                 guard.release()
 
+    outdated = False  # the table's schema version is older than ours (see check_version)
+
     def check_version(self) -> None:
         """Refuse to write to tables a newer pipestate made (once per store: a
         table is not downgraded while we run). SchemaError (exit 3) if so."""
@@ -214,6 +216,9 @@ class StateStore:
         except DBAPIError as err:
             raise self.translate(err) from err
         refuse_newer(self.tables.state.name, version)
+        # An older pipestate's table lacks columns this one writes: populate (every run's
+        # first step) brings it up to date, as init-db does.
+        self.outdated = version is not None and str(version).strip() != str(SCHEMA_VERSION)
         self._version_checked = True
 
     @contextmanager
