@@ -12,6 +12,7 @@ from sqlalchemy import text, update
 
 from pipestate.errors import SchemaError, StateStoreError, UsageError
 from pipestate.manager import PipelineStateManager
+from pipestate.store.schema import SCHEMA_VERSION
 
 PIPESTATE = str(Path(sys.executable).with_name("pipestate"))
 
@@ -25,7 +26,7 @@ def _set_version(manager: PipelineStateManager, version: str) -> None:
 def test_a_newer_schema_version_is_refused_by_every_writing_command(manager_factory):
     manager = manager_factory()
     manager.populate_pipeline_batches()
-    _set_version(manager, "2")
+    _set_version(manager, str(SCHEMA_VERSION + 1))
     before = support.all_rows(manager)
     fresh = manager_factory()  # a new process: nothing checked yet
     batch = manager.claim("w1")  # this one checked before the version changed? no: fresh below
