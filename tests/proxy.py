@@ -23,11 +23,11 @@ from types import TracebackType
 
 
 class FreezableProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", port: int = 0) -> None:
         if target_host not in ("127.0.0.1", "localhost"):
             raise ValueError("the test proxy forwards to 127.0.0.1 only")
         self.target = (target_host, target_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server(("127.0.0.1", port))
         self.port: int = self.listener.getsockname()[1]
         self._flowing = threading.Event()
         self._flowing.set()

@@ -364,6 +364,12 @@ class Config(_Section):
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "<memory>") -> Config:
         """Validate a merged mapping; ConfigError naming the first offending key."""
+        source, target = data.get("source"), data.get("target")
+        field = source.get("time_field") if isinstance(source, dict) else None
+        if isinstance(target, dict) and target and "time_field" not in target and isinstance(field, str):
+            # The records' time field is the source's: the target reads the same one,
+            # instead of adding an always-NULL `timestamp` column beside it.
+            data = {**data, "target": {**target, "time_field": field}}
         try:
             config = cls.model_validate(data)
         except ValidationError as err:

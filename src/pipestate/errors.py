@@ -24,13 +24,17 @@ __all__ = [
     "LeaseLost",
     "PipestateError",
     "SchemaError",
+    "StageChanged",
     "StateStoreError",
     "StoreBusyError",
     "StoreUnavailable",
     "TransientConnectorError",
     "UsageError",
     "WorkerStopped",
+    "TRANSIENT_CODES",
+    "TRANSIENT_MESSAGES",
     "retryable",
+    "transient_reason",
 ]
 
 
@@ -69,7 +73,8 @@ class StoreBusyError(StateStoreError):
 
 
 class StoreUnavailable(StateStoreError):
-    """The connection to the state database was lost during an operation."""
+    """The state database cannot be reached right now: the connection was lost or refused,
+    or the server is starting up or shutting down (see TRANSIENT_CODES)."""
 
     retryable = True
 
@@ -103,6 +108,13 @@ class CountMismatch(ConnectorError):
     """Two steps disagree on how many records the batch has."""
 
 
+class StageChanged(CountMismatch):
+    """The staged data is not what the stage step recorded, and the caller asked for exactly
+    that stage (`requeue --from-step target`): it is not loaded, and no retry will change it."""
+
+    retryable = False
+
+
 class InjectedFailure(ConnectorError):
     """A failure the demo injects on purpose to show retries working."""
 
@@ -127,3 +139,57 @@ def retryable(err: BaseException) -> bool | None:
     if answer is None and isinstance(err, ImportError):
         return False
     return answer if isinstance(answer, bool) else None
+
+
+# Driver errors that mean "the database cannot be reached right now, try again": a restart,
+# a failover, a refused or dropped connection. One table for every database: the error's
+# code (PostgreSQL's SQLSTATE, a driver's error number, as text) -> what it means; then
+# fragments of the message (lower case) for drivers that carry no code. Add rows here.
+TRANSIENT_CODES: dict[str, str] = {
+    "57P01": "the server is shutting down (admin_shutdown)",
+    "57P02": "the server crashed (crash_shutdown)",
+    "57P03": "the server is starting up or shutting down (cannot_connect_now)",
+    "57P05": "the connection was idle too long (idle_session_timeout)",
+    "08000": "connection exception",
+    "08001": "the client could not connect",
+    "08003": "the connection does not exist",
+    "08004": "the server rejected the connection",
+    "08006": "the connection failed",
+    "53300": "too many connections",
+}
+TRANSIENT_MESSAGES: tuple[str, ...] = (
+    "connection refused",
+    "could not connect to server",
+    "connection to server at",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "server closed the connection unexpectedly",
+    "terminating connection due to administrator command",
+    "connection reset by peer",
+    "connection timed out",
+    "no route to host",
+    "ssl syscall error: eof detected",
+    "consuming input failed",
+)
+
+
+def transient_reason(err: BaseException) -> str | None:
+    """Why a driver error (or the one it wraps, SQLAlchemy's `orig`) is transient by the
+    tables above, or None. Reads `sqlstate`, `pgcode` or `errno` and the message only."""
+    seen: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and len(seen) < 4:
+        seen.append(current)
+        current = getattr(current, "orig", None) or current.__cause__
+    for error in seen:
+        for attribute in ("sqlstate", "pgcode", "errno"):
+            code = getattr(error, attribute, None)
+            if code is not None and str(code) in TRANSIENT_CODES:
+                return TRANSIENT_CODES[str(code)]
+        message = str(error).lower()
+        for fragment in TRANSIENT_MESSAGES:
+            if fragment in message:
+                return fragment
+    return None

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from .config import Config, load_config
 from .ops import claims, days, observe, populate, status
 from .ops import operator as operations
+from .ops import reconcile as recount
 from .ops.batch import Batch
 from .ops.context import Context
 from .ops.populate import WindowFunctions
@@ -206,6 +207,13 @@ class PipelineStateManager:
     def status_and_calendar(self) -> tuple[dict[str, Any], observe.Calendar]:
         """`status()` and `calendar()` read together, the windows swept once."""
         return observe.status_and_calendar(self.context)
+
+    def reconcile(
+        self, start: datetime | None = None, end: datetime | None = None, with_source: bool = False
+    ) -> recount.ReconcileReport:
+        """Recount the target's rows (and the source's records) of the COMPLETED windows that
+        start in [start, end) against the state table; see `pipestate reconcile`."""
+        return recount.reconcile(self.context, start, end, with_source)
 
     def window_range(self, day: str | None, start: str | None, end: str | None) -> tuple[datetime, datetime]:
         """The UTC range of `--date D` or `--start A --end B` (bare dates are local days)."""

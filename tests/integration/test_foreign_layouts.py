@@ -12,6 +12,8 @@ from sqlalchemy import text, update
 
 from pipestate.errors import SchemaError, StateStoreError, UsageError
 from pipestate.manager import PipelineStateManager
+from pipestate.store import populate_sql
+from pipestate.store.schema import SCHEMA_VERSION
 
 PIPESTATE = str(Path(sys.executable).with_name("pipestate"))
 
@@ -25,7 +27,7 @@ def _set_version(manager: PipelineStateManager, version: str) -> None:
 def test_a_newer_schema_version_is_refused_by_every_writing_command(manager_factory):
     manager = manager_factory()
     manager.populate_pipeline_batches()
-    _set_version(manager, "2")
+    _set_version(manager, str(SCHEMA_VERSION + 1))
     before = support.all_rows(manager)
     fresh = manager_factory()  # a new process: nothing checked yet
     batch = manager.claim("w1")  # this one checked before the version changed? no: fresh below
@@ -148,8 +150,8 @@ def test_a_copy_error_is_one_line(pg_table, monkeypatch):
     manager = support.make_manager(support.PG_URL, pg_table, end="2026-01-01T03:00")
     manager.init_db()
     # a window id that exists already, found only by COPY (the lookup is skipped here)
-    monkeypatch.setattr(manager.store, "existing_ids", lambda conn, ids: set())
-    monkeypatch.setattr(manager.store, "has_rows", lambda conn: False)
+    monkeypatch.setattr(populate_sql, "existing_ids", lambda store, conn, ids: set())
+    monkeypatch.setattr(populate_sql, "has_rows", lambda store, conn: False)
     support.insert_external(
         manager,
         [
@@ -177,7 +179,7 @@ def test_a_full_disk_under_duckdb_is_one_line(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise duckdb.IOException('Could not write file "state.duckdb.wal": No space left on device\n(detail)')
 
-    monkeypatch.setattr(manager.store, "insert_windows", disk_full)
+    monkeypatch.setattr(populate_sql, "insert_windows", disk_full)
     with pytest.raises(StateStoreError) as caught:
         manager.populate_pipeline_batches()
     assert "No space left on device" in str(caught.value) and "\n" not in str(caught.value)

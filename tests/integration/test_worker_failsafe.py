@@ -214,3 +214,30 @@ def test_retryable_reads_the_answer_of_each_kind() -> None:
     assert retryable(ModuleNotFoundError("x")) is False
     assert retryable(StateStoreError("x")) is None
     assert retryable(RuntimeError("x")) is None
+
+
+# -- a batch given up is released, its lease not renewed first (issue 20, point 8) -------------
+
+
+def test_a_worker_that_gives_a_batch_up_releases_it_and_does_not_renew_it(make: MakeManager) -> None:
+    manager = make(lease="1s")
+    real_heartbeat = manager.heartbeat
+    renewed_after_doubt: list[bool] = []
+    worker = Worker(manager, "paused", heartbeat_interval=0.2)
+
+    def stuck_heartbeat(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.5)  # as a paused process: no beat reaches the database within the lease
+        renewed_after_doubt.append(worker._in_doubt)
+        return real_heartbeat(*args, **kwargs)
+
+    manager.heartbeat = stuck_heartbeat  # type: ignore[method-assign]
+    seen: list[str] = []
+
+    def handler(batch: Any) -> None:
+        seen.append(batch.batch_id)
+        time.sleep(5)  # interrupted by the lease in doubt
+
+    summary = worker.run(handler, limit=1)
+    assert summary.lost == 1
+    assert manager.statuses(seen)[seen[0]] == "PENDING"  # released: another worker can take it now
+    assert True not in renewed_after_doubt[1:]  # no beat started once the batch was in doubt

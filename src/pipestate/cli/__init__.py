@@ -1,7 +1,19 @@
 """The `pipestate` command: parse, call the library, print. One module per group of commands;
 importing them here registers them on the group."""
 
-from . import mirror, observe, operator, plan, run, setup, workers
+from . import mirror, observe, operator, plan, reconcile, run, setup, workers
 from .app import cli, entry, main
 
-__all__ = ["cli", "entry", "main", "mirror", "observe", "operator", "plan", "run", "setup", "workers"]
+__all__ = [
+    "cli",
+    "entry",
+    "main",
+    "mirror",
+    "observe",
+    "operator",
+    "plan",
+    "reconcile",
+    "run",
+    "setup",
+    "workers",
+]

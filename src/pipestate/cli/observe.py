@@ -75,7 +75,11 @@ def history(batch_id: str, as_json: bool) -> None:
     help="Only windows in this status (repeatable).",
 )
 @click.option(
-    "--limit", type=click.IntRange(min=1), default=500, show_default=True, help="At most this many."
+    "--limit",
+    type=click.IntRange(min=1, max=1_000_000),
+    default=500,
+    show_default=True,
+    help="At most this many.",
 )
 @json_option
 def windows(

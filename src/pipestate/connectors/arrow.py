@@ -18,6 +18,7 @@ from ..windows import UTC, zone
 
 __all__ = [
     "parse_instant",
+    "stored_instant",
     "json_default",
     "dumps",
     "CHUNK_ROWS",
@@ -26,6 +27,7 @@ __all__ = [
     "utc_times",
     "merge_schemas",
     "conform",
+    "parquet_ready",
 ]
 
 _EPOCH_DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
@@ -56,6 +58,15 @@ def parse_instant(
     if moment.tzinfo is None or moment.utcoffset() is None:
         moment = moment.replace(tzinfo=naive_tz)
     return moment.astimezone(UTC)
+
+
+def stored_instant(value: Any) -> datetime | None:
+    """A record time as a target gives it back (an aware or naive-UTC datetime, or SQLite's
+    UTC text) as an aware UTC datetime."""
+    if value is None:
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _from_epoch(number: int | float | Decimal, unit: str) -> datetime:
@@ -245,3 +256,45 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         column = batch.column(index) if index >= 0 else pa.nulls(batch.num_rows, field.type)
         columns.append(column if column.type == field.type else column.cast(field.type))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+# Parquet refuses to read back a schema nested deeper than 100 levels (a list is two).
+_PARQUET_DEPTH = 64
+
+
+def _depth(kind: pa.DataType) -> int:
+    if pa.types.is_struct(kind):
+        return 1 + max((_depth(kind.field(i).type) for i in range(kind.num_fields)), default=0)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return 2 + _depth(kind.value_type)
+    if pa.types.is_map(kind):
+        return 2 + max(_depth(kind.key_type), _depth(kind.item_type))
+    return 0
+
+
+def _empty_struct(kind: pa.DataType) -> bool:
+    if pa.types.is_struct(kind):
+        return kind.num_fields == 0 or any(_empty_struct(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _empty_struct(kind.value_type)
+    return False
+
+
+def parquet_ready(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[str]]:
+    """`batch` with every column Parquet cannot hold as it is turned into JSON text: one that
+    holds an empty object (Parquet has no empty group) or is nested deeper than 64 levels
+    (Parquet reads back 100 at most). Returns the batch and one note per column changed."""
+    notes: list[str] = []
+    columns = []
+    for item, column in zip(batch.schema, batch.columns, strict=True):
+        why = "an empty object" if _empty_struct(item.type) else None
+        if why is None and _depth(item.type) > _PARQUET_DEPTH:
+            why = f"nesting deeper than {_PARQUET_DEPTH} levels"
+        if why is None:
+            columns.append(column)
+            continue
+        notes.append(f"field {item.name!r} kept as JSON text ({why})")
+        columns.append(pa.array([None if v is None else dumps(v) for v in column.to_pylist()], pa.string()))
+    if not notes:
+        return batch, notes
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names), notes

@@ -81,6 +81,9 @@ class ElasticsearchSource(SearchPages):
         answer = self.client.search(index=index, body=body, filter_path=FILTER_PATH)
         return answer.body  # type: ignore[no-any-return]
 
+    def _count(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.client.count(index=self.options.index, body=body).body  # type: ignore[no-any-return]
+
     def _failure(self, err: Exception) -> SearchFailure | None:
         es = self._module
         if isinstance(err, es.ApiError):

@@ -10,6 +10,7 @@ Hive-style folders (`dt=2026-03-07/hour=05/`) whose span misses the window are s
 
 from __future__ import annotations
 
+import bisect
 import functools
 import glob
 import re
@@ -52,12 +53,15 @@ class FilesOptions(Options):
     csv_delimiter: str = ","
     cache_mb: int = Field(default=256, ge=0)  # parsed NDJSON/CSV kept per process, whole files
     block_mb: int = Field(default=2, gt=0, le=256)  # parse block of a streamed file; a record must fit
-    partition_timezone: str = "UTC"  # the zone of hive folder values such as dt=2026-03-07/hour=05
+    # The zone of hive folder values such as dt=2026-03-07/hour=05; by default the zone naive
+    # times are read in, since such folders are mostly named after the records' own clock.
+    partition_timezone: str | None = None
 
     @field_validator("naive_timezone", "partition_timezone")
     @classmethod
-    def _zone(cls, value: str) -> str:
-        zone(value)
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            zone(value)
         return value
 
     @field_validator("time_field", "path")
@@ -129,7 +133,7 @@ class FilesSource:
 
     def __init__(self, options: FilesOptions) -> None:
         self.options = options
-        self._partition_tz = zone(options.partition_timezone)
+        self._partition_tz = zone(options.partition_timezone or options.naive_timezone)
         self._spans: dict[tuple[str, int, int], tuple[datetime, datetime] | None] = {}
         self._cache: dict[tuple[str, int, int], pa.Table] = {}
         self._cache_bytes = options.cache_mb << 20
@@ -192,6 +196,33 @@ class FilesSource:
             else:
                 yield from self._streamed(path, kind, key, batch)
 
+    def window_counts(self, windows: list[tuple[datetime, datetime]]) -> list[int]:
+        """How many records each `[start, end)` holds now, read as `extract` reads them
+        (the same files, folders and instants), each file read once: for `reconcile --source`."""
+        counts = [0] * len(windows)
+        field = self.options.time_field
+        for path in self.files():
+            kind = self.options.format if self.options.format != "auto" else _format_of(path)
+            if kind is None:
+                raise ConnectorError(f"{path}: unknown file type (set [source] format)")
+            span = partition_span(path, self._partition_tz)
+            if kind == "parquet":
+                try:
+                    column = pq.read_table(_parquet_source(path), columns=[field]).column(field)
+                except _ARROW_ERRORS as err:
+                    raise ConnectorError(f"{path}: cannot read as parquet: {_first_line(err)}") from err
+                times = self._with_times(path, pa.table({field: column}), 1).column(field)
+            else:
+                times = self._read_whole(path, kind).column(field)
+            values = pc.sort_indices(times)  # sorted instants, as integers, for bisection
+            micros = pc.take(times, values).cast(pa.int64()).to_pylist()
+            for index, (start, end) in enumerate(windows):
+                if span is not None and (end <= span[0] or start >= span[1]):
+                    continue  # extract skips this file's folder for the window
+                low, high = _micros(start), _micros(end)
+                counts[index] += bisect.bisect_left(micros, high) - bisect.bisect_left(micros, low)
+        return counts
+
     # -- NDJSON and CSV ------------------------------------------------------------------------
 
     def _cached(self, path: Path, kind: str, key: tuple[str, int, int], batch: BatchContext) -> pa.Table:
@@ -221,7 +252,7 @@ class FilesSource:
         whole parse then decides, and reports any problem naming the record."""
         field = self.options.time_field
         try:
-            with pa.input_stream(str(path), compression="detect") as stream:
+            with _stream(path) as stream:
                 if kind == "csv":
                     convert = pa_csv.ConvertOptions(include_columns=[field])
                     table = pa_csv.read_csv(
@@ -274,7 +305,7 @@ class FilesSource:
         blocks: list[pa.Table] = []
         first_row = 1
         try:
-            with pa.input_stream(str(path), compression="detect") as stream:
+            with _stream(path) as stream:
                 reader = self._reader(stream, kind, _SMALL_BLOCK_BYTES)
                 for block in reader:
                     blocks.append(self._with_times(path, pa.Table.from_batches([block]), first_row))
@@ -285,7 +316,7 @@ class FilesSource:
         except _ARROW_ERRORS:
             blocks.clear()
         try:
-            with pa.input_stream(str(path), compression="detect") as stream:
+            with _stream(path) as stream:
                 if kind == "csv":
                     table = pa_csv.read_csv(stream, parse_options=self._csv_parse(), memory_pool=_pool())
                 else:
@@ -316,7 +347,7 @@ class FilesSource:
         high: datetime | None = None
         first_row = 1
         try:
-            with pa.input_stream(str(path), compression="detect") as stream:
+            with _stream(path) as stream:
                 # pyarrow's streaming readers read ahead several blocks: memory grows with the
                 # block (16 MB blocks: ~500 MB), so blocks are small unless records are long.
                 for block in self._reader(stream, kind, self.options.block_mb << 20):
@@ -339,6 +370,10 @@ class FilesSource:
     def _with_times(self, path: Path, table: pa.Table, first_row: int) -> pa.Table:
         """`table` with its time field read as UTC instants; ConnectorError naming the record."""
         field = self.options.time_field
+        names = table.schema.names
+        if len(set(names)) != len(names):  # a CSV header naming a column twice
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise ConnectorError(f"{path}: the header names {', '.join(map(repr, twice))} more than once")
         index = table.schema.get_field_index(field)
         if index < 0:
             if table.num_rows == 0:
@@ -364,11 +399,11 @@ class FilesSource:
     ) -> Iterator[pa.RecordBatch]:
         field = self.options.time_field
         try:
-            handle = pq.ParquetFile(path)
+            handle = pq.ParquetFile(_parquet_source(path))
         except _ARROW_ERRORS as err:
             raise ConnectorError(f"{path}: cannot read as parquet: {_first_line(err)}") from err
         with handle:
-            groups = _row_group_spans(handle, field)
+            groups = _row_group_spans(handle, field, self.options.naive_timezone, self.options.epoch_unit)
             known = [span for span in groups if span is not None]
             if len(known) == len(groups) and known:
                 self._spans[key] = (min(s[0] for s in known), max(s[1] for s in known))
@@ -384,6 +419,27 @@ class FilesSource:
                         ) from err
                     yield from _window_of(self._with_times(path, table, first_row), field, batch)
                 first_row += rows
+
+
+def _stream(path: Path) -> Any:
+    """A pyarrow input stream of the file, decompressed by its extension. pyarrow opens only
+    UTF-8 paths: a name holding other bytes (a file copied from another system) is opened by
+    Python and handed over, so it is read like any other instead of failing every batch."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        compression = "gzip" if path.name.lower().endswith(".gz") else None
+        return pa.input_stream(pa.PythonFile(open(path, "rb"), mode="r"), compression=compression)  # noqa: SIM115
+    return pa.input_stream(str(path), compression="detect")
+
+
+def _parquet_source(path: Path) -> Any:
+    """The Parquet file's path, or its bytes where pyarrow cannot open the name (see `_stream`)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return pa.BufferReader(path.read_bytes())
+    return path
 
 
 @functools.cache
@@ -407,22 +463,92 @@ def _parsed_estimate(path: Path, size: int) -> int:
     return size * 5 if path.suffix.lower() == ".gz" else size
 
 
-def _row_group_spans(handle: pq.ParquetFile, field: str) -> list[tuple[datetime, datetime] | None]:
-    """Each row group's time span from its statistics, where the column is a timestamp."""
+def _row_group_spans(
+    handle: pq.ParquetFile, field: str, naive_tz: str = "UTC", epoch_unit: str = "auto"
+) -> list[tuple[datetime, datetime] | None]:
+    """Each row group's time span from its statistics, in the instants the reader makes of its
+    values (`utc_times` with the same zone and unit), or None where they cannot bound them."""
     schema = handle.schema_arrow
     index = schema.get_field_index(field)
-    spans: list[tuple[datetime, datetime] | None] = []
     kind = schema.field(index).type if index >= 0 else None
+    # Only the column's own leaf has statistics; a nested or repeated field has none we can use.
+    leaf = _leaf_index(handle, field) if kind is not None else None
+    spans: list[tuple[datetime, datetime] | None] = []
     for group in range(handle.metadata.num_row_groups):
         span = None
-        if kind is not None and pa.types.is_timestamp(kind):
-            column = handle.metadata.row_group(group).column(index)
-            stats = column.statistics
+        if kind is not None and leaf is not None:
+            stats = handle.metadata.row_group(group).column(leaf).statistics
             if stats is not None and stats.has_min_max and stats.null_count == 0:
-                edges = utc_times(pa.array([stats.min, stats.max], kind)).to_pylist()
-                span = (edges[0], edges[1])
+                span = statistics_span(stats.min, stats.max, kind, naive_tz, epoch_unit)
         spans.append(span)
     return spans
+
+
+def _leaf_index(handle: pq.ParquetFile, field: str) -> int | None:
+    for leaf in range(handle.metadata.num_columns):
+        if handle.metadata.schema.column(leaf).path == field:
+            return leaf
+    return None
+
+
+# Every zone's offsets lie within this of UTC (historic local mean times included).
+_WIDEST_OFFSET = timedelta(hours=16)
+
+
+def statistics_span(
+    low: Any, high: Any, kind: pa.DataType, naive_tz: str = "UTC", epoch_unit: str = "auto"
+) -> tuple[datetime, datetime] | None:
+    """The closed UTC span that every value between the column statistics `low` and `high`
+    reads as (through `utc_times`), or None when no such span can be told: pruning with it
+    never skips a record the reader would put in a window.
+
+    An aware timestamp, a naive one in UTC and epoch numbers of a fixed unit read in order,
+    so their edges are the span's. A naive timestamp in another zone does not quite: a value
+    in a DST gap reads with the offset before it, later than values just after the gap; so
+    the span is the edges read with every offset the zone takes around them. Text and
+    epoch numbers of unit "auto" (seconds below 1e11, milliseconds above) are not bounded."""
+    try:
+        if pa.types.is_timestamp(kind):
+            edges = pa.array([low, high], kind).cast(pa.timestamp("us", kind.tz), safe=False)
+            if kind.tz is not None:
+                first, last = utc_times(edges, "UTC").to_pylist()
+                return first, last + timedelta(microseconds=1)  # the cast above floors
+            naive_low, naive_high = edges.to_pylist()
+            return _naive_span(naive_low, naive_high, zone(naive_tz))
+        if (pa.types.is_integer(kind) or pa.types.is_floating(kind)) and epoch_unit != "auto":
+            first, last = utc_times(pa.array([low, high], kind), "UTC", epoch_unit).to_pylist()
+            return first, last
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, ValueError):
+        return None
+    return None
+
+
+def _naive_span(low: datetime, high: datetime, tz: Any) -> tuple[datetime, datetime]:
+    first, last = low.replace(tzinfo=UTC), high.replace(tzinfo=UTC) + timedelta(microseconds=1)
+    if high - low > timedelta(days=62):
+        return first - _WIDEST_OFFSET, last + _WIDEST_OFFSET  # long spans rarely prune anyway
+    # The offsets the zone takes from a day before `low` to a day after `high`, a day apart
+    # (no zone changes its offset twice in a day).
+    offsets = set()
+    moment = low - timedelta(days=1)
+    while moment <= high + timedelta(days=1):
+        for fold in (0, 1):
+            offset = moment.replace(tzinfo=tz, fold=fold).utcoffset()
+            if offset is not None:
+                offsets.add(offset)
+        moment += timedelta(days=1)
+    for edge in (low, high):
+        for fold in (0, 1):
+            offset = edge.replace(tzinfo=tz, fold=fold).utcoffset()
+            if offset is not None:
+                offsets.add(offset)
+    if not offsets:
+        return first - _WIDEST_OFFSET, last + _WIDEST_OFFSET
+    return first - max(offsets), last - min(offsets)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def _start_of(span: tuple[datetime, datetime] | None) -> float:

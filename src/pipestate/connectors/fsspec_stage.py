@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import json
+import logging
 import os
 import string
 import uuid
@@ -33,12 +35,15 @@ from .arrow import (
     conform,
     dumps,
     merge_schemas,
+    parquet_ready,
     record_batches,
 )
 from .protocols import BatchContext, StagedData
 from .registry import Options, require
 
-__all__ = ["FsspecStage"]
+__all__ = ["FsspecStage", "safe_key"]
+
+log = logging.getLogger("pipestate.stage")
 
 _PLACEHOLDERS = {"pipeline", "yyyy", "mm", "dd", "hh", "batch_id"}
 _EXTENSION = {"ndjson.gz": ".ndjson.gz", "parquet": ".parquet"}
@@ -46,6 +51,11 @@ _MANIFEST = ".manifest.json"
 _ROW_GROUP_ROWS = 65_536  # rows gathered before a Parquet row group is written
 _ROW_GROUP_BYTES = 32 << 20  # or this many bytes of Arrow data, whichever comes first
 _NDJSON_BLOCK = 32 << 20  # bytes of NDJSON parsed at a time when reading back
+# A file's fingerprint covers its last bytes: the Parquet footer (every column chunk's offsets,
+# sizes and statistics) or the gzip trailer (a CRC of all the data), unless the filesystem
+# gives a checksum of the whole object (an S3 ETag).
+_TAIL_BYTES = 64 << 10
+_CHECKSUM_KEYS = ("ETag", "etag", "md5Hash", "crc32c", "checksum")
 
 
 class StageOptions(Options):
@@ -82,6 +92,31 @@ class StageOptions(Options):
         return self
 
 
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+_LONGEST_KEY = 150  # characters of an encoded id kept whole; a longer one ends in a hash
+
+
+def safe_key(batch_id: str) -> str:
+    """A batch id as one file or object name, whatever it holds: every character but ASCII
+    letters, digits, `-`, `_` and `.` (and a leading `.`) becomes `~XX` per UTF-8 byte, so
+    `..`, `/`, `\\`, control characters, spaces or `%` never reach a path or a URI, and two ids
+    never share a name. Ids of those characters alone (every default id) stay as they are. An
+    encoded id longer than 150 characters keeps its first 100 and a SHA-256 of the whole id."""
+    encoded = "".join(
+        char
+        if char in _SAFE and not (index == 0 and char == ".")
+        else "".join(f"~{b:02X}" for b in char.encode())
+        for index, char in enumerate(batch_id)
+    )
+    if not encoded:
+        raise ConnectorError("batch_id: empty; it cannot name a staged file")
+    if len(encoded) > _LONGEST_KEY:
+        encoded = (
+            f"{encoded[:100]}~~{hashlib.sha256(batch_id.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
+        )
+    return encoded
+
+
 class _LocalFS:
     """The few filesystem calls the stage makes, for local paths when fsspec is not installed."""
 
@@ -93,6 +128,9 @@ class _LocalFS:
 
     def size(self, path: str) -> int:
         return os.path.getsize(path)
+
+    def info(self, path: str) -> dict[str, Any]:
+        return {"size": os.path.getsize(path)}
 
     def makedirs(self, path: str, exist_ok: bool = True) -> None:
         os.makedirs(path, exist_ok=exist_ok)
@@ -163,9 +201,12 @@ class FsspecStage:
             "mm": f"{batch.local_date.month:02d}",
             "dd": f"{batch.local_date.day:02d}",
             "hh": f"{local_start.hour:02d}",
-            "batch_id": batch.batch_id,
+            "batch_id": safe_key(batch.batch_id),
         }
-        return self.options.key_template.format(**parts) + _EXTENSION[self.options.format]
+        key = self.options.key_template.format(**parts) + _EXTENSION[self.options.format]
+        if any(part in ("", ".", "..") for part in key.split("/")):
+            raise ConnectorError(f"[stage] key_template: {key!r} is not a plain path below the stage url")
+        return key
 
     def path(self, batch: BatchContext) -> str:
         return f"{self.root}/{self.key(batch)}"
@@ -200,7 +241,10 @@ class FsspecStage:
         size = sum(size for _, _, size in parts)
         if len(parts) == 1:
             self.fs.mv(parts[0][0], final)
-            return StagedData(self.fs.unstrip_protocol(final), count, size, self.options.format)
+            location = self.fs.unstrip_protocol(final)
+            return StagedData(
+                location, count, size, self.options.format, fingerprint=self.fingerprint([final])
+            )
         self._discard(final)
         names = []
         for number, (temporary, _, _) in enumerate(parts, start=1):
@@ -224,7 +268,8 @@ class FsspecStage:
 
     def _staged_parts(self, manifest: str, text: dict[str, Any]) -> StagedData:
         folder = manifest.rpartition("/")[0]
-        files = tuple(self.fs.unstrip_protocol(f"{folder}/{entry['name']}") for entry in text["files"])
+        paths = [f"{folder}/{entry['name']}" for entry in text["files"]]
+        files = tuple(self.fs.unstrip_protocol(path) for path in paths)
         return StagedData(
             self.fs.unstrip_protocol(manifest),
             int(text["record_count"]),
@@ -232,7 +277,32 @@ class FsspecStage:
             str(text["format"]),
             file_count=len(files),
             files=files,
+            fingerprint=self.fingerprint([manifest, *paths]),
         )
+
+    def fingerprint(self, paths: list[str]) -> str:
+        """What the files hold now, cheaply: each one's size and its checksum (the object's
+        ETag where the filesystem has one, else a SHA-256 of its last 64 KiB); a file that
+        is gone reads as "missing". A changed record of a file pipestate wrote changes its
+        fingerprint (the gzip CRC; the Parquet footer's sizes and statistics, short of a
+        forgery of the same length)."""
+        digest = hashlib.sha256()
+        for path in paths:
+            with contextlib.suppress(AttributeError):
+                self.fs.invalidate_cache(path)  # another process may have replaced it
+            try:
+                info = self.fs.info(path)
+            except FileNotFoundError:
+                digest.update(f"{path.rpartition('/')[2]}:missing\n".encode())
+                continue
+            size = int(info.get("size") or 0)
+            checksum = next((str(info[key]) for key in _CHECKSUM_KEYS if info.get(key)), None)
+            if checksum is None:
+                with self.fs.open(path, "rb") as handle:
+                    handle.seek(max(size - _TAIL_BYTES, 0))
+                    checksum = hashlib.sha256(handle.read()).hexdigest()
+            digest.update(f"{path.rpartition('/')[2]}:{size}:{checksum}\n".encode())
+        return f"sha256:{digest.hexdigest()[:32]}"
 
     def _discard(self, path: str) -> None:
         try:
@@ -255,7 +325,9 @@ class FsspecStage:
         else:
             with self.fs.open(final, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as packed:
                 count = sum(1 for line in packed if line.strip())
-        return StagedData(location, count, self.fs.size(final), self.options.format)
+        return StagedData(
+            location, count, self.fs.size(final), self.options.format, fingerprint=self.fingerprint([final])
+        )
 
     def read(self, staged: StagedData) -> Iterator[pa.RecordBatch]:
         if staged.file_format not in _EXTENSION:
@@ -287,6 +359,7 @@ class _PartWriter:
         self.stage, self.folder = stage, folder
         self.format = stage.options.format
         self.parts: list[tuple[str, int, int]] = []  # (temporary path, rows, bytes)
+        self.notes: list[str] = []  # columns written differently from how they came
         self._handle: Any = None
         self._path = ""
         self._rows = 0
@@ -305,6 +378,11 @@ class _PartWriter:
         if self.format == "ndjson.gz":
             self._ndjson(chunk)
             return
+        chunk, notes = parquet_ready(chunk)
+        for note in notes:
+            if note not in self.notes:
+                self.notes.append(note)
+                log.warning("stage: %s", note)
         if self._schema is None:
             self._schema = chunk.schema
         elif chunk.schema != self._schema:

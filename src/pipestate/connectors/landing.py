@@ -26,6 +26,7 @@ from .arrow import dumps, record_batches, utc_times
 __all__ = ["PROFILES", "Landing", "Profile", "family_of_arrow", "family_of_sql", "framed", "profile_for"]
 
 BATCH_COLUMN = "pipestate_batch_id"
+EMPTY_NAME_COLUMN = "_empty_name"  # where a record field named "" lands
 LOADED_COLUMN = "pipestate_loaded_at"
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _FAMILIES = ("integer", "float", "decimal", "boolean", "text", "timestamp", "date", "json", "binary")
@@ -51,6 +52,14 @@ class Profile:
     # Serializes two loads of one batch where the isolation level alone would not (given :key).
     lock_sql: str | None = None
     index_batch_id: bool = True  # an index on pipestate_batch_id for the delete and the count
+    # Column names that differ only in case are one column (DuckDB, SQLite; Snowflake folds
+    # plain names to upper case): two such fields cannot both land.
+    folds_case: bool = True
+    # Whether an index named :index exists on the table (given :table, :schema): checked before
+    # any DDL, so a worker starting while a load is open never queues behind it for a lock.
+    index_query: str | None = None
+    # Bounds the wait of the DDL that remains (table or index missing) on another's lock.
+    ddl_lock_timeout_sql: str | None = None
     one_writer: bool = False  # one process at a time may open the database for writing
     utc_sql: str | None = None  # makes the load's transaction read naive instants as UTC
     # Settings made on each new target connection (`SET name = 'value'`); the same names in
@@ -116,6 +125,12 @@ PROFILES: dict[str, Profile] = {
         bulk="copy",
         # READ COMMITTED lets two loads of one batch both delete nothing and both insert.
         lock_sql="SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))",
+        folds_case=False,
+        index_query=(
+            "SELECT 1 FROM pg_indexes WHERE tablename = :table "
+            "AND schemaname = coalesce(:schema, current_schema()) AND indexname = :index"
+        ),
+        ddl_lock_timeout_sql="SET LOCAL lock_timeout = '5s'",
         utc_sql="SET LOCAL TIME ZONE 'UTC'",
     ),
     # SQLite: instants as UTC text the way SQLAlchemy stores them; JSON as text ("JSON_TEXT"
@@ -136,6 +151,10 @@ PROFILES: dict[str, Profile] = {
         batch_id_type="VARCHAR(255)",
         add_if_not_exists=False,
         columns_query="SELECT name, type FROM pragma_table_info(:table, coalesce(:schema, 'main'))",
+        index_query=(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = :table "
+            "AND name = :index AND :schema IS NULL"
+        ),
     ),
     "snowflake": Profile(
         "snowflake",
@@ -252,7 +271,11 @@ class Landing:
         return f"CREATE TABLE IF NOT EXISTS {self.table} ({', '.join(columns)})"
 
     def column_name(self, name: str) -> str:
-        return self.time_column if name == self.time_field else name
+        """The column a record field lands in: the time field's column; a field with an empty
+        name (no database takes one) lands in `_empty_name`."""
+        if name == self.time_field:
+            return self.time_column
+        return name or EMPTY_NAME_COLUMN
 
     def plan(self, schema: pa.Schema, existing: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
         """(ALTER statements adding the new fields' columns, column -> family of every column the
@@ -267,6 +290,16 @@ class Landing:
             )
         alters: list[str] = []
         fills: dict[str, str] = {self.time_column: "timestamp"}
+        seen: dict[str, str] = {}
+        for item in schema:  # two fields one column: say which, before any SQL hides it
+            column = self._catalog(self.column_name(item.name))
+            if column in seen:
+                raise ConnectorError(
+                    f"fields {seen[column]!r} and {item.name!r} would be one column of {self.table} "
+                    f"({self.profile.name} column names ignore case; an empty name lands in "
+                    f"{EMPTY_NAME_COLUMN}): rename one at the source"
+                )
+            seen[column] = item.name
         for item in schema:
             column = self.column_name(item.name)
             if column in self.reserved:
@@ -293,7 +326,9 @@ class Landing:
         return alters, fills
 
     def _catalog(self, name: str) -> str:
-        return name.upper() if self.profile.catalog_case == "upper" and _PLAIN.match(name) else name
+        if self.profile.catalog_case == "upper":
+            return name.upper() if _PLAIN.match(name) else name
+        return name.lower() if self.profile.folds_case else name
 
     def _add_column(self, column: str, sql_type: str) -> str:
         guard = "IF NOT EXISTS " if self.profile.add_if_not_exists else ""

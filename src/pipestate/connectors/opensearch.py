@@ -106,6 +106,9 @@ class OpenSearchSource(SearchPages):
         params = {"filter_path": FILTER_PATH}  # partial pages are refused by `_shards.failed`
         return self.client.search(body=body, index=index, params=params)  # type: ignore[no-any-return]
 
+    def _count(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.client.count(body=body, index=self.options.index)  # type: ignore[no-any-return]
+
     def _failure(self, err: Exception) -> SearchFailure | None:
         os = self._module
         if isinstance(err, os.ConnectionError):  # refused, timeouts, TLS (status "N/A")

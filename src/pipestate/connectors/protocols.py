@@ -14,7 +14,7 @@ import pyarrow as pa
 from ..ids import default_batch_id
 from ..windows import UTC, local_date_of, zone
 
-__all__ = ["BatchContext", "StagedData", "LoadResult", "Chunk", "Source", "Stage", "Target"]
+__all__ = ["BatchContext", "StagedData", "LoadResult", "BatchRows", "Chunk", "Source", "Stage", "Target"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +66,27 @@ class StagedData:
     file_format: str  # "ndjson.gz" or "parquet"
     file_count: int = 1
     files: tuple[str, ...] = ()  # every file's URI when the batch was split; else just `location`
+    # What the staged bytes are, as the stage can tell cheaply (sizes and object ETags or a
+    # checksum of each file's tail: the Parquet footer, the gzip CRC); "" when it cannot.
+    # The target step loads a stage only if it still has the fingerprint the stage step recorded.
+    fingerprint: str = ""
 
     @property
     def uris(self) -> tuple[str, ...]:
         return self.files or (self.location,)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRows:
+    """What a target holds of one batch id: its rows, and the earliest and latest record
+    time among them (None where no row has one). `reconcile` asks targets for these, all
+    batches in one grouped query, through an optional `batch_counts(start, end)` method:
+    `{batch_id: BatchRows}` of the rows whose time is in [start, end) (None: unbounded).
+    Sources may answer `window_counts(windows)`: the records in each `[start, end)`."""
+
+    rows: int
+    first: datetime | None = None
+    last: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

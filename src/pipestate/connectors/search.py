@@ -191,11 +191,27 @@ class SearchPages:
 
     def query(self, batch: BatchContext) -> dict[str, Any]:
         """The query clause for the batch: the window as a half-open range, and `query`."""
+        return self._window_query(batch.start, batch.end)
+
+    def window_counts(self, windows: list[tuple[datetime, datetime]]) -> list[int]:
+        """How many documents each `[start, end)` holds now (the engine's `_count`, the same
+        query as the extract's), for `pipestate reconcile --source`."""
+        counts = []
+        for start, end in windows:
+            answer = self._call(self._count, {"query": self._window_query(start, end)})
+            counts.append(int(answer["count"]))
+        return counts
+
+    def _count(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One `_count` on the index pattern, as the decoded response body."""
+        raise NotImplementedError
+
+    def _window_query(self, start: datetime, end: datetime) -> dict[str, Any]:
         window = {
             "range": {
                 self.options.time_field: {
-                    "gte": _iso(batch.start),
-                    "lt": _iso(batch.end),
+                    "gte": _iso(start),
+                    "lt": _iso(end),
                     "format": "strict_date_optional_time",
                 }
             }

@@ -29,10 +29,11 @@ from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError, ConnectorError, TransientConnectorError
 from ..windows import UTC
-from .arrow import dumps
+from .arrow import dumps, stored_instant
 from .landing import PROFILES, Landing, framed
 from .protocols import (
     BatchContext,
+    BatchRows,
     LoadResult,
     Stage,
     StagedData,
@@ -299,6 +300,30 @@ class SnowflakeTarget:
     def _count(self, cursor: Any, batch: BatchContext) -> int:
         cursor.execute(f"SELECT COUNT(*) FROM {self.table} WHERE pipestate_batch_id = %s", (batch.batch_id,))
         return int(cursor.fetchone()[0])
+
+    def batch_counts(
+        self, start: datetime | None = None, end: datetime | None = None
+    ) -> dict[str, BatchRows]:
+        """Rows per batch id whose record time is in [start, end): one grouped query."""
+        moment = self.profile.quote(self.time_column)
+        where, params = [], []
+        for value, test in ((start, ">="), (end, "<")):
+            if value is not None:
+                where.append(f"{moment} {test} %s")
+                params.append(value.astimezone(UTC))
+        sql = f"SELECT pipestate_batch_id, COUNT(*), MIN({moment}), MAX({moment}) FROM {self.table}"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " GROUP BY pipestate_batch_id"
+        errors = self._connector.errors
+        with self.connect() as connection:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql, tuple(params))
+                rows = cursor.fetchall()
+            except errors.ProgrammingError as err:
+                if getattr(err, "errno", None) == 2003:  # the table does not exist yet
+                    return {}
+                raise ConnectorError(f"snowflake: cannot count the rows of each batch: {err}") from err
+        return {str(b): BatchRows(int(n), stored_instant(lo), stored_instant(hi)) for b, n, lo, hi in rows}
 
     def count(self, batch: BatchContext) -> int:
         errors = self._connector.errors

@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 
 from ..errors import ConfigError, ConnectorError, TransientConnectorError
 from ..windows import UTC
+from .arrow import stored_instant
 from .landing import (
     BATCH_COLUMN,
     LOADED_COLUMN,
@@ -34,6 +35,7 @@ from .landing import (
 )
 from .protocols import (
     BatchContext,
+    BatchRows,
     LoadResult,
     Stage,
     StagedData,
@@ -129,12 +131,18 @@ class SqlTarget:
         """Create the table (and an index on the batch id) if it is missing."""
         if self._created:
             return
+        index_name = f"ix_{self.options.table}_batch"
+        if self._in_catalog(index_name):
+            self._created = True  # no DDL: CREATE ... IF NOT EXISTS would wait on any open load
+            return
         statements = [self.landing.create_sql()]
         if self.profile.index_batch_id:
-            index = self.profile.quote(f"ix_{self.options.table}_batch")
+            index = self.profile.quote(index_name)
             statements.append(
                 f"CREATE INDEX IF NOT EXISTS {index} ON {self.table} ({self.profile.quote(BATCH_COLUMN)})"
             )
+        if self.profile.ddl_lock_timeout_sql:
+            statements.insert(0, self.profile.ddl_lock_timeout_sql)
         try:
             with self.engine.begin() as conn:
                 for statement in statements:
@@ -148,6 +156,23 @@ class SqlTarget:
             if not present:
                 raise _wrap(err, "create the target table") from err
         self._created = True
+
+    def _in_catalog(self, index_name: str) -> bool:
+        """Whether the table (and its batch-id index, where the profile makes one) exist, read
+        from the catalog alone: no lock is taken, so an open load of any batch does not block."""
+        query = self.profile.index_query
+        if query is None:
+            return False
+        names = {"table": self.options.table, "schema": self.options.schema_}
+        try:
+            with self.engine.connect() as conn:
+                if not self._columns(conn):
+                    return False
+                if not self.profile.index_batch_id:
+                    return True
+                return conn.execute(sa.text(query), {**names, "index": index_name}).first() is not None
+        except sa.exc.DBAPIError:
+            return False  # the DDL below then says what is wrong
 
     def _columns(self, conn: sa.Connection) -> dict[str, str]:
         rows = conn.execute(
@@ -266,6 +291,36 @@ class SqlTarget:
             return 0
         with self.engine.connect() as conn:
             return self._rows_of(conn, batch.batch_id)
+
+    def batch_counts(
+        self, start: datetime | None = None, end: datetime | None = None
+    ) -> dict[str, BatchRows]:
+        """Rows per batch id whose record time is in [start, end): one grouped query."""
+        if not self._columns_now():
+            return {}
+        quote = self.profile.quote
+        batch, moment = quote(BATCH_COLUMN), quote(self.options.time_column or "")
+        where, params = [], {}
+        for name, value, test in (("low", start, ">="), ("high", end, "<")):
+            if value is not None:
+                where.append(f"{moment} {test} :{name}")
+                params[name] = self._instant_param(value)
+        sql = f"SELECT {batch}, count(*), min({moment}), max({moment}) FROM {self.table}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" GROUP BY {batch}"
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.text(sql), params).all()
+        except sa.exc.DBAPIError as err:
+            raise _wrap(err, "count the rows of each batch") from err
+        return {str(b): BatchRows(int(n), stored_instant(lo), stored_instant(hi)) for b, n, lo, hi in rows}
+
+    def _instant_param(self, value: datetime) -> Any:
+        value = value.astimezone(UTC)
+        if self.profile.name == "sqlite":  # stored as UTC text: compared as text
+            return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        return value
 
     def _rows_of(self, conn: sa.Connection, batch_id: str) -> int:
         """The target's rows of one batch."""

@@ -30,7 +30,7 @@ from ..store.events import insert_events
 from ..store.schema import COLUMNS
 from ..windows import iso
 from .batch import Batch
-from .context import Context
+from .context import Context, aware
 
 __all__ = ["claim", "complete", "fail", "heartbeat", "record_step", "release"]
 
@@ -74,8 +74,16 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
 
     `within` (UTC `[low, high)`) takes only a window that starts in it.
     """
+    if not isinstance(worker, str):
+        raise UsageError(f"worker: must be text, got {type(worker).__name__} {worker!r:.60}")
     if not worker:
         raise UsageError("worker: a worker id is required")
+    if within is not None:
+        if not isinstance(within, tuple | list) or len(within) != 2:
+            raise UsageError("within: must be a (low, high) pair of aware datetimes")
+        low, high = aware(within[0], "within"), aware(within[1], "within")
+        assert low is not None and high is not None
+        within = (low, high)
     if len(worker) > MAX_WORKER_ID:  # worker_id is String(255): refused before anything is written
         raise UsageError(f"worker: at most {MAX_WORKER_ID} characters, got {len(worker)}")
     store, settings = ctx.store, ctx.concurrency
@@ -386,6 +394,11 @@ def fail(
     which it was. Returns `{"retry_count", "permanent", "next_attempt_at"}`.
     """
     _check_values(values)
+    if not isinstance(error, str):
+        error = str(error)
+    # Text any database takes: a lone surrogate (from a file name or a decoded error) is
+    # kept as its escape instead of failing the write and leaving the batch IN_PROGRESS.
+    error = error.encode("utf-8", "backslashreplace").decode("utf-8")
     store, settings = ctx.store, ctx.concurrency
     with store.transaction(write=True) as conn:
         row = _fenced(ctx, conn, batch_id, worker, token)

@@ -22,6 +22,8 @@ def aware(value: datetime | None, argument: str) -> datetime | None:
     (a guess about its zone is how windows end up an hour off)."""
     if value is None:
         return None
+    if not isinstance(value, datetime):
+        raise UsageError(f"{argument}: must be a datetime, got {type(value).__name__} {value!r:.60}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise UsageError(
             f"{argument}: naive datetime {value.isoformat()}; give it a time zone (e.g. tzinfo=UTC)"

@@ -294,6 +294,21 @@ def _length(start: datetime, end: datetime, low: datetime, high: datetime) -> fl
 def window_range(
     ctx: Context, day: str | None, start: str | None, end: str | None
 ) -> tuple[datetime, datetime]:
+    """See `_window_range`; a date at the edge of the calendar (9999-12-31, 0001-01-01 in a
+    zone east of UTC) is a UsageError naming the option, not an OverflowError."""
+    try:
+        return _window_range(ctx, day, start, end)
+    except OverflowError:
+        option, value = next(
+            (pair for pair in (("--date", day), ("--start", start), ("--end", end)) if pair[1] is not None),
+            ("--date", day),
+        )
+        raise UsageError(f"{option}: {value!r} is too close to the ends of the calendar") from None
+
+
+def _window_range(
+    ctx: Context, day: str | None, start: str | None, end: str | None
+) -> tuple[datetime, datetime]:
     """The UTC `[low, high)` that `pipestate windows` lists: the local day `day`
     (YYYY-MM-DD), or from `start` (default: the range's start) to `end`
     (default: a day later), or with neither the range's last local day. `start`

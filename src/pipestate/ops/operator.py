@@ -57,6 +57,12 @@ def requeue(
         if batch_ids:
             missing = set(batch_ids) - {row[0] for row in rows}
             if missing:
+                known = queries.statuses_of(store, conn, ctx.pipeline, sorted(missing))
+                if superseded := sorted(b for b, status in known.items() if status == Status.SUPERSEDED):
+                    raise UsageError(
+                        f"batch {', '.join(superseded)} is SUPERSEDED: another window covers its time "
+                        "now (`pipestate history` names it); requeue that one instead"
+                    )
                 raise UsageError(f"no such batch in pipeline {ctx.pipeline}: {', '.join(sorted(missing))}")
         done: list[str] = []
         events = []

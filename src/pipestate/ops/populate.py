@@ -81,8 +81,10 @@ def populate(ctx: Context, functions: WindowFunctions, dry_run: bool = False) ->
     run_id = uuid.uuid4().hex
     if dry_run:
         return _dry_run(ctx, functions, run_id, verb_is_validate=False)
-    if not ctx.store.is_set_up():
+    ctx.store.check_version()
+    if ctx.store.outdated or not ctx.store.is_set_up():
         migrate.init_db(ctx.store)
+        ctx.store.outdated = False
     locks.ensure_lock_row(ctx.store, ctx.pipeline)
     for attempt in range(_REPLANS + 1):
         try:

@@ -185,7 +185,7 @@ class RowBuilder:
                 batch_id,
                 start_text,
                 end_text,
-                (cell_end - cell_start) // 60,
+                max((cell_end - cell_start) // 60, 1),  # as `values`: never 0
                 local_date,
                 start_local,
                 end_local,
@@ -223,7 +223,9 @@ class RowBuilder:
         start_value, start_stamp, start_local = self._instant(start)
         end_value, end_stamp, end_local = self._instant(end)
         self._last = (end, end_value, end_stamp, end_local)
-        minutes = (end - start) // _ONE_MINUTE
+        # Whole minutes; a window shorter than one (cut by a start with seconds, or a zone whose
+        # day starts at an odd second) says 1: a 0 would read as an empty window.
+        minutes = max((end - start) // _ONE_MINUTE, 1)
         granularity = self._step(step)
         window_values = (
             start_value,

@@ -11,6 +11,7 @@ writes nothing).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -39,10 +40,13 @@ from ..errors import (
     CountMismatch,
     InjectedFailure,
     PipestateError,
+    StageChanged,
+    StoreUnavailable,
 )
 from ..manager import PipelineStateManager
 from ..ops.batch import Batch
 from ..statuses import Status, Step
+from .retrying import store_retry
 from .worker import RunSummary, Worker
 
 __all__ = ["PipelineRunner", "RunResult", "run_pipeline", "CountMismatch", "InjectedFailure"]
@@ -140,7 +144,7 @@ class PipelineRunner:
 
     def _steps(self, batch: Batch) -> dict[str, Any]:
         ctx = self.context(batch)
-        staged = self.stage.find(ctx) if batch.step_done(Step.STAGE) else None
+        staged = self._recorded_stage(batch, ctx) if batch.step_done(Step.STAGE) else None
         if staged is None:
             staged, stage_done = self._extract_and_stage(batch, ctx)
         else:
@@ -157,6 +161,24 @@ class PipelineRunner:
         if stage_done:
             self._chaos(Step.STAGE)
         return self._load(batch, ctx, staged)
+
+    def _recorded_stage(self, batch: Batch, ctx: BatchContext) -> StagedData | None:
+        """The stage an earlier attempt wrote, if it is still what the stage step recorded.
+        A stage that differs is never loaded: after a failure the batch is extracted again;
+        under `requeue --from-step target` (the user asked for that stage) it fails."""
+        staged = self.stage.find(ctx)
+        if staged is None:
+            return None
+        change = stage_change(batch.row, staged)
+        if change is None:
+            return staged
+        if batch.row.get("target_load_status") == Status.PENDING:  # requeued --from-step target
+            raise StageChanged(
+                f"{batch.batch_id}: the staged data at {staged.location} changed since the stage step "
+                f"({change}); not loaded: requeue without --from-step target to read the source again"
+            )
+        log.warning("%s: the staged data changed (%s); extracting again", batch.batch_id, change)
+        return None
 
     def _extract_and_stage(self, batch: Batch, ctx: BatchContext) -> tuple[StagedData, dict[str, Any]]:
         location, query = self.source.describe(ctx)
@@ -194,6 +216,7 @@ class PipelineRunner:
             "stage_location": staged.location,
             "stage_file_format": staged.file_format,
             "stage_file_count": staged.file_count,
+            "stage_fingerprint": staged.fingerprint or None,
         }
         return staged, done
 
@@ -212,6 +235,20 @@ class PipelineRunner:
             "target_location": result.location,
             "target_load_id": result.load_id,
         }
+
+
+def stage_change(row: dict[str, Any], staged: StagedData) -> str | None:
+    """How `staged` (the stage as found now) differs from what the batch's row recorded of
+    it, in words; None when it agrees (a value the row did not record is not compared)."""
+    recorded = {
+        "records": (row.get("stage_record_count"), staged.record_count),
+        "bytes": (row.get("stage_bytes"), staged.bytes),
+        "fingerprint": (row.get("stage_fingerprint"), staged.fingerprint or None),
+    }
+    for name, (then, now) in recorded.items():
+        if then is not None and now is not None and str(then) != str(now):
+            return f"{name} {then} recorded, {now} now"
+    return None
 
 
 @dataclass
@@ -251,6 +288,10 @@ def _worker_process(
     except PipestateError as err:  # the state database failed: one line, not a traceback
         print(f"pipestate: worker {worker_id} stopped: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except Exception as err:  # noqa: BLE001 - a child never prints a raw traceback
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"pipestate: worker {worker_id} stopped: {type(err).__name__}: {first}", file=sys.stderr)
+        sys.exit(3)
     results.put(summary)
 
 
@@ -298,7 +339,8 @@ def run_pipeline(
     populated = False
     try:
         runner.check()
-        report = manager.populate_pipeline_batches()
+        # A database restarting (refused, starting up) is waited out, a few seconds at most.
+        report = store_retry("populate", manager.populate_pipeline_batches)
         result.created, result.superseded = len(report.created), len(report.superseded)
         populated = True
         prefix = worker_prefix or manager.actor.removeprefix("pipestate@")
@@ -382,7 +424,8 @@ def _run_processes(
         while any(process.is_alive() for process in processes):
             try:
                 if progress is not None:
-                    progress(manager.counts())
+                    with contextlib.suppress(StoreUnavailable):  # a restart: the next tick shows it
+                        progress(manager.counts())
                 for process in processes:
                     process.join(timeout=0.5)
             except KeyboardInterrupt:

@@ -39,6 +39,7 @@ from ..errors import (
     WorkerStopped,
     retryable,
 )
+from .retrying import store_retry
 
 if TYPE_CHECKING:
     from ..manager import PipelineStateManager
@@ -139,6 +140,8 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
+            if self.in_doubt:
+                return  # the batch is being given up: never renew a lease about to be abandoned
             started = time.monotonic()
             try:
                 self.manager.heartbeat(self.batch.batch_id, self.batch.worker_id, self.batch.claim_token)
@@ -204,18 +207,10 @@ class Worker:
     # -- the state database, transient errors retried -----------------------------
 
     def _store_call(self, what: str, call: Callable[[], T]) -> T:
-        """`call()`, tried again after a transient error (bounded, with backoff)."""
-        delay = self.store_backoff
-        for attempt in range(1, self.store_retries + 1):
-            try:
-                return call()
-            except PipestateError as err:
-                if err.retryable is not True or attempt == self.store_retries or self.stopping:
-                    raise
-                log.warning("%s failed (%s), trying again in %.1fs: %s", what, type(err).__name__, delay, err)
-            self._pause(delay)
-            delay = min(delay * 2, 30.0)
-        raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
+        """`call()`, tried again after a transient error (bounded, jittered backoff)."""
+        return store_retry(
+            what, call, self.store_retries, self.store_backoff, self._pause, give_up=lambda: self.stopping
+        )
 
     def _pause(self, seconds: float) -> None:
         """Sleep, waking early when a stop signal arrives."""
@@ -274,6 +269,17 @@ class Worker:
             self._interruptible = False
             beat.stop()
 
+    def _give_up(self, claimed: Batch) -> None:
+        """Release a batch this worker gives up on, so it does not sit IN_PROGRESS for a whole
+        lease with nobody on it. Fenced: if another worker took it over meanwhile, the release
+        changes nothing (LeaseLost), and a database that cannot be reached leaves it to expire."""
+        try:
+            self.manager.release(claimed.batch_id, self.worker_id, claimed.claim_token)
+        except PipestateError as err:
+            log.warning("could not release %s after giving it up: %s", claimed.batch_id, err)
+        else:
+            log.warning("released %s: its lease was in doubt; another worker can take it", claimed.batch_id)
+
     def _doubted(self, claimed: Batch) -> LeaseInDoubt:
         return LeaseInDoubt(
             f"batch {claimed.batch_id}: no heartbeat reached the database within the lease; "
@@ -304,7 +310,8 @@ class Worker:
             self._release(claimed)
             raise
         except BaseException as err:
-            if self._in_doubt:  # nothing is written: the batch may be someone else's by now
+            if self._in_doubt:  # given up: released if still ours, else nothing is written
+                self._give_up(claimed)
                 raise self._doubted(claimed) from err
             self._fail(claimed, err)
             raise
@@ -322,7 +329,8 @@ class Worker:
         except WorkerStopped:
             return _settled(partial(self._release, claimed), "released")
         except BaseException as err:
-            if self._in_doubt:  # nothing is written: the batch may be someone else's by now
+            if self._in_doubt:  # given up: released if still ours, else nothing is written
+                self._give_up(claimed)
                 log.error("%s", self._doubted(claimed))
                 return "lost"
             outcome = _settled(partial(self._fail, claimed, err), "failed")

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from ..ops.observe import DAY_STATES, Calendar, Day
 from ..windows import read_instant
-from .text import local_text
+from .text import local_text, printable
 
 __all__ = ["COLOURS", "SYMBOLS", "render_calendar", "render_windows"]
 
@@ -192,13 +192,15 @@ def render_windows(data: dict[str, Any], tz: ZoneInfo) -> str:
         lines.append(
             f"  {local_start:<21} {local_end:<{end_width}} {utc:<15} {length:>6}  "
             f"{status:<12} {window['step'] or '-':<7} {window['retry_count']:>7}  "
-            f"{(window['worker_id'] or '-')[:20]:<20} {window['batch_id']}"
+            f"{printable(window['worker_id'] or '-')[:20]:<20} {printable(window['batch_id'])}"
         )
         if window["last_error"]:
             step = f" in {window['last_error_step']}" if window["last_error_step"] else ""
-            lines.append(f"      last error{step}: {str(window['last_error']).splitlines()[0][:200]}")
+            error = (str(window["last_error"]).splitlines() or [""])[0][:200]
+            lines.append(f"      last error{step}: {printable(error)}")
         if window["superseded_by"]:
-            lines.append(f"      superseded by {window['superseded_by']}: {window['supersede_reason'] or ''}")
+            reason = printable(window["supersede_reason"] or "")
+            lines.append(f"      superseded by {printable(window['superseded_by'])}: {reason}")
     if shown < total:
         lines.append(f"  ... and {total - shown} more (raise --limit, or narrow with --status)")
     if any(window["lease_expired"] for window in data["windows"]):

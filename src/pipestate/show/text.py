@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ..ops.batch import Batch
     from ..ops.mirror import MirrorResult
     from ..ops.populate_report import PopulateReport
+    from ..ops.reconcile import ReconcileReport
     from ..run.demo import DemoResult
     from ..run.runner import RunResult
     from ..run.worker import RunSummary
@@ -25,6 +26,8 @@ __all__ = [
     "history_text",
     "local_text",
     "populate_text",
+    "printable",
+    "reconcile_text",
     "requeue_text",
     "run_json",
     "run_problems",
@@ -33,6 +36,17 @@ __all__ = [
     "status_text",
     "with_local",
 ]
+
+
+def printable(value: Any) -> str:
+    """`value` as text safe to print on a terminal: control characters (escape sequences that
+    retitle the window or rewrite the screen, NUL, BEL, C1 codes, line breaks) and other
+    invisible ones shown escaped (`\\x1b`), as they came from a batch id, a worker id or an
+    error another process wrote."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def local_text(instant: datetime | None, tz: ZoneInfo, seconds: bool = False) -> str:
@@ -164,25 +178,28 @@ def status_text(data: dict[str, Any], tz: ZoneInfo | None = None) -> str:
     pending = data["oldest_pending"]
     if pending:
         start = with_local(pending["start"], tz, inside=True)
-        lines.append(f"  oldest pending  {pending['batch_id']} (window start {start})")
+        lines.append(f"  oldest pending  {printable(pending['batch_id'])} (window start {start})")
     if data["failures"]:
         lines.append(f"  failures   {len(data['failures'])}")
         for failure in data["failures"][:10]:
-            error = failure["last_error"] or _NO_ERROR
-            lines.append(f"    {failure['batch_id']} retries {failure['retry_count']}: {error}")
+            error = printable(failure["last_error"] or _NO_ERROR)
+            lines.append(f"    {printable(failure['batch_id'])} retries {failure['retry_count']}: {error}")
     for entry in data.get("in_flight", [])[:20]:
         lines.append(
-            f"  in flight  {entry['batch_id']} by {entry['worker_id']} for {entry['lease_age_seconds']}s, "
+            f"  in flight  {printable(entry['batch_id'])} by {printable(entry['worker_id'])} "
+            f"for {entry['lease_age_seconds']}s, "
             f"lease until {with_local(entry['lease_expires_at'], tz)}"
         )
     for entry in data.get("expired_leases", [])[:20]:
         lines.append(
-            f"  STUCK      {entry['batch_id']} by {entry['worker_id']}: "
+            f"  STUCK      {printable(entry['batch_id'])} by {printable(entry['worker_id'])}: "
             f"lease expired {with_local(entry['lease_expires_at'], tz)}"
         )
     for entry in data.get("failed_permanently", [])[:20]:
-        error = entry["last_error"] or _NO_ERROR
-        lines.append(f"  FAILED for good  {entry['batch_id']} ({entry['retry_count']} attempts): {error}")
+        error = printable(entry["last_error"] or _NO_ERROR)
+        lines.append(
+            f"  FAILED for good  {printable(entry['batch_id'])} ({entry['retry_count']} attempts): {error}"
+        )
     return "\n".join(lines)
 
 
@@ -203,7 +220,28 @@ def fail_text(batch_id: str, outcome: dict[str, Any]) -> str:
 
 
 def requeue_text(done: list[str], limit: int = 50) -> str:
-    return "\n".join([f"requeued {len(done)} batch(es)", *(f"  {batch_id}" for batch_id in done[:limit])])
+    return "\n".join(
+        [f"requeued {len(done)} batch(es)", *(f"  {printable(batch_id)}" for batch_id in done[:limit])]
+    )
+
+
+def reconcile_text(report: ReconcileReport, limit: int = 50) -> str:
+    """What `reconcile` checked, then one line per finding (the first `limit`)."""
+    checked = (
+        f"{report.completed} COMPLETED of {report.windows} window(s), {report.target_rows:,} target row(s)"
+    )
+    if report.source_checked:
+        checked += ", source recounted"
+    lines = [f"reconcile {report.pipeline}: {checked} in {report.seconds:.2f}s"]
+    if report.ok:
+        lines.append("ok: every COMPLETED window's rows are in the target exactly as recorded")
+        return "\n".join(lines)
+    lines.append(f"{len(report.findings)} finding(s):")
+    for finding in report.findings[:limit]:
+        lines.append(f"  {finding.kind:<14} {printable(finding.batch_id)}: {printable(finding.detail)}")
+    if len(report.findings) > limit:
+        lines.append(f"  ... and {len(report.findings) - limit} more (--json lists them all)")
+    return "\n".join(lines)
 
 
 def history_text(batch_id: str, events: list[dict[str, Any]], tz: ZoneInfo | None = None) -> str:
@@ -219,7 +257,7 @@ def history_text(batch_id: str, events: list[dict[str, Any]], tz: ZoneInfo | Non
             when = f"{when} ({local_text(instant, tz, seconds=True)})" if instant else when
         lines.append(
             f"{when}  {event['event_type']:<13} {change:<26} "
-            f"{event['worker_id'] or ''}  {event['details'] or ''}"
+            f"{printable(event['worker_id'] or '')}  {printable(event['details'] or '')}"
         )
     return "\n".join(lines)
 

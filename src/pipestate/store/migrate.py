@@ -8,6 +8,7 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Connection
 
@@ -50,6 +51,13 @@ def init_db(store: StateStore, migrate_timestamps: bool = False) -> list[str]:
             actions.append(f"recorded schema version {SCHEMA_VERSION}")
         else:
             refuse_newer(store.tables.state.name, version)
+            if str(version).strip() != str(SCHEMA_VERSION):  # older: its columns were added above
+                conn.execute(
+                    update(store.tables.meta)
+                    .where(store.tables.meta.c.name == "schema_version")
+                    .values(value=str(SCHEMA_VERSION), updated_at=now)
+                )
+                actions.append(f"schema version {str(version).strip()} -> {SCHEMA_VERSION}")
     return actions
 
 

@@ -28,7 +28,7 @@ from sqlalchemy.types import TypeEngine
 from .backends import GENERIC, backend_named
 from .types import StatusType, UTCDateTime
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: stage_fingerprint
 
 # The names of the window's columns (contract section 4), defined once.
 START_TIME = "source_query_window_start_time"
@@ -114,7 +114,7 @@ COLUMNS: list[tuple[str, str, TypeEngine[Any], bool, str]] = [
         DURATION_MINUTES,
         Integer(),
         True,
-        "Real length of the window in minutes",
+        "Real length of the window in whole minutes (a window shorter than a minute: 1, never 0)",
     ),
     (
         "window",
@@ -211,6 +211,13 @@ COLUMNS: list[tuple[str, str, TypeEngine[Any], bool, str]] = [
         "Format of the staged data, e.g. ndjson.gz or parquet",
     ),
     ("stage", "stage_file_count", Integer(), False, "Number of staged files"),
+    (
+        "stage",
+        "stage_fingerprint",
+        Text(),
+        False,
+        "What the stage step wrote (sizes and checksums); the target step loads only a stage that still matches",
+    ),
     # target load step
     (
         "target",

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import NullType
 
-from ..errors import SchemaError, StateStoreError, StoreUnavailable
+from ..errors import SchemaError, StateStoreError, StoreUnavailable, transient_reason
 from . import bulk
 from .backends import Backend, backend_of
 from .engine import (
@@ -201,6 +201,8 @@ class StateStore:
             if guard is not None:
                 guard.release()
 
+    outdated = False  # the table's schema version is older than ours (see check_version)
+
     def check_version(self) -> None:
         """Refuse to write to tables a newer pipestate made (once per store: a
         table is not downgraded while we run). SchemaError (exit 3) if so."""
@@ -215,6 +217,9 @@ class StateStore:
         except DBAPIError as err:
             raise self.translate(err) from err
         refuse_newer(self.tables.state.name, version)
+        # An older pipestate's table lacks columns this one writes: populate (every run's
+        # first step) brings it up to date, as init-db does.
+        self.outdated = version is not None and str(version).strip() != str(SCHEMA_VERSION)
         self._version_checked = True
 
     @contextmanager
@@ -239,6 +244,8 @@ class StateStore:
             return StoreUnavailable(
                 f"lost the connection to the state database ({self.dialect}): {first_line}"
             )
+        if transient_reason(err) is not None:  # refused, starting up, shutting down: try again
+            return StoreUnavailable(f"state database unavailable ({self.dialect}): {first_line}")
         return StateStoreError(f"state database error ({self.dialect}): {first_line}")
 
     def now(self, conn: Connection) -> datetime:

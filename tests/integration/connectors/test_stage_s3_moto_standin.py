@@ -99,3 +99,30 @@ def test_real_s3_round_trip(batch: BatchContext) -> None:
         assert [r for c in stage.read(staged) for r in c.to_pylist()] == [{"id": 1}, {"id": 2}]
     finally:
         stage.fs.rm(stage.root, recursive=True)  # type: ignore[attr-defined]
+
+
+def test_s3_stage_changed_after_staging_changes_its_fingerprint(
+    moto_s3: str, bucket: str, batch: BatchContext
+) -> None:
+    # Issue 20: the target step compares the stage with what the stage step recorded.
+    stage = s3_stage(moto_s3, f"s3://{bucket}/raw/")
+    staged = stage.write(batch, [{"id": n} for n in range(50)])
+    assert staged.fingerprint and stage.find(batch) == staged
+    other = s3_stage(moto_s3, f"s3://{bucket}/elsewhere/").write(batch, [{"id": n} for n in range(10)])
+    stage.fs.copy(other.location, staged.location)  # type: ignore[attr-defined]
+    found = s3_stage(moto_s3, f"s3://{bucket}/raw/").find(batch)
+    assert found is not None and found.record_count == 10 and found.fingerprint != staged.fingerprint
+
+
+def test_s3_stage_keys_from_hostile_batch_ids_stay_under_the_prefix(moto_s3: str, bucket: str) -> None:
+    from datetime import UTC, datetime
+
+    stage = s3_stage(moto_s3, f"s3://{bucket}/raw/")
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 1, tzinfo=UTC)
+    for batch_id in ["../../escape", "/abs", "a\\b", "sp ace%3F?#", "x" * 400, "\x1b]0;t\x07"]:
+        batch = BatchContext.for_window("orders", start, end, batch_id=batch_id)
+        staged = stage.write(batch, [{"id": 1}])
+        assert stage.find(batch) == staged
+        assert [r["id"] for c in stage.read(staged) for r in c.to_pylist()] == [1]
+    keys = stage.fs.find(bucket)  # type: ignore[attr-defined]
+    assert keys and all(key.startswith(f"{bucket}/raw/orders/2026/01/01/") for key in keys)
