@@ -16,10 +16,13 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .errors import UsageError
+
 __all__ = [
     "DAY",
     "iso",
     "UTC",
+    "WHEN_HELP",
     "DayStep",
     "Step",
     "day_bounds",
@@ -27,6 +30,8 @@ __all__ = [
     "format_step",
     "grid_cells",
     "local_date_of",
+    "local_when",
+    "read_day",
     "parse_granularity",
     "read_stored_instant",
     "read_instant",
@@ -255,3 +260,40 @@ def grid_cells(
 def iso(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with an explicit offset, as every JSON output writes instants."""
     return None if value is None else value.astimezone(UTC).isoformat()
+
+
+# What every command's --help says of a date or time it is given (one meaning everywhere).
+WHEN_HELP = (
+    "a local day YYYY-MM-DD of the pipeline's zone (its first instant), "
+    "a local YYYY-MM-DDTHH:MM, or an instant with an offset"
+)
+
+
+def read_day(value: str, option: str) -> date:
+    """A local day from `YYYY-MM-DD`; UsageError naming the `option` otherwise."""
+    try:
+        if len(value.strip()) != 10:
+            raise ValueError(value)
+        return date.fromisoformat(value.strip())
+    except ValueError as err:
+        raise UsageError(f"{option}: not a date (YYYY-MM-DD): {value!r}") from err
+
+
+def local_when(value: str, tz: ZoneInfo, option: str) -> datetime:
+    """The UTC instant a command's date or time option means, the same in every command.
+
+    A bare date `YYYY-MM-DD` is the local day of `tz` and means its first instant
+    (so `--start D --end D+1` is the whole local day D, 23 or 25 hours on a DST
+    change); a datetime without an offset is a wall clock of `tz`; one with an
+    offset (or `Z`) is that instant. UsageError naming the `option` otherwise.
+    """
+    text = value.strip()
+    if len(text) == 10:
+        return _day_start(read_day(text, option), tz)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as err:
+        raise UsageError(f"{option}: not a date or ISO 8601 datetime: {value!r}") from err
+    if parsed.tzinfo is None:  # a wall clock of the pipeline's zone
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.astimezone(UTC)

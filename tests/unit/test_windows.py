@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipestate.errors import UsageError
 from pipestate.windows import (
     DAY,
     DayStep,
@@ -26,7 +27,9 @@ from pipestate.windows import (
     format_step,
     grid_cells,
     local_date_of,
+    local_when,
     parse_granularity,
+    read_day,
     read_instant,
     read_stored_instant,
     require_utc,
@@ -568,3 +571,39 @@ def test_read_instant_reads_every_stored_form_like_read_stored_instant(instant, 
 @given(st.text(alphabet="0123456789-: TZ+.", max_size=32))
 def test_read_instant_agrees_with_read_stored_instant_on_any_text(text):
     assert read_instant(text) == read_stored_instant(text)
+
+
+# -- one meaning of a date: what every command's --date/--start/--end reads -------------
+
+BERLIN_DST_DAYS = [  # (local day, its hours): spring forward and fall back, now and in later years
+    (date(2026, 3, 29), 23),
+    (date(2026, 10, 25), 25),
+    (date(2027, 3, 28), 23),
+    (date(2028, 10, 29), 25),
+    (date(2029, 3, 25), 23),
+    (date(2030, 10, 27), 25),
+]
+
+
+@pytest.mark.parametrize(("day", "hours"), BERLIN_DST_DAYS)
+def test_a_bare_date_is_the_local_day_in_every_year(day: date, hours: int) -> None:
+    tz = zone("Europe/Berlin")
+    low = local_when(day.isoformat(), tz, "--start")
+    high = local_when((day + timedelta(days=1)).isoformat(), tz, "--end")
+    assert (low, high) == day_bounds(day, tz)
+    assert high - low == timedelta(hours=hours)
+
+
+def test_a_wall_clock_is_local_and_an_offset_is_an_instant() -> None:
+    tz = zone("Europe/Berlin")
+    assert local_when("2026-03-29T12:00", tz, "--start") == datetime(2026, 3, 29, 10, tzinfo=UTC)
+    assert local_when("2026-03-29T12:00Z", tz, "--start") == datetime(2026, 3, 29, 12, tzinfo=UTC)
+    assert local_when("2026-03-29T12:00+01:00", tz, "--start") == datetime(2026, 3, 29, 11, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", ["2026-3-29", "yesterday", "2026-02-30", "2026-03-29 25:00"])
+def test_an_unreadable_date_names_the_option(text: str) -> None:
+    with pytest.raises(UsageError, match="^--end: "):
+        local_when(text, zone("UTC"), "--end")
+    with pytest.raises(UsageError, match="^--date: "):
+        read_day(text, "--date")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -23,7 +23,7 @@ from ..store import spans
 from ..store.daily import HOURS_PER_DAY_SLOT, DayBucket, bucket_rows
 from ..store.schema import DURATION_MINUTES, END_TIME, START_TIME
 from ..store.views import alert_figures, latest_populate, window_rows
-from ..windows import day_bounds, iso, local_date_of, split_at_midnights
+from ..windows import day_bounds, iso, local_date_of, local_when, read_day, split_at_midnights
 from .status import leases, status
 
 if TYPE_CHECKING:
@@ -318,37 +318,16 @@ def _window_range(
     if day is not None and (start is not None or end is not None):
         raise UsageError("--date: give --date, or --start/--end, not both")
     if day is not None:
-        if len(day) != 10:
-            raise UsageError(f"--date: not a date (YYYY-MM-DD): {day!r}")
-        return day_bounds(_read_day(day, "--date"), tz)
+        return day_bounds(read_day(day, "--date"), tz)
     if start is None and end is None:
         with ctx.store.transaction(write=False) as conn:
             stop = settings_at(ctx, ctx.now(conn)).covered_stop
         return day_bounds(local_date_of(stop - timedelta(microseconds=1), tz), tz)
-    low = _local_bound(start, "--start", tz) if start else ctx.config.pipeline.start_utc
-    high = _local_bound(end, "--end", tz) if end else low + timedelta(days=1)
+    low = local_when(start, tz, "--start") if start else ctx.config.pipeline.start_utc
+    high = local_when(end, tz, "--end") if end else low + timedelta(days=1)
     if high <= low:
         raise UsageError(f"--end: must be after --start ({end!r} is not)")
     return low, high
-
-
-def _read_day(value: str, option: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError as err:
-        raise UsageError(f"{option}: not a date (YYYY-MM-DD): {value!r}") from err
-
-
-def _local_bound(value: str, option: str, tz: ZoneInfo) -> datetime:
-    if len(value) == 10:
-        return day_bounds(_read_day(value, option), tz)[0]
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as err:
-        raise UsageError(f"{option}: not a date or ISO 8601 datetime: {value!r}") from err
-    if parsed.tzinfo is None:  # a wall clock of the pipeline's zone
-        parsed = parsed.replace(tzinfo=tz)
-    return parsed.astimezone(UTC)
 
 
 def list_windows(
