@@ -28,6 +28,7 @@ __all__ = [
     "StateStoreError",
     "StoreBusyError",
     "StoreUnavailable",
+    "TargetSchemaError",
     "TransientConnectorError",
     "UsageError",
     "WorkerStopped",
@@ -102,6 +103,14 @@ class TransientConnectorError(ConnectorError):
     """A failure that the same step may get past when retried (network, 5xx, throttling)."""
 
     retryable = True
+
+
+class TargetSchemaError(ConnectorError):
+    """The batch's data does not fit the target's table (a type conflict, a reserved
+    name, a value the column's type refuses): the same data fails the same way on
+    every retry, so the batch is FAILED for good at once (`last_error_kind = terminal`)."""
+
+    retryable = False
 
 
 class CountMismatch(ConnectorError):

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ConnectorError
+from ..errors import ConnectorError, TargetSchemaError
 from .arrow import dumps, record_batches, utc_times
 
 __all__ = ["PROFILES", "Landing", "Profile", "family_of_arrow", "family_of_sql", "framed", "profile_for"]
@@ -283,7 +283,7 @@ class Landing:
         by_name = {self._catalog(name): (name, kind) for name, kind in existing.items()}
         old_layout = self._catalog("record") in by_name and "record" not in schema.names
         if self.raw_column is None and old_layout:
-            raise ConnectorError(
+            raise TargetSchemaError(
                 f"target table {self.table} has the earlier layout (each record as JSON in `record`): "
                 "set [target] raw = true to keep loading it (typed columns are added beside "
                 "`record`), or name a new [target] table"
@@ -303,7 +303,7 @@ class Landing:
         for item in schema:
             column = self.column_name(item.name)
             if column in self.reserved:
-                raise ConnectorError(
+                raise TargetSchemaError(
                     f"field {item.name!r} has the name of a column pipestate fills in {self.table}"
                 )
             family = "timestamp" if column == self.time_column else family_of_arrow(item.type)
@@ -318,7 +318,7 @@ class Landing:
                 continue
             table_family = family_of_sql(found[1])
             if declared is None and family is not None and not fits(family, table_family):
-                raise ConnectorError(
+                raise TargetSchemaError(
                     f"field {item.name!r}: column {column} of {self.table} is {found[1]}, "
                     f"this batch has {item.type} ({family})"
                 )

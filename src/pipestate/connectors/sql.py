@@ -9,7 +9,9 @@ a batch again replaces its rows and a failed load leaves the previous ones in pl
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import time
 import uuid
 from datetime import datetime
@@ -20,7 +22,7 @@ import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from pydantic import Field, field_validator
 
-from ..errors import ConfigError, ConnectorError, TransientConnectorError
+from ..errors import ConfigError, ConnectorError, TargetSchemaError, TransientConnectorError
 from ..windows import UTC
 from .arrow import stored_instant
 from .landing import (
@@ -45,8 +47,8 @@ from .registry import RecordTableOptions
 __all__ = ["SqlTarget"]
 
 _EXTRA_FOR = {"duckdb": "duckdb", "postgresql": "postgres"}
-_BUSY_WAIT_SECONDS = 60.0
 _HOLD_SECONDS = 2.0
+log = logging.getLogger(__name__)
 
 
 class SqlOptions(RecordTableOptions):
@@ -57,6 +59,8 @@ class SqlOptions(RecordTableOptions):
     batch_size: int = Field(default=1000, gt=0)  # kept for old configs: loads go in bulk now
     raw: bool = False  # also keep each whole record as JSON in the `record` column
     columns: dict[str, str] = {}  # field -> SQL type, instead of the type read from the data
+    # Seconds a load waits for a target another process holds (DuckDB's one writer), then fails.
+    busy_timeout: float = Field(default=60.0, ge=0, le=86400)
 
     @field_validator("columns")
     @classmethod
@@ -187,16 +191,29 @@ class SqlTarget:
     def load(self, batch: BatchContext, staged: StagedData, stage: Stage) -> LoadResult:
         # Another process holding a DuckDB file (or a SQLite write lock past its
         # timeout) is a wait, not a failure: retry for a while before giving up.
-        deadline = time.monotonic() + _BUSY_WAIT_SECONDS
+        wait = self.options.busy_timeout
+        deadline = time.monotonic() + wait
         pause = 0.05
+        said = False
         while True:
             try:
                 return self._load_once(batch, staged, stage)
-            except TransientConnectorError:
+            except TransientConnectorError as err:
                 self.engine.dispose()  # a connection that failed is not kept
                 self._held_since = None
                 if time.monotonic() + pause > deadline:
+                    if said:
+                        err.add_note(f"still busy after [target] busy_timeout = {wait:g} s")
                     raise
+                if not said:  # one line, so a silent wait is not mistaken for a hang
+                    log.warning(
+                        "target %s is busy (%s); waiting up to %g s ([target] busy_timeout)",
+                        self.location,
+                        err,
+                        wait,
+                        extra={"batch_id": batch.batch_id, "step": "target"},
+                    )
+                    said = True
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
             finally:
@@ -254,6 +271,10 @@ class SqlTarget:
                     )
         except sa.exc.DBAPIError as err:
             raise _wrap(err, f"load batch {batch.batch_id}") from err
+        except Exception as err:
+            if _data_error(err):  # a driver's own call (PostgreSQL's COPY) refused a value
+                raise _wrap_driver(err, f"load batch {batch.batch_id}") from err
+            raise
         return LoadResult(now, previous, self.location, load_id)
 
     def _bulk(self, conn: sa.Connection, table: pa.Table, batch_id: str, loaded_at: datetime) -> None:
@@ -277,8 +298,11 @@ class SqlTarget:
                     f"INSERT INTO {self.table} ({column_list}) SELECT ?, ?, {', '.join(selects)} FROM {view}",
                     [batch_id, loaded_at],
                 )
-            finally:
-                dbapi.unregister(view)
+            except Exception as err:  # the driver's own error: SQLAlchemy does not see this call
+                with contextlib.suppress(Exception):  # the aborted transaction refuses it too
+                    dbapi.unregister(view)
+                raise _wrap_driver(err, f"load batch {batch_id}") from err
+            dbapi.unregister(view)
         else:
             stamp = loaded_at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
             columns = [_sqlite_ready(table.column(name)).to_pylist() for name in table.column_names]
@@ -412,8 +436,24 @@ def _apply_settings(engine: sa.Engine, settings: dict[str, str]) -> None:
 
 
 def _wrap(err: sa.exc.DBAPIError, doing: str) -> ConnectorError:
-    kind = TransientConnectorError if err.connection_invalidated or _busy(err) else ConnectorError
+    kind: type[ConnectorError] = ConnectorError
+    if err.connection_invalidated or _busy(err):
+        kind = TransientConnectorError
+    elif isinstance(err, sa.exc.DataError):  # a value the column's type refuses: so on every retry
+        kind = TargetSchemaError
     return kind(f"target: cannot {doing}: {str(err.orig).splitlines()[0]}")
+
+
+def _wrap_driver(err: Exception, doing: str) -> ConnectorError:
+    """`_wrap` for an error of a driver call made past SQLAlchemy (DuckDB's Arrow insert)."""
+    if _data_error(err):
+        return TargetSchemaError(f"target: cannot {doing}: {str(err).splitlines()[0]}")
+    return ConnectorError(f"target: cannot {doing}: {str(err).splitlines()[0]}")
+
+
+def _data_error(err: BaseException) -> bool:
+    """A driver's PEP 249 DataError: the data does not fit the column, whatever the retry."""
+    return not isinstance(err, ConnectorError) and any(k.__name__ == "DataError" for k in type(err).__mro__)
 
 
 def _busy(err: sa.exc.DBAPIError) -> bool:

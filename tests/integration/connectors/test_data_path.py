@@ -8,6 +8,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +25,7 @@ import support
 from pipestate.connectors import BatchContext, build_source, build_stage, build_target
 from pipestate.connectors.arrow import record_batches
 from pipestate.connectors.files import FilesSource, partition_span
-from pipestate.errors import ConnectorError
+from pipestate.errors import ConnectorError, TransientConnectorError, retryable
 from pipestate.windows import zone
 
 DAY = datetime(2026, 1, 1, tzinfo=UTC)
@@ -380,9 +383,54 @@ def test_a_type_conflict_fails_the_batch_naming_field_and_types(landing: tuple[s
     _load(url, table, tmp_path, [{"id": 1, "timestamp": "2026-01-01T00:10:00Z"}])
     with pytest.raises(
         ConnectorError, match=rf"field 'id': column id of .*{table}.* is [A-Za-z ]+, this batch has string"
-    ):
+    ) as raised:
         _load(url, table, tmp_path, [{"id": "one", "timestamp": "2026-01-01T00:10:00Z"}])
     assert [r.id for r in _select(url, f'SELECT id FROM "{table}"')] == [1]  # the earlier load stays
+    assert retryable(raised.value) is False  # the same data fails the same way: FAILED for good
+
+
+def test_a_value_the_declared_column_refuses_is_terminal(landing: tuple[str, str], tmp_path: Path):
+    # Text into a DOUBLE column the config declares: the database refuses it on every retry.
+    url, table = landing
+    if url.startswith("sqlite"):
+        pytest.skip("SQLite stores any value in any column: nothing to refuse")
+    declared = {"columns": {"amount": "DOUBLE PRECISION"}}
+    with pytest.raises(ConnectorError, match="target: cannot load batch") as raised:
+        _load(url, table, tmp_path, [{"amount": "lots", "timestamp": "2026-01-01T00:10:00Z"}], **declared)
+    assert retryable(raised.value) is False
+
+
+@pytest.mark.duckdb
+def test_a_locked_duckdb_target_says_so_once_and_gives_up_after_busy_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "target.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb,time; c=duckdb.connect({str(target)!r}); print(1, flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"1"
+        began = time.monotonic()
+        with caplog.at_level("WARNING", logger="pipestate"), pytest.raises(TransientConnectorError) as raised:
+            _load(
+                f"duckdb:///{target}",
+                "t",
+                tmp_path,
+                [{"id": 1, "timestamp": "2026-01-01T00:10:00Z"}],
+                busy_timeout=1,
+            )
+        assert time.monotonic() - began < 10
+    finally:
+        holder.kill()
+        holder.wait()
+    said = [r.getMessage() for r in caplog.records if "busy" in r.getMessage()]
+    assert len(said) == 1 and str(target) in said[0] and "waiting up to 1 s" in said[0], said
+    assert "busy_timeout = 1 s" in " ".join(getattr(raised.value, "__notes__", []))
 
 
 def test_raw_mode_keeps_the_whole_record(landing: tuple[str, str], tmp_path: Path) -> None:
