@@ -180,10 +180,8 @@ def test_metrics_are_prometheus_text_with_freshness(project):
     until = families["pipestate_complete_until_timestamp_seconds"].samples[0]
     assert until.labels == {"pipeline": "orders"}
     assert until.value == 1772600400  # 2026-03-04T05:00:00Z: the end of the last completed window
-    scraped = families["pipestate_scrape_timestamp_seconds"].samples[0].value
-    assert families["pipestate_freshness_seconds"].samples[0].value == pytest.approx(
-        scraped - until.value, abs=1
-    )
+    # The range ended (2026-03-10 local, 04:00 UTC): freshness counts to its end, not to now.
+    assert families["pipestate_freshness_seconds"].samples[0].value == 1773115200 - until.value
     assert families["pipestate_oldest_pending_age_seconds"].samples[0].value > 0
     openmetrics = ok("metrics", "--openmetrics", cwd=project)
     assert openmetrics.rstrip().endswith("# EOF")

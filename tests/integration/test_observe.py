@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 from support import external_row, insert_external, utc
 
+from pipestate.show.metrics import metrics_json
 from pipestate.windows import local_date_of, zone
 
 
@@ -215,3 +216,5 @@ def test_alert_figures_follow_the_completed_prefix(manager_factory):
     manager.complete(held.batch_id, "w2")
     _complete_all(manager)
     assert manager.alert_data()["complete_until"] == utc(2026, 1, 2)
+    # A range with an end, all of it done: fresh, however long ago the end was.
+    assert metrics_json(manager.pipeline, manager.alert_data())["freshness_seconds"] == 0

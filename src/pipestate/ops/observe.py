@@ -417,6 +417,8 @@ def alert_data(ctx: Context) -> dict[str, Any]:
     settings = settings_at(ctx, now)
     figures["now"] = now
     figures["range_start"] = settings.start
+    # Data can be fresh up to min(now - lag, end): a finished range stops ageing.
+    figures["fresh_as_of"] = settings.stop
     return figures
 
 

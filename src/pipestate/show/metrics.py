@@ -31,7 +31,7 @@ def _values(figures: dict[str, Any]) -> dict[str, float | None]:
         "failed_permanently": figures["failed_permanently"],
         "stuck_leases": figures["stuck_leases"],
         "oldest_pending_age_seconds": _seconds(now, oldest["end"]) if oldest else 0.0,
-        "freshness_seconds": _seconds(now, watermark),
+        "freshness_seconds": _seconds(figures.get("fresh_as_of", now), watermark),
         "complete_until": watermark.timestamp() if watermark is not None else None,
         "now": now.timestamp(),
     }
@@ -65,7 +65,8 @@ def metrics_text(pipeline: str, figures: dict[str, Any], openmetrics: bool = Fal
         ),
         "freshness_seconds": (
             "pipestate_freshness_seconds",
-            "Now minus complete_until: how far behind the completed data is.",
+            "min(now - lag, end) minus complete_until: how far behind the completed data is "
+            "(0 once a range with an end is complete).",
         ),
         "complete_until": (
             "pipestate_complete_until_timestamp_seconds",
