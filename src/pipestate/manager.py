@@ -18,11 +18,11 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 
 from .config import Config, load_config
-from .ops import claims, days, observe, populate, status
+from .ops import claims, days, observe, populate, regrid, status
 from .ops import operator as operations
 from .ops import reconcile as recount
 from .ops.batch import Batch
-from .ops.context import Context
+from .ops.context import Context, aware
 from .ops.populate import WindowFunctions
 from .ops.populate_report import PopulateReport
 from .statuses import Status, Step
@@ -109,6 +109,20 @@ class PipelineStateManager:
     def validate(self) -> PopulateReport:
         """Phases 1-3 only: what populate would find; writes nothing."""
         return populate.validate(self.context, self._functions)
+
+    def regrid(
+        self,
+        granularity: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        dry_run: bool = False,
+    ) -> regrid.RegridReport:
+        """Put the PENDING and FAILED windows of `[start, end)` (UTC; default the whole
+        range) on `granularity`'s grid; COMPLETED and IN_PROGRESS windows stay."""
+        return regrid.regrid(
+            self.context, self._functions, granularity, aware(start, "start"), aware(end, "end"), dry_run
+        )
 
     # -- workers (claims.py; the state table is the lock) -------------------------
 

@@ -41,7 +41,7 @@ from .context import Context
 from .populate_report import CreatedLog, PopulateReport
 from .rows import RowBuilder
 
-__all__ = ["WindowFunctions", "populate", "validate"]
+__all__ = ["WindowFunctions", "name_windows", "populate", "validate"]
 
 _CHUNK = 5000
 _REPLANS = 5  # times populate plans again when workers change rows under it
@@ -120,7 +120,7 @@ def _dry_run(ctx: Context, functions: WindowFunctions, run_id: str, verb_is_vali
         report = PopulateReport(ctx.pipeline, True, run_id, now, the_plan, CreatedLog(ctx.pipeline))
         report.table_missing = True
         if not verb_is_validate:
-            _name_windows(ctx, functions, the_plan, set(), report.created, now, run_id, sink=None)
+            name_windows(ctx, functions, the_plan, set(), report.created, now, run_id, sink=None)
         return report
     with ctx.store.transaction(write=False) as conn:
         now = ctx.now(conn)
@@ -133,7 +133,7 @@ def _dry_run(ctx: Context, functions: WindowFunctions, run_id: str, verb_is_vali
         taken = populate_sql.inactive_ids(ctx.store, conn, ctx.pipeline) | {
             r.batch_id for r in the_plan.invalid
         }
-        _name_windows(ctx, functions, the_plan, taken, log, now, run_id, sink=None, conn=conn, report=report)
+        name_windows(ctx, functions, the_plan, taken, log, now, run_id, sink=None, conn=conn, report=report)
     return report
 
 
@@ -225,12 +225,12 @@ def _apply(ctx: Context, functions: WindowFunctions, conn: Connection, report: P
         ),
     )
     taken = populate_sql.inactive_ids(store, conn, ctx.pipeline) | {r.batch_id for r in the_plan.invalid}
-    _name_windows(
+    name_windows(
         ctx, functions, the_plan, taken, report.created, now, run_id, sink=conn, conn=conn, report=report
     )
 
 
-def _name_windows(
+def name_windows(
     ctx: Context,
     functions: WindowFunctions,
     the_plan: Plan,

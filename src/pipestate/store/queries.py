@@ -29,6 +29,7 @@ __all__ = [
     "lease_expiry",
     "now_expression",
     "oldest_pending",
+    "regrid_candidates",
     "requeue_candidates",
     "requeued_count",
     "statuses_of",
@@ -138,6 +139,33 @@ def requeue_candidates(
         if end is not None:
             stmt = stmt.where(c.source_query_window_end_time <= end)
     return conn.execute(stmt.order_by(c[START_TIME])).all()
+
+
+def regrid_candidates(
+    store: StateStore, conn: Connection, pipeline: str, start: datetime, end: datetime | None
+) -> Sequence[Any]:
+    """(batch_id, start, end, status, updated_at, loaded) of the active windows sharing an
+    instant with [start, end), instants raw, by start; `loaded` is set when the window's
+    data reached the target once (a load or a completion recorded)."""
+    c = store.tables.state.c
+    raw = store.raw_column
+    stmt = select(
+        c.batch_id,
+        raw(START_TIME),
+        raw("source_query_window_end_time"),
+        c.pipeline_status,
+        raw("updated_at"),
+        raw("target_load_completed_at"),
+        raw("completed_at"),
+    ).where(
+        c.pipeline_name == pipeline,
+        c.pipeline_status != Status.SUPERSEDED,
+        c.source_query_window_end_time > c[START_TIME],
+        c.source_query_window_end_time > start,
+    )
+    if end is not None:
+        stmt = stmt.where(c[START_TIME] < end)
+    return conn.execute(stmt.order_by(c[START_TIME], c.source_query_window_end_time)).all()
 
 
 def requeued_count(store: StateStore) -> Any:
