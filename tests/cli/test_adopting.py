@@ -114,3 +114,32 @@ def test_adopting_a_legacy_table_keeps_every_finished_window(tmp_path: Path) -> 
         owner = conn.execute("SELECT DISTINCT owner FROM jobs WHERE batch_id LIKE 'job-%'").fetchall()
     assert kept == {"job-00": "SUCCESS", "job-06": "completed"}  # untouched rows keep their own names
     assert owner == [("etl",)]  # and their own columns
+
+
+def test_read_only_commands_work_before_init_db_and_history_points_to_it(tmp_path: Path) -> None:
+    # An adopted table with only the contract's core columns: a look is not an error to retry.
+    legacy_table(tmp_path / "legacy.db")
+    (tmp_path / "pipestate.toml").write_text(CONFIG, encoding="utf-8")
+    with sqlite3.connect(tmp_path / "legacy.db") as conn:
+        for old, new in RENAMES:
+            conn.execute(f"ALTER TABLE jobs RENAME COLUMN {old} TO {new}")
+    for args in (
+        ("status",),
+        ("status", "--json"),
+        ("windows", "--date", "2026-01-01"),
+        ("windows", "--date", "2026-01-01", "--json"),
+        ("report", "--html", str(tmp_path / "report.html")),
+        ("metrics",),
+    ):
+        result = run(*args, cwd=tmp_path)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "None" not in result.stdout or "--json" in args, (args, result.stdout)
+    counts = json.loads(run("status", "--json", cwd=tmp_path).stdout)["counts"]
+    assert counts["COMPLETED"] == 12 and counts["FAILED"] == 4
+    history = run("history", "job-01", cwd=tmp_path)
+    assert history.returncode == 2 and "init-db" in history.stderr, history.stderr
+    assert len(history.stderr.strip().splitlines()) == 1
+    # nothing was written: the table still lacks the optional columns
+    with sqlite3.connect(tmp_path / "legacy.db") as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    assert "retry_count" not in columns

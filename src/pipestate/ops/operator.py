@@ -184,7 +184,14 @@ def quarantine(
 
 
 def history(ctx: Context, batch_id: str) -> list[dict[str, Any]]:
-    """The batch's audit events, oldest first."""
+    """The batch's audit events, oldest first. UsageError when the table has no audit
+    table yet (another tool's table before init-db): nothing to read, nothing to retry."""
+    store = ctx.store
+    if store.exists() and not store.is_set_up():
+        raise UsageError(
+            f"no audit trail: table {store.tables.events.name} does not exist yet; "
+            "'pipestate init-db' creates it, and history is recorded from then on"
+        )
     with ctx.store.transaction(write=False) as conn:
         rows = queries.history(ctx.store, conn, ctx.pipeline, batch_id)
     return [

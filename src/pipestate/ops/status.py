@@ -83,7 +83,7 @@ def status(ctx: Context, conn: Connection | None = None, swept: spans.Sweep | No
             {
                 "batch_id": row[0],
                 "start": iso(read_stored_instant(row[1])),
-                "retry_count": row[2],
+                "retry_count": row[2] or 0,  # NULL (a row another tool wrote): no retry yet
                 "last_error": row[3],
                 "last_error_at": iso(read_stored_instant(row[4])),
             }
@@ -117,7 +117,7 @@ def leases(ctx: Context, conn: Any, now: datetime) -> dict[str, list[dict[str, A
         "failed_permanently": [
             {
                 "batch_id": row.batch_id,
-                "retry_count": row.retry_count,
+                "retry_count": row.retry_count or 0,
                 "last_error": row.last_error,
                 "last_error_at": iso(read_stored_instant(row.last_error_at)),
             }

@@ -17,7 +17,7 @@ from .engine import (
     serialize_schema_changes,
 )
 from .schema import COLUMNS, CORE_COLUMNS, SCHEMA_VERSION
-from .store import StateStore, refuse_newer
+from .store import StateStore, present_columns, refuse_newer
 from .types import UTCDateTime
 
 
@@ -59,17 +59,6 @@ def init_db(store: StateStore, migrate_timestamps: bool = False) -> list[str]:
                 )
                 actions.append(f"schema version {str(version).strip()} -> {SCHEMA_VERSION}")
     return actions
-
-
-def present_columns(store: StateStore, conn: Connection) -> set[str]:
-    """The state table's column names, lower case, as the database has them."""
-    table_name = conn.dialect.identifier_preparer.format_table(store.tables.state)
-    # The result's keys, not inspect().get_columns(): duckdb-engine's reflection
-    # queries pg_catalog tables DuckDB lacks (pg_collation) under SQLAlchemy 2.1.
-    probe = conn.exec_driver_sql(f"SELECT * FROM {table_name} WHERE 1 = 0")
-    columns = probe.keys()
-    probe.close()
-    return {name.lower() for name in columns}
 
 
 def note_columns(store: StateStore, conn: Connection) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sqlite3
 import sys
 import threading
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -48,6 +50,20 @@ from .types import StatusType, UTCDateTime
 if TYPE_CHECKING:
     pass
 
+
+def present_columns(store: StateStore, conn: Connection) -> set[str]:
+    """The state table's column names, lower case, as the database has them."""
+    table_name = conn.dialect.identifier_preparer.format_table(store._tables.state)
+    # The result's keys, not inspect().get_columns(): duckdb-engine's reflection
+    # queries pg_catalog tables DuckDB lacks (pg_collation) under SQLAlchemy 2.1.
+    probe = conn.exec_driver_sql(f"SELECT * FROM {table_name} WHERE 1 = 0")
+    columns = probe.keys()
+    probe.close()
+    return {name.lower() for name in columns}
+
+
+# The store whose read-only transaction is open in this thread, and the tables it reads there.
+_READING: ContextVar[tuple[StateStore, StateTables] | None] = ContextVar("pipestate_reading", default=None)
 # The instants Python's datetime can hold (years 1 to 9999), on PostgreSQL.
 _PG_FIRST_INSTANT: ColumnElement[Any] = literal_column("TIMESTAMPTZ '0001-01-01 00:00:00+00'")
 _PG_PAST_LAST_INSTANT: ColumnElement[Any] = literal_column("TIMESTAMPTZ '10000-01-01 00:00:00+00'")
@@ -111,12 +127,51 @@ class StateStore:
         self.status_aliases = tuple(sorted((status_map or {}).items()))
         self.absent_columns: frozenset[str] = frozenset()  # optional columns the table lacks (note_columns)
         self.backend: Backend = backend_of(self.engine)
-        self.tables: StateTables = build_tables(table, schema or None, self.backend.name, self.status_aliases)
+        self._tables = build_tables(table, schema or None, self.backend.name, self.status_aliases)
+        self._read_view: StateTables | None = None  # see tables
+        self._read_view_for: frozenset[str] = frozenset()
+        self._columns_noted = False
         self.lock_timeout = lock_timeout
         self._thread_lock: threading.Lock | None = process_lock(self.engine)
         self.insert_sql: dict[Any, str] = {}
         self.unique_ids_known: bool | None = None
         self._version_checked = False
+
+    @property
+    def tables(self) -> StateTables:
+        """The tables; inside a read-only transaction on a table another tool made
+        that lacks optional columns (before init-db), the state table is a view that
+        reads them as NULL, so status, windows, report and metrics work on it too."""
+        reading = _READING.get()
+        if reading is not None and reading[0] is self:
+            return reading[1]
+        return self._tables
+
+    def _padded_tables(self) -> StateTables | None:
+        """The read view of a table lacking optional columns, or None when none lacks.
+        Asked once per store (init-db and populate's note_columns keep it current)."""
+        if not self._columns_noted:
+            self._columns_noted = True
+            try:
+                with self.engine.connect() as conn:
+                    present = present_columns(self, conn)
+            except SQLAlchemyError:
+                return None  # no table (yet): the reader's own query says so
+            names = [column.name for column in self._tables.state.columns]
+            self.absent_columns = frozenset(name for name in names if name.lower() not in present)
+        absent = self.absent_columns
+        if not absent:
+            return None
+        if self._read_view is None or self._read_view_for != absent:
+            state = self._tables.state
+            columns = [
+                type_coerce(null(), column.type).label(column.name) if column.name in absent else column
+                for column in state.columns
+            ]
+            view: Any = select(*columns).subquery(state.name)
+            self._read_view = dataclasses.replace(self._tables, state=view)
+            self._read_view_for = absent
+        return self._read_view
 
     @property
     def dialect(self) -> str:
@@ -163,7 +218,7 @@ class StateStore:
     def missing_table_error(self) -> SchemaError:
         where = f" (no database file {self.database_file})" if self.file_missing() else ""
         return SchemaError(
-            f"state table {self.tables.state.fullname} does not exist{where}; "
+            f"state table {self._tables.state.fullname} does not exist{where}; "
             "run 'pipestate init-db' or 'pipestate populate'"
         )
 
@@ -186,6 +241,8 @@ class StateStore:
                 raise self.translate(err) from err
             with connection:
                 connection = connection.execution_options(pipestate_write=write)
+                padded = None if write else self._padded_tables()
+                token = _READING.set((self, padded) if padded is not None else None)
                 try:
                     with connection.begin():
                         yield connection
@@ -197,6 +254,8 @@ class StateStore:
                     if _driver_error(err):
                         raise self.translate(err) from err
                     raise
+                finally:
+                    _READING.reset(token)
         finally:
             if guard is not None:
                 guard.release()
