@@ -52,15 +52,29 @@ def project(tmp_path: Path) -> Path:
     return folder / "pipestate.toml"
 
 
-def shell(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("PIPESTATE_")}
-    environment["PATH"] = f"{BIN}:{environment.get('PATH', '')}"
+def shell(command: str, cwd: Path, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`command` the way cron runs it: `env -i` (only PATH, HOME, SHELL, LOGNAME), `sh -c`,
+    no terminal on stdin, stdout or stderr."""
+    environment = {
+        "PATH": f"{BIN}:/usr/bin:/bin",
+        "HOME": str(home or cwd),
+        "SHELL": "/bin/sh",
+        "LOGNAME": "cron",
+    }
+    if "PYTHONPATH" in os.environ:  # a checkout tested against a shared venv: keep its code
+        environment["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    assignments = [f"{name}={value}" for name, value in environment.items()]
     return subprocess.run(
-        ["sh", "-c", command], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
+        ["env", "-i", *assignments, "sh", "-c", command],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
-def test_the_cron_line_runs_from_the_home_folder(tmp_path: Path) -> None:
+def test_the_cron_line_writes_json_lines_and_mails_only_on_failure(tmp_path: Path) -> None:
     line = next(row for row in DOC.splitlines() if row.startswith("*/15 * * * *"))
     command = line.split(None, 5)[5]
     config = project(tmp_path)
@@ -71,18 +85,36 @@ def test_the_cron_line_runs_from_the_home_folder(tmp_path: Path) -> None:
     home.mkdir()
     done = shell(command, cwd=home)
     assert done.returncode == 0, done.stderr
-    summary = json.loads(log.read_text())
-    assert (summary["completed"], summary["ok"]) == (4, True)
+    assert (done.stdout, done.stderr) == ("", "")  # nothing for cron to mail
+    again = shell(command, cwd=home)  # the next quarter hour: nothing left to do
+    assert again.returncode == 0 and (again.stdout, again.stderr) == ("", "")
+    runs = [json.loads(row) for row in log.read_text().splitlines()]  # JSON Lines: one object a run
+    assert [(run["completed"], run["ok"]) for run in runs] == [(4, True), (0, True)]
     assert list(home.iterdir()) == []
     assert (config.parent / "state.db").exists() and (config.parent / "target.db").exists()
+    # A failing run: the mail is the one line that says what failed.
+    (config.parent / "events" / "e.ndjson").unlink()
+    (config.parent / "events").rmdir()
+    failed = shell(command, cwd=home)
+    assert failed.returncode == 2
+    assert failed.stdout == "" and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert "events" in failed.stderr
 
 
-def test_the_cronjob_command_runs_as_the_container_would(tmp_path: Path) -> None:
+def test_the_cronjob_command_logs_json_lines_as_the_container_would(tmp_path: Path) -> None:
     match = re.search(r"^\s+command: (\[.*\])$", DOC, re.MULTILINE)
     assert match, "the CronJob example has a command line"
     argv = json.loads(match.group(1))
     config = project(tmp_path)
     argv = [str(config) if arg == "/etc/pipestate/pipestate.toml" else arg for arg in argv]
-    done = shell(" ".join(argv), cwd=Path("/"))
+    done = shell(" ".join(argv), cwd=Path("/"), home=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["completed"] == 4
+    (line,) = done.stdout.splitlines()
+    assert json.loads(line)["completed"] == 4
+    assert all(json.loads(row) for row in done.stderr.splitlines())  # the pod log: JSON Lines
+    (config.parent / "events" / "e.ndjson").unlink()
+    (config.parent / "events").rmdir()
+    failed = shell(" ".join(argv), cwd=Path("/"), home=tmp_path)
+    assert failed.returncode == 2
+    (error,) = [json.loads(row) for row in failed.stderr.splitlines()]
+    assert error["level"] == "error" and "ts" in error and "events" in error["message"]

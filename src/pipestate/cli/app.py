@@ -3,22 +3,31 @@ entry point that turns errors into the contract's exit codes (one line per user 
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
-from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import PipestateError
+from ..errors import PipestateError, UsageError
+from ..windows import WHEN_HELP, local_when
+from .output import LEVELS, Settings, configure, dump_json, say_error
 
 if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` stays fast
     from ..manager import PipelineStateManager
 
 
 _CONFIG_HELP = "Config file (default: $PIPESTATE_CONFIG, else ./pipestate.toml)."
+NOW_HELP = (
+    "Plan and report as of this instant, not now (a replay; also env PIPESTATE_NOW): "
+    f"{WHEN_HELP}. Commands that hold leases refuse it."
+)
+
+# The shared options of this invocation (see output.Settings); main() starts each run afresh.
+SETTINGS = Settings()
 
 
 def _remember_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -30,20 +39,96 @@ def _remember_config(ctx: click.Context, _param: click.Parameter, value: str | N
     return value
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    # Like --config: accepted before or after the subcommand; a default never undoes a value given.
+    if value is not None and value is not False and param.name:
+        SETTINGS[param.name] = value
+        configure(SETTINGS.level, SETTINGS.json_logs)
+    return value
+
+
+def shared_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The output and clock options every command takes, before or after its name."""
+    options = [
+        click.option(
+            "--quiet",
+            "-q",
+            is_flag=True,
+            default=None,
+            callback=_remember,
+            expose_value=False,
+            is_eager=True,
+            help="Only errors on stderr: no progress, no warnings (for cron).",
+        ),
+        click.option(
+            "--log-level",
+            type=click.Choice(LEVELS),
+            default=None,
+            callback=_remember,
+            expose_value=False,
+            is_eager=True,
+            help="Log lines on stderr from this level up (default: warning; error with --quiet).",
+        ),
+        click.option(
+            "--log-format",
+            type=click.Choice(["text", "json"]),
+            default=None,
+            callback=_remember,
+            expose_value=False,
+            is_eager=True,
+            help="json: one JSON object per log line (ts, level, message, pipeline, batch_id, worker, step).",
+        ),
+        click.option(
+            "--pretty",
+            is_flag=True,
+            default=None,
+            callback=_remember,
+            expose_value=False,
+            is_eager=True,
+            help="With --json: indented for people (default: one line, for logs and pipes).",
+        ),
+        click.option(
+            "--progress/--no-progress",
+            default=None,
+            callback=_remember,
+            expose_value=False,
+            is_eager=True,
+            help="Show progress on stderr (default: only when stderr is a terminal).",
+        ),
+        click.option(
+            "--now",
+            metavar="INSTANT",
+            default=None,
+            callback=_remember,
+            expose_value=False,
+            is_eager=True,
+            help=NOW_HELP,
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 def config_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--config",
-        "config_path",
-        metavar="PATH",
-        callback=_remember_config,
-        expose_value=False,
-        is_eager=True,
-        help=_CONFIG_HELP,
-    )(function)
+    """--config, and the shared options (output and clock) every command takes."""
+    return shared_options(
+        click.option(
+            "--config",
+            "config_path",
+            metavar="PATH",
+            callback=_remember_config,
+            expose_value=False,
+            is_eager=True,
+            help=_CONFIG_HELP,
+        )(function)
+    )
 
 
 def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(function)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON object on stdout, on one line (see --pretty)."
+    )(function)
 
 
 def config_path() -> str | None:
@@ -51,14 +136,38 @@ def config_path() -> str | None:
     return ctx.find_root().ensure_object(dict).get("config")
 
 
-def load_manager() -> PipelineStateManager:
+def replay_now() -> str | None:
+    """--now, else $PIPESTATE_NOW, else None (the database's clock)."""
+    return SETTINGS.get("now") or os.environ.get("PIPESTATE_NOW") or None
+
+
+def load_manager(live: bool = False) -> PipelineStateManager:
+    """The manager of the configured pipeline; on the replay clock when --now (or
+    PIPESTATE_NOW) is given, which a `live` command (one that holds leases) refuses."""
+    from ..config import load_config
     from ..manager import PipelineStateManager
 
-    return PipelineStateManager(config_path())
+    when = replay_now()
+    if when is None:
+        manager = PipelineStateManager(config_path())
+    else:
+        name = click.get_current_context().info_name
+        option = "--now" if SETTINGS.get("now") else "PIPESTATE_NOW"
+        if live:
+            raise UsageError(
+                f"{option}: {name} works on the database's clock, by which leases are judged; "
+                "a replay clock is for populate, validate, status, windows, report, metrics and regrid"
+            )
+        path = config_path()
+        config = load_config(Path(path) if path is not None else None)
+        instant = local_when(when, config.pipeline.tz, option)
+        manager = PipelineStateManager(config, clock=lambda: instant)
+    configure(SETTINGS.level, SETTINGS.json_logs, manager.pipeline)
+    return manager
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(dump_json(data, bool(SETTINGS.get("pretty"))))
 
 
 @click.group(
@@ -81,6 +190,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     5 run finished but a batch of it ended FAILED or lost its lease.
     """
     ctx.ensure_object(dict)["debug"] = debug
+    configure(SETTINGS.level, SETTINGS.json_logs)
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())  # plain `pipestate`: the help, exit 0
 
@@ -95,20 +205,6 @@ def token_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--token", default=None, metavar="TOKEN", help="The claim_token claim printed (stricter fencing)."
     )(function)
-
-
-def utc_instant(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    from datetime import UTC
-
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as err:
-        raise click.BadParameter(f"not an ISO 8601 instant: {value!r}", param_hint=name) from err
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 _OPTIONS = {
@@ -136,6 +232,7 @@ def _in_cli_words(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit codes per the contract, one line per user error."""
     args = list(sys.argv[1:] if argv is None else argv)
+    SETTINGS.clear()
     debug = "--debug" in args
     if debug:  # accepted before or after the subcommand, like --config
         args = ["--debug", *(arg for arg in args if arg != "--debug")]
@@ -144,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as done:
         return int(done.exit_code or 0)
     except click.exceptions.Abort:
-        click.echo("pipestate: aborted", err=True)
+        say_error(SETTINGS, "aborted")
         return 130
     except click.UsageError as err:
-        click.echo(f"pipestate: error: {err.format_message()}", err=True)
+        say_error(SETTINGS, f"error: {err.format_message()}")
         return 2
     except PipestateError as err:
         if debug:
@@ -156,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         notes = [note for note in getattr(err, "__notes__", ()) if note]  # e.g. what was written before
         if notes:
             message += f" ({'; '.join(notes)})"
-        click.echo(f"pipestate: error: {_in_cli_words(message)}", err=True)
+        say_error(SETTINGS, f"error: {_in_cli_words(message)}")
         return err.exit_code
     except SystemExit as done:
         return int(done.code or 0) if not isinstance(done.code, str) else 1
@@ -165,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         hint = "" if debug else " (rerun with --debug)"
-        click.echo(f"pipestate: internal error: {type(err).__name__}: {first}{hint}", err=True)
+        say_error(SETTINGS, f"internal error: {type(err).__name__}: {first}{hint}")
         return 3
     return 0
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from ..statuses import STATUS_ORDER
-from .app import cli, config_option, json_option, load_manager, print_json
+from .app import SETTINGS, cli, config_option, json_option, load_manager, print_json
+from .output import dump_json
 
 if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` stays fast
     pass
@@ -147,7 +147,7 @@ def metrics(openmetrics: bool, output: str | None, as_json: bool) -> None:
     manager = load_manager()
     figures = manager.alert_data()
     if as_json:
-        text = json.dumps(metrics_json(manager.pipeline, figures), indent=2) + "\n"
+        text = dump_json(metrics_json(manager.pipeline, figures), bool(SETTINGS.get("pretty"))) + "\n"
     else:
         text = metrics_text(manager.pipeline, figures, openmetrics=openmetrics)
     if output is None:

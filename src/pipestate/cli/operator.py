@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import click
 
 from ..statuses import REQUEUABLE, Status, Step
-from .app import cli, config_option, json_option, load_manager, print_json, utc_instant
+from ..windows import WHEN_HELP, day_bounds, local_when, read_day
+from .app import cli, config_option, json_option, load_manager, print_json
 
 if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` stays fast
     pass
@@ -17,8 +19,22 @@ if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` st
 @config_option
 @click.argument("batch_ids", nargs=-1)
 @click.option("--failed", "all_failed", is_flag=True, help="Every FAILED batch of the pipeline.")
-@click.option("--start", default=None, help="With --status: windows starting at or after (UTC ISO 8601).")
-@click.option("--end", default=None, help="With --status: windows ending at or before (UTC ISO 8601).")
+@click.option(
+    "--date",
+    "day",
+    metavar="DATE",
+    default=None,
+    help="The windows of this local day YYYY-MM-DD (as `windows --date`).",
+)
+@click.option(
+    "--start", metavar="WHEN", default=None, help=f"Windows starting at or after WHEN: {WHEN_HELP}."
+)
+@click.option(
+    "--end",
+    metavar="WHEN",
+    default=None,
+    help="Windows ending at or before WHEN (a bare date: that day's start).",
+)
 @click.option(
     "--status",
     "statuses",
@@ -39,6 +55,7 @@ if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` st
 def requeue(
     batch_ids: tuple[str, ...],
     all_failed: bool,
+    day: str | None,
     start: str | None,
     end: str | None,
     statuses: tuple[str, ...],
@@ -51,15 +68,28 @@ def requeue(
     \b
     pipestate requeue BATCH_ID [BATCH_ID ...]     those batches
     pipestate requeue --failed                   every FAILED batch
+    pipestate requeue --date D [--status COMPLETED]   the windows of local day D
     pipestate requeue --start T --end T [--status COMPLETED]   a range
     pipestate requeue ... --from-step target     reload the staged files, do not re-extract
     """
-    if not batch_ids and not all_failed and start is None and end is None:
-        raise click.UsageError("name batch ids, or --failed, or a --start/--end range")
-    done = load_manager().requeue(
+    if not batch_ids and not all_failed and start is None and end is None and day is None:
+        raise click.UsageError("name batch ids, or --failed, or --date, or a --start/--end range")
+    manager = load_manager(live=True)
+    # One meaning of a date in every command: a bare date is the pipeline's local day.
+    tz = manager.config.pipeline.tz
+    low: datetime | None
+    high: datetime | None
+    if day is not None:
+        if start is not None or end is not None:
+            raise click.UsageError("--date: give --date, or --start/--end, not both")
+        low, high = day_bounds(read_day(day, "--date"), tz)
+    else:
+        low = None if start is None else local_when(start, tz, "--start")
+        high = None if end is None else local_when(end, tz, "--end")
+    done = manager.requeue(
         list(batch_ids) or None,
-        start=utc_instant(start, "--start"),
-        end=utc_instant(end, "--end"),
+        start=low,
+        end=high,
         statuses=statuses or (Status.FAILED,),
         force=force,
         from_step=from_step,
@@ -85,7 +115,7 @@ def quarantine(batch_ids: tuple[str, ...], reason: str, force: bool, as_json: bo
     status) or one that must not be processed. The row stays in the table;
     populate then fills its time with new windows. See docs/adopting.md.
     """
-    done = load_manager().quarantine(list(batch_ids), reason, force=force)
+    done = load_manager(live=True).quarantine(list(batch_ids), reason, force=force)
     if as_json:
         print_json({"quarantined": done, "reason": reason})
         return

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
 import sys
 from typing import TYPE_CHECKING
 
 import click
 
 from ..show.text import populate_text
-from .app import cli, config_option, json_option, load_manager, print_json
+from .app import SETTINGS, cli, config_option, json_option, load_manager, print_json
+from .output import say_error
 
 if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` stays fast
     pass
@@ -30,8 +33,12 @@ def populate(dry_run: bool, as_json: bool) -> None:
     All in one transaction under a per-pipeline lock; safe to run concurrently.
     """
     report = load_manager().populate_pipeline_batches(dry_run=dry_run)
-    if as_json:
-        report.write_json(sys.stdout)
+    if as_json and SETTINGS.get("pretty"):
+        written = io.StringIO()
+        report.write_json(written)
+        print_json(json.loads(written.getvalue()))
+    elif as_json:
+        report.write_json(sys.stdout)  # one line, `created` streamed
     else:
         click.echo(populate_text(report, "populate"))
 
@@ -54,5 +61,5 @@ def validate(require_coverage: bool, as_json: bool) -> None:
     else:
         click.echo(populate_text(report, "validate"))
     if problems:
-        click.echo(f"pipestate: validate: {'; '.join(problems)}", err=True)
+        say_error(SETTINGS, f"validate: {'; '.join(problems)}")
         sys.exit(1)

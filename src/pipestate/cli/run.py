@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..statuses import Status
-from .app import cli, config_option, json_option, load_manager, print_json
+from .app import (
+    SETTINGS,
+    cli,
+    config_option,
+    json_option,
+    load_manager,
+    print_json,
+    replay_now,
+    shared_options,
+)
+from .output import configure, progress_wanted, say_error
 
 if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` stays fast
     from ..manager import PipelineStateManager
@@ -20,10 +32,12 @@ if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` st
 
 
 class _Progress:
-    """A progress bar on a terminal, a plain line every few seconds elsewhere; on stderr,
-    so that stdout stays for the result (--json prints exactly one object there)."""
+    """Progress on stderr, so that stdout stays for the result: a bar on a terminal; where
+    `--progress` asks for it off a terminal, a plain line every few seconds; else nothing
+    (a cron job mails whatever reaches stderr)."""
 
     def __init__(self) -> None:
+        self.wanted = progress_wanted(SETTINGS)
         self.tty = sys.stderr.isatty()
         self.last_line = 0.0
         self.bar: Any = None
@@ -31,6 +45,8 @@ class _Progress:
     def __call__(self, counts: dict[str, int]) -> None:
         import time
 
+        if not self.wanted:
+            return
         done = counts.get(Status.COMPLETED, 0)
         total = sum(v for k, v in counts.items() if k != Status.SUPERSEDED)
         failed = counts.get(Status.FAILED, 0)
@@ -54,6 +70,11 @@ class _Progress:
             self.bar = None
 
 
+def _log_setup(pipeline: str) -> Callable[[], None]:
+    """What each worker process runs first: the parent's logging (picklable, for spawn)."""
+    return partial(configure, SETTINGS.level, SETTINGS.json_logs, pipeline)
+
+
 def _run(
     manager: PipelineStateManager,
     workers: int,
@@ -73,7 +94,8 @@ def _run(
             limit=limit,
             inject_failures=inject,
             seed=seed,
-            progress=progress,
+            progress=progress if progress.wanted else None,  # no counting nobody reads
+            log_setup=_log_setup(manager.pipeline),
         )
     finally:
         progress.close()
@@ -118,7 +140,7 @@ def run(
     """
     from ..show.text import mirror_text, run_json, run_problems, run_text
 
-    manager = load_manager()
+    manager = load_manager(live=True)
     if then_mirror:
         from ..ops.mirror import mirror_target
 
@@ -140,7 +162,7 @@ def run(
         if mirrored is not None:
             click.echo(mirror_text(mirrored))
     if not summary.ok:
-        click.echo(f"pipestate: {run_problems(summary)}", err=True)
+        say_error(SETTINGS, run_problems(summary))
         sys.exit(RUN_HAD_FAILURES)
 
 
@@ -160,6 +182,7 @@ RUN_HAD_FAILURES = 5  # the contract's exit code: the run ended but a batch fail
 @click.option("--events-per-hour", type=click.IntRange(1, 100_000), default=120, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True)
 @inject_option
+@shared_options
 @json_option
 def demo(directory: str, days: int, events_per_hour: int, workers: int, inject: float, as_json: bool) -> None:
     """Run the whole pipeline locally on synthetic events (files -> local stage -> DuckDB).
@@ -170,15 +193,20 @@ def demo(directory: str, days: int, events_per_hour: int, workers: int, inject: 
     from ..run.demo import run_demo, write_demo
     from ..show.text import demo_text, run_json
 
+    if replay_now() is not None:
+        raise click.UsageError("--now: the demo runs on the real clock (its windows end now)")
     setup = write_demo(Path(directory), days=days, events_per_hour=events_per_hour)
     generated = (
         f"generated {setup.events} events for {setup.first_day} .. {setup.last_day} "
         f"({days} local days, America/New_York) in {setup.directory / 'source'}"
     )
-    click.echo(generated, err=as_json)
+    if not (as_json and SETTINGS.get("quiet")):
+        click.echo(generated, err=as_json)
     progress = _Progress()
     try:
-        result = run_demo(setup, workers=workers, inject_failures=inject, progress=progress)
+        result = run_demo(
+            setup, workers=workers, inject_failures=inject, progress=progress if progress.wanted else None
+        )
     finally:
         progress.close()
     if as_json:

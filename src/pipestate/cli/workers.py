@@ -26,7 +26,7 @@ def claim(worker: str, as_json: bool) -> None:
     """
     from ..show.text import claim_text
 
-    batch = load_manager().claim(worker)
+    batch = load_manager(live=True).claim(worker)
     if as_json:
         print_json({"batch": batch.to_dict() if batch else None})
     else:
@@ -43,7 +43,7 @@ def heartbeat(batch_id: str, worker: str, token: str | None, as_json: bool) -> N
     """Extend the lease of a batch the worker holds (exit 4 if it does not)."""
     from ..windows import iso
 
-    expires = load_manager().heartbeat(batch_id, worker, token)
+    expires = load_manager(live=True).heartbeat(batch_id, worker, token)
     if as_json:
         print_json({"batch_id": batch_id, "lease_expires_at": iso(expires)})
     else:
@@ -58,7 +58,7 @@ def heartbeat(batch_id: str, worker: str, token: str | None, as_json: bool) -> N
 @json_option
 def complete(batch_id: str, worker: str, token: str | None, as_json: bool) -> None:
     """Mark a batch the worker holds COMPLETED (exit 4 if it does not)."""
-    load_manager().complete(batch_id, worker, token)
+    load_manager(live=True).complete(batch_id, worker, token)
     if as_json:
         print_json({"batch_id": batch_id, "status": Status.COMPLETED})
     else:
@@ -77,7 +77,7 @@ def fail(batch_id: str, worker: str, token: str | None, error: str, step: str | 
     """Record a failed attempt: retry_count + 1, FAILED, retry after the backoff."""
     from ..show.text import fail_text
 
-    outcome = load_manager().fail(batch_id, worker, error, token, step)
+    outcome = load_manager(live=True).fail(batch_id, worker, error, token, step)
     if as_json:
         print_json({"batch_id": batch_id, "status": Status.FAILED, **outcome})
     else:
@@ -92,7 +92,7 @@ def fail(batch_id: str, worker: str, token: str | None, error: str, step: str | 
 @json_option
 def release(batch_id: str, worker: str, token: str | None, as_json: bool) -> None:
     """Give a held batch back unfinished (PENDING again, no retry counted)."""
-    load_manager().release(batch_id, worker, token)
+    load_manager(live=True).release(batch_id, worker, token)
     if as_json:
         print_json({"batch_id": batch_id, "status": Status.PENDING})
     else:

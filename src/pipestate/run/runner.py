@@ -271,8 +271,10 @@ def _worker_process(
     seed: int | None,
     results: Any,
     within: tuple[datetime, datetime] | None = None,
+    log_setup: Callable[[], None] | None = None,
 ) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if log_setup is not None:  # else Python's last-resort handler: warnings and up, on stderr
+        log_setup()
     # Own process group: a Ctrl-C in the terminal reaches the parent only, which
     # forwards one SIGTERM per Ctrl-C (first: finish the batch; second: release it).
     os.setpgrp()
@@ -319,6 +321,7 @@ def run_pipeline(
     progress: Callable[[dict[str, int]], None] | None = None,
     worker_prefix: str | None = None,
     within: tuple[datetime, datetime] | None = None,
+    log_setup: Callable[[], None] | None = None,
 ) -> RunResult:
     """Populate, then claim and process batches until none is claimable.
 
@@ -326,6 +329,8 @@ def run_pipeline(
     id); `once` gives each worker one batch; `limit` caps batches in total.
     `progress` is called with the status counts while work goes on. `within`
     (UTC `[low, high)`) processes only windows that start in it (one local day).
+    `log_setup` (picklable) is called first in each worker process: how the caller
+    set up logging, which a spawned process does not inherit.
     """
     if workers < 1:
         raise ConfigError("workers: must be at least 1")
@@ -360,7 +365,7 @@ def run_pipeline(
             )
         else:
             result.summary = _run_processes(
-                manager, workers, once, limit, inject_failures, seed, progress, prefix, within
+                manager, workers, once, limit, inject_failures, seed, progress, prefix, within, log_setup
             )
     except PipestateError as err:
         if populated:  # say what was written before the failure
@@ -392,6 +397,7 @@ def _run_processes(
     progress: Callable[[dict[str, int]], None] | None,
     prefix: str,
     within: tuple[datetime, datetime] | None = None,
+    log_setup: Callable[[], None] | None = None,
 ) -> RunSummary:
     context = multiprocessing.get_context("spawn")
     budget = context.Value("i", limit) if limit is not None else None
@@ -408,6 +414,7 @@ def _run_processes(
                 None if seed is None else seed + index,
                 results,
                 within,
+                log_setup,
             ),
             daemon=False,
         )
@@ -439,5 +446,5 @@ def _run_processes(
         summary.merge(results.get())
     bad = [process.exitcode for process in processes if process.exitcode]
     if bad:
-        print(f"pipestate: {len(bad)} worker process(es) exited with {bad}", file=sys.stderr)
+        log.error("%d worker process(es) exited with %s", len(bad), bad)
     return summary

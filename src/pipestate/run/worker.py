@@ -135,7 +135,11 @@ class _Heartbeat(threading.Thread):
         if self.stopped.is_set():
             return
         self.in_doubt = True
-        log.error("no heartbeat for %s reached the database within the lease", self.batch.batch_id)
+        log.error(
+            "no heartbeat for %s reached the database within the lease",
+            self.batch.batch_id,
+            extra=_about(self.batch),
+        )
         self._on_doubt()
 
     def run(self) -> None:
@@ -147,10 +151,15 @@ class _Heartbeat(threading.Thread):
                 self.manager.heartbeat(self.batch.batch_id, self.batch.worker_id, self.batch.claim_token)
             except LeaseLost as err:
                 self.lost = err
-                log.error("lost the claim on %s: %s", self.batch.batch_id, err)
+                log.error("lost the claim on %s: %s", self.batch.batch_id, err, extra=_about(self.batch))
                 return
             except PipestateError as err:  # a database blip: try again next beat
-                log.warning("heartbeat for %s failed, will retry: %s", self.batch.batch_id, err)
+                log.warning(
+                    "heartbeat for %s failed, will retry: %s",
+                    self.batch.batch_id,
+                    err,
+                    extra=_about(self.batch),
+                )
             else:
                 if not self.stopped.is_set() and not self.in_doubt:
                     self._arm(started)
@@ -331,13 +340,19 @@ class Worker:
         except BaseException as err:
             if self._in_doubt:  # given up: released if still ours, else nothing is written
                 self._give_up(claimed)
-                log.error("%s", self._doubted(claimed))
+                log.error("%s", self._doubted(claimed), extra=_about(claimed, self.worker_id))
                 return "lost"
             outcome = _settled(partial(self._fail, claimed, err), "failed")
             if not isinstance(err, Exception):
                 raise  # KeyboardInterrupt, SystemExit: the batch is failed, and they go on up
             if outcome == "failed":
-                log.warning("batch %s failed: %s: %s", claimed.batch_id, type(err).__name__, err)
+                log.warning(
+                    "batch %s failed: %s: %s",
+                    claimed.batch_id,
+                    type(err).__name__,
+                    err,
+                    extra=_about(claimed, self.worker_id, getattr(err, "step", None)),
+                )
             return outcome
         finals = values if isinstance(values, dict) else None
         return _settled(partial(self._complete, claimed, finals), "completed")
@@ -409,6 +424,14 @@ class Worker:
                 self._cut = None
 
         return restore
+
+
+def _about(batch: Batch, worker: str | None = None, step: str | None = None) -> dict[str, Any]:
+    """What a log line about `batch` carries for `--log-format json` (batch_id, worker, step)."""
+    about: dict[str, Any] = {"batch_id": batch.batch_id, "worker": worker or batch.worker_id}
+    if step is not None:
+        about["step"] = step
+    return about
 
 
 def _settled(settle: Callable[[], None], outcome: str) -> str:
