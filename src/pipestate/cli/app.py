@@ -217,6 +217,7 @@ _OPTIONS = {
     "limit": "--limit",
     "inject_failures": "--inject-failures",
     "reason": "--reason",
+    "granularity": "--granularity",
     "batch_ids": "BATCH_ID",
 }
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..statuses import STATUS_ORDER
+from ..windows import WHEN_HELP
 from .app import SETTINGS, cli, config_option, json_option, load_manager, print_json
 from .output import dump_json
 
@@ -61,12 +62,13 @@ def history(batch_id: str, as_json: bool) -> None:
 @cli.command()
 @config_option
 @click.option(
-    "--date", "day", metavar="DATE", help="One local day, YYYY-MM-DD (default: the range's last day)."
+    "--date",
+    "day",
+    metavar="DATE",
+    help="One local day YYYY-MM-DD of the pipeline's zone (default: the range's last).",
 )
-@click.option(
-    "--start", metavar="WHEN", help="From this local date, or datetime (local unless it has an offset)."
-)
-@click.option("--end", metavar="WHEN", help="Up to (exclusive) this local date or datetime.")
+@click.option("--start", metavar="WHEN", help=f"From WHEN: {WHEN_HELP}.")
+@click.option("--end", metavar="WHEN", help="Up to WHEN, exclusive (default: a day after --start).")
 @click.option(
     "--status",
     "statuses",

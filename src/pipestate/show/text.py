@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ..ops.mirror import MirrorResult
     from ..ops.populate_report import PopulateReport
     from ..ops.reconcile import ReconcileReport
+    from ..ops.regrid import RegridReport
     from ..run.demo import DemoResult
     from ..run.runner import RunResult
     from ..run.worker import RunSummary
@@ -28,6 +29,7 @@ __all__ = [
     "populate_text",
     "printable",
     "reconcile_text",
+    "regrid_text",
     "requeue_text",
     "run_json",
     "run_problems",
@@ -161,6 +163,41 @@ def populate_text(report: PopulateReport, verb: str = "populate", limit: int = 2
 
 # A FAILED row another tool wrote may carry no error text; say so rather than print None.
 _NO_ERROR = "(no error recorded)"
+
+
+def _clock(instant: datetime, tz: ZoneInfo) -> str:
+    return instant.astimezone(tz).strftime("%H:%M")
+
+
+def _grid(spans: list[tuple[datetime, datetime]], tz: ZoneInfo, limit: int = 5) -> str:
+    """`6 windows: 00:00-00:30 00:30-01:00 ... 22:30-23:00` in the pipeline's wall clock."""
+    shown = " ".join(f"{_clock(s, tz)}-{_clock(e, tz)}" for s, e in spans[:limit])
+    more = f" ... (+{len(spans) - limit})" if len(spans) > limit else ""
+    return f"{len(spans)} window(s): {shown}{more}" if spans else "none"
+
+
+def regrid_text(report: RegridReport, tz: ZoneInfo, limit: int = 31) -> str:
+    """Before and after per local day (wall-clock times of the pipeline's zone)."""
+    plan = report.plan
+    verb = "would replace" if report.dry_run else "replaced"
+    head = (
+        f"regrid {report.pipeline} to {format_step(plan.step)}"
+        f"{' (dry run: nothing written)' if report.dry_run else ''}: "
+        f"{verb} {len(plan.superseded)} window(s) by {plan.created} on {len(plan.days)} local day(s)"
+    )
+    lines = [head]
+    for day in plan.days[:limit]:
+        stays = f"; {day.stays} staying" if day.stays else ""
+        lines.append(f"  {day.local_date.isoformat()}{stays}")
+        lines.append(f"    before  {_grid([(w.start, w.end) for w in day.before], tz)}")
+        lines.append(f"    after   {_grid(day.after, tz)}")
+    if len(plan.days) > limit:
+        lines.append(f"  ... {len(plan.days) - limit} more day(s) (--json lists them all)")
+    for why, count in sorted(plan.stayed.items()):
+        lines.append(f"  kept as they are: {count} ({why})")
+    if not plan.days:
+        lines.append("  nothing to do: the PENDING and FAILED windows of the range are on that grid")
+    return "\n".join(lines)
 
 
 def status_text(data: dict[str, Any], tz: ZoneInfo | None = None) -> str:
