@@ -145,23 +145,25 @@ def load_manager(live: bool = False) -> PipelineStateManager:
     """The manager of the configured pipeline; on the replay clock when --now (or
     PIPESTATE_NOW) is given, which a `live` command (one that holds leases) refuses."""
     from ..config import load_config
-    from ..manager import PipelineStateManager
 
     when = replay_now()
-    if when is None:
-        manager = PipelineStateManager(config_path())
-    else:
+    if when is not None and live:
         name = click.get_current_context().info_name
         option = "--now" if SETTINGS.get("now") else "PIPESTATE_NOW"
-        if live:
-            raise UsageError(
-                f"{option}: {name} works on the database's clock, by which leases are judged; "
-                "a replay clock is for populate, validate, status, windows, report, metrics and regrid"
-            )
-        path = config_path()
-        config = load_config(Path(path) if path is not None else None)
-        instant = local_when(when, config.pipeline.tz, option)
-        manager = PipelineStateManager(config, clock=lambda: instant)
+        raise UsageError(
+            f"{option}: {name} works on the database's clock, by which leases are judged; "
+            "a replay clock is for populate, validate, status, windows, report, metrics and regrid"
+        )
+    # The config first: a mistake in it costs no import of the database layer.
+    path = config_path()
+    config = load_config(Path(path) if path is not None else None)
+    clock = None
+    if when is not None:
+        instant = local_when(when, config.pipeline.tz, "--now" if SETTINGS.get("now") else "PIPESTATE_NOW")
+        clock = lambda: instant  # noqa: E731 - the replay clock: always this instant
+    from ..manager import PipelineStateManager
+
+    manager = PipelineStateManager(config, clock=clock)
     configure(SETTINGS.level, SETTINGS.json_logs, manager.pipeline)
     return manager
 
