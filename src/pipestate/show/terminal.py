@@ -161,15 +161,16 @@ def _duration(minutes: Any) -> str:
 
 
 def render_windows(data: dict[str, Any], tz: ZoneInfo) -> str:
-    """`pipestate windows` as text: a header, then one line per window (local
-    start and end, UTC start, length, status, step, retries, worker, batch id),
-    with the last error or supersession on an indented line below."""
+    """`pipestate windows` as text within 100 columns: a header, then per window a line
+    (local start and end, UTC start, length, status, step, retries, worker) and its batch
+    id below it, then the last error or supersession."""
     low, high = read_instant(data["start"]), read_instant(data["end"])
     shown, total = data["shown"], data["total"]
     which = f" {'/'.join(data['statuses'])}" if data["statuses"] else ""
     lines = [
-        f"pipeline {data['pipeline']}: {total}{which} window(s) starting {local_text(low, tz)} .. "
-        f"{local_text(high, tz)} ({data['timezone']}; UTC {data['start']} .. {data['end']})"
+        f"pipeline {data['pipeline']}: {total}{which} window(s) starting "
+        f"{local_text(low, tz)} .. {local_text(high, tz)}",
+        f"  {data['timezone']}; UTC {_utc_short(low)} .. {_utc_short(high)}",
     ]
     if not data["windows"]:
         return "\n".join(lines)
@@ -179,30 +180,51 @@ def render_windows(data: dict[str, Any], tz: ZoneInfo) -> str:
         local_start, local_end = local_text(start, tz), local_text(end, tz)
         if local_end[:10] == local_start[:10]:
             local_end = local_end[11:]  # same date: the time and zone suffice
+        elif start is not None and end is not None and _ends_at_midnight(start, end, tz):
+            local_end = "24:00" + local_end[16:]  # the day's end, as a timetable writes it
         rows.append((window, start, local_start, local_end))
-    end_width = max(len("local end"), *(len(row[3]) for row in rows))
+    end_width = max(len("end"), *(len(row[3]) for row in rows))
     lines.append(
-        f"  {'local start':<21} {'local end':<{end_width}} {'UTC start':<15} {'length':>6}  {'status':<12} "
-        f"{'step':<7} {'retries':>7}  {'worker':<20} batch_id"
+        f"  {'local start':<20} {'end':<{end_width}} {'UTC start':<11} {'length':>6}  {'status':<12} "
+        f"{'step':<6} {'tries':>5}  worker"
     )
     for window, start, local_start, local_end in rows:
-        utc = start.strftime("%m-%d %H:%M UTC") if start else "-"
-        status = window["status"] + ("!" if window["lease_expired"] else "")
+        utc = start.strftime("%m-%d %H:%M") if start else "-"
+        status = str(window["status"] or "-") + ("!" if window["lease_expired"] else "")
         length = _duration(window["duration_minutes"])
         lines.append(
-            f"  {local_start:<21} {local_end:<{end_width}} {utc:<15} {length:>6}  "
-            f"{status:<12} {window['step'] or '-':<7} {window['retry_count']:>7}  "
-            f"{printable(window['worker_id'] or '-')[:20]:<20} {printable(window['batch_id'])}"
+            f"  {local_start:<20} {local_end:<{end_width}} {utc:<11} {length:>6}  "
+            f"{status:<12} {window['step'] or '-':<6} {window['retry_count']:>5}  "
+            f"{_cut(printable(window['worker_id'] or '-'), 20)}"
         )
+        lines.append(f"      {printable(window['batch_id'])}")
         if window["last_error"]:
             step = f" in {window['last_error_step']}" if window["last_error_step"] else ""
-            error = (str(window["last_error"]).splitlines() or [""])[0][:200]
-            lines.append(f"      last error{step}: {printable(error)}")
+            lines.append(
+                _cut(
+                    f"      last error{step}: {printable((str(window['last_error']).splitlines() or [''])[0])}",
+                    100,
+                )
+            )
         if window["superseded_by"]:
             reason = printable(window["supersede_reason"] or "")
-            lines.append(f"      superseded by {printable(window['superseded_by'])}: {reason}")
+            lines.append(_cut(f"      superseded by {printable(window['superseded_by'])}: {reason}", 100))
     if shown < total:
         lines.append(f"  ... and {total - shown} more (raise --limit, or narrow with --status)")
     if any(window["lease_expired"] for window in data["windows"]):
         lines.append("  ! IN_PROGRESS under an expired lease (stuck: the next claim takes it over)")
     return "\n".join(lines)
+
+
+def _ends_at_midnight(start: Any, end: Any, tz: ZoneInfo) -> bool:
+    first, last = start.astimezone(tz), end.astimezone(tz)
+    return (last.date() - first.date()).days == 1 and (last.hour, last.minute) == (0, 0)
+
+
+def _utc_short(instant: Any) -> str:
+    return "-" if instant is None else instant.strftime("%Y-%m-%d %H:%M")
+
+
+def _cut(text: str, width: int) -> str:
+    """`text` within `width` columns, an ellipsis marking the cut (--json has it whole)."""
+    return text if len(text) <= width else text[: width - 3] + "..."

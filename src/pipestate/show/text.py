@@ -3,14 +3,15 @@ requeue, history, run and demo), with instants in UTC followed by the pipeline's
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+import textwrap
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from ..windows import format_step, iso, read_instant
 
 if TYPE_CHECKING:
-    from zoneinfo import ZoneInfo
-
     from ..ops.batch import Batch
     from ..ops.mirror import MirrorResult
     from ..ops.populate_report import PopulateReport
@@ -90,6 +91,19 @@ def span_with_local(start: Any, end: Any, tz: ZoneInfo | None) -> str:
     if low is None and high is None:
         return plain
     return f"{plain} (local {local_text(low, tz)} .. {local_text(high, tz)})"
+
+
+def _local_span(start: Any, end: Any, tz: ZoneInfo | None) -> str:
+    """`2026-03-02 00:00 EST .. 2026-03-10 00:00 EDT (UTC 03-02 05:00 .. 03-10 04:00)`."""
+    low = read_instant(start) if isinstance(start, str) else start
+    high = read_instant(end) if isinstance(end, str) else end
+    if low is None or high is None:
+        return "-" if low is None and high is None else f"{start or '-'} .. {end or '-'}"
+    zone_ = tz if tz is not None else ZoneInfo("UTC")
+    text = f"{local_text(low, zone_)} .. {local_text(high, zone_)}"
+    if _is_utc(tz):
+        return text
+    return f"{text} (UTC {low.astimezone(UTC):%m-%d %H:%M} .. {high.astimezone(UTC):%m-%d %H:%M})"
 
 
 def populate_text(report: PopulateReport, verb: str = "populate", limit: int = 20) -> str:
@@ -201,43 +215,59 @@ def regrid_text(report: RegridReport, tz: ZoneInfo, limit: int = 31) -> str:
 
 
 def status_text(data: dict[str, Any], tz: ZoneInfo | None = None) -> str:
-    """`status` in plain text, from the dict `PipelineStateManager.status()` returns;
-    with `tz` (the pipeline's zone), each instant also in local time."""
+    """`status` in plain text within 100 columns, from the dict `PipelineStateManager.status()`
+    returns; with `tz` (the pipeline's zone), times read in local time, UTC beside them."""
     coverage = data["coverage"]
     covered, whole = coverage["covered_minutes"], coverage["range_minutes"]
+    now = read_instant(data["now"])
+    now_text = iso(now.replace(microsecond=0)) if now is not None else str(data["now"])
     lines = [
-        f"pipeline {data['pipeline']}  (now {with_local(data['now'], tz, inside=True)})",
-        f"  range      {span_with_local(data['range']['start'], data['range']['end'], tz)}",
-        f"  coverage   {coverage['percent']}% ({covered} of {whole} min)",
-        f"  windows    {span_with_local(data['first_window_start'], data['last_window_end'], tz)}",
-        "  counts     " + ", ".join(f"{k} {v}" for k, v in data["counts"].items()),
+        f"pipeline {data['pipeline']}  (now {with_local(now_text, tz, inside=True)})",
+        f"  range      {_local_span(data['range']['start'], data['range']['end'], tz)}",
+        f"  coverage   {coverage['percent']}% ({int(covered):,} of {int(whole):,} min)",
+        f"  windows    {_local_span(data['first_window_start'], data['last_window_end'], tz)}",
+        "  counts     " + ", ".join(f"{k} {v:,}" for k, v in data["counts"].items()),
     ]
     pending = data["oldest_pending"]
     if pending:
-        start = with_local(pending["start"], tz, inside=True)
-        lines.append(f"  oldest pending  {printable(pending['batch_id'])} (window start {start})")
+        lines.append(f"  oldest pending  {printable(pending['batch_id'])}")
+        lines.append(f"                  window start {_when(pending['start'], tz)}")
     if data["failures"]:
         lines.append(f"  failures   {len(data['failures'])}")
         for failure in data["failures"][:10]:
-            error = printable(failure["last_error"] or _NO_ERROR)
-            lines.append(f"    {printable(failure['batch_id'])} retries {failure['retry_count']}: {error}")
+            error = printable((str(failure["last_error"] or _NO_ERROR).splitlines() or [""])[0])
+            lines.append(f"    {printable(failure['batch_id'])} retries {failure['retry_count'] or 0}")
+            lines.append(_fit(f"      {error}"))
     for entry in data.get("in_flight", [])[:20]:
-        lines.append(
-            f"  in flight  {printable(entry['batch_id'])} by {printable(entry['worker_id'])} "
-            f"for {entry['lease_age_seconds']}s, "
-            f"lease until {with_local(entry['lease_expires_at'], tz)}"
-        )
+        age = entry["lease_age_seconds"]
+        lines.append(f"  in flight  {printable(entry['batch_id'])} by {printable(entry['worker_id'] or '-')}")
+        held = f"for {int(age):,} s, " if age is not None else ""
+        lines.append(f"             {held}lease until {_when(entry['lease_expires_at'], tz)}")
     for entry in data.get("expired_leases", [])[:20]:
-        lines.append(
-            f"  STUCK      {printable(entry['batch_id'])} by {printable(entry['worker_id'])}: "
-            f"lease expired {with_local(entry['lease_expires_at'], tz)}"
-        )
+        lines.append(f"  STUCK      {printable(entry['batch_id'])} by {printable(entry['worker_id'] or '-')}")
+        lines.append(f"             lease expired {_when(entry['lease_expires_at'], tz)}")
     for entry in data.get("failed_permanently", [])[:20]:
-        error = printable(entry["last_error"] or _NO_ERROR)
+        error = printable((str(entry["last_error"] or _NO_ERROR).splitlines() or [""])[0])
         lines.append(
-            f"  FAILED for good  {printable(entry['batch_id'])} ({entry['retry_count']} attempts): {error}"
+            f"  FAILED for good  {printable(entry['batch_id'])} ({entry['retry_count'] or 0} attempts)"
         )
-    return "\n".join(lines)
+        lines.append(_fit(f"                   {error}"))
+    return "\n".join(_fit(line) for line in lines)
+
+
+def _when(value: Any, tz: ZoneInfo | None) -> str:
+    """An instant for people: local time (to the minute) with UTC beside it."""
+    instant = read_instant(value) if isinstance(value, str) else value
+    if instant is None:
+        return "-"
+    if _is_utc(tz) or tz is None:
+        return local_text(instant, ZoneInfo("UTC"))
+    return f"{local_text(instant, tz)} (UTC {instant.astimezone(UTC):%m-%d %H:%M})"
+
+
+def _fit(line: str, width: int = 100) -> str:
+    """A line within `width` columns; an ellipsis marks the cut (`--json` has it whole)."""
+    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 def claim_text(batch: Batch | None) -> str:
@@ -282,21 +312,62 @@ def reconcile_text(report: ReconcileReport, limit: int = 50) -> str:
 
 
 def history_text(batch_id: str, events: list[dict[str, Any]], tz: ZoneInfo | None = None) -> str:
-    """The audit trail, one line per event; with `tz`, each time also in local time."""
+    """The audit trail within 100 columns: per event a line (the time in `tz` with UTC
+    beside it; the event, the status change, who) and its details below as `key=value`
+    (empty values left out, instants to the second; `--json` has everything)."""
     if not events:
         return f"no events for {batch_id}"
     lines = []
     for event in events:
         change = f"{event['old_status'] or '-'} -> {event['new_status'] or '-'}"
-        when = event["event_time"]
-        if tz is not None and not _is_utc(tz):
-            instant = read_instant(when) if isinstance(when, str) else None
-            when = f"{when} ({local_text(instant, tz, seconds=True)})" if instant else when
-        lines.append(
-            f"{when}  {event['event_type']:<13} {change:<26} "
-            f"{printable(event['worker_id'] or '')}  {printable(event['details'] or '')}"
-        )
+        raw = event["event_time"]
+        instant = read_instant(raw) if isinstance(raw, str) else raw
+        when = _second(instant) if instant is not None else str(raw)
+        if instant is not None and tz is not None and not _is_utc(tz):  # local first, UTC beside
+            when = f"{local_text(instant, tz, seconds=True)} ({instant.astimezone(UTC):%H:%M:%S} UTC)"
+        head = f"{when}  {event['event_type']:<10} {change:<26} {printable(event['worker_id'] or '')}"
+        lines.append(head if len(head) <= 100 else head[:97] + "...")
+        details = printable(_details(event["details"]))
+        if details:
+            lines.extend(
+                textwrap.wrap(
+                    details,
+                    100,
+                    initial_indent="    ",
+                    subsequent_indent="    ",
+                    break_long_words=False,
+                    break_on_hyphens=False,
+                )
+            )
     return "\n".join(lines)
+
+
+def _second(instant: datetime) -> str:
+    """`2026-03-08 06:00:00 UTC`: an instant to the second, for people."""
+    return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _details(details: Any) -> str:
+    """An event's details as `key=value` pairs: nulls left out, instants to the second."""
+    if not details:
+        return ""
+    if isinstance(details, str):
+        try:
+            details = json.loads(details)
+        except ValueError:
+            return details
+    if not isinstance(details, dict):
+        return str(details)
+    pairs = []
+    for key, value in details.items():
+        if value is None or value == "":
+            continue
+        if isinstance(value, str) and (instant := read_instant(value)) is not None and len(value) >= 19:
+            value = _second(instant)
+        elif isinstance(value, dict | list):
+            value = json.dumps(value, separators=(",", ":"), default=str)
+        pairs.append(f"{key}={value}")
+    return "  ".join(pairs)
 
 
 def run_json(result: RunResult, counts: dict[str, int]) -> dict[str, Any]:
