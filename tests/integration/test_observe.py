@@ -218,3 +218,16 @@ def test_alert_figures_follow_the_completed_prefix(manager_factory):
     assert manager.alert_data()["complete_until"] == utc(2026, 1, 2)
     # A range with an end, all of it done: fresh, however long ago the end was.
     assert metrics_json(manager.pipeline, manager.alert_data())["freshness_seconds"] == 0
+
+
+def test_the_report_counts_every_status_in_the_table(manager_factory):
+    manager = manager_factory(start="2026-01-01", end="2026-01-02", granularity="1h", now=utc(2026, 1, 3))
+    insert_external(
+        manager,
+        [
+            external_row("a", utc(2026, 1, 1, 0), utc(2026, 1, 1, 1), "COMPLETED"),
+            external_row("b", utc(2026, 1, 1, 1), utc(2026, 1, 1, 2), "ARCHIVED"),
+        ],
+    )
+    counts = manager.report_data().counts
+    assert counts["COMPLETED"] == 1 and counts["ARCHIVED"] == 1

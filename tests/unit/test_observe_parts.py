@@ -108,3 +108,12 @@ def test_metrics_text_is_valid_prometheus_text():
     figures["complete_until"] = None  # nothing completed: as stale as the range is long
     families = {f.name: f for f in text_string_to_metric_families(metrics_text("orders", figures))}
     assert families["pipestate_freshness_seconds"].samples[0].value == 24 * 3600
+
+
+def test_the_throughput_chart_has_plain_numbers_and_its_legend_above_the_plot() -> None:
+    from pipestate.show.html import _line_chart
+
+    svg = str(_line_chart("rate", "records/s", ["a", "b", "c"], {"load": [316_000.0, 1_250_000.0, None]}))
+    assert "1,250,000" in svg and "e+" not in svg
+    legend_y = [float(part.split('"')[0]) for part in svg.split('<rect x="72" y="')[1:]]
+    assert legend_y and all(y < 26 for y in legend_y)  # the plot starts at y = 26

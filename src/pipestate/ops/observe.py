@@ -448,6 +448,10 @@ def report_data(ctx: Context) -> ReportData:
         counts: dict[str, int] = {
             status: sum(day.counts.get(status, 0) for day in cal.days) for status in STATUS_ORDER
         }
+        for day in cal.days:  # every status in the table is shown, another tool's too
+            for status, count in day.counts.items():
+                if status not in STATUS_ORDER and status != "EXHAUSTED":
+                    counts[str(status)] = counts.get(str(status), 0) + count
         populate = latest_populate(conn, store.tables, store.raw_column, ctx.pipeline, _LIST_LIMIT)
         far = datetime.max.replace(tzinfo=cal.now.tzinfo) - timedelta(days=2)
         failures, total = window_rows(

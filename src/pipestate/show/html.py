@@ -182,8 +182,9 @@ def _calendar_svg(cal: Calendar) -> Markup:
 
 
 def _line_chart(title: str, unit: str, labels: list[str], series: dict[str, list[float | None]]) -> Markup:
-    """A small SVG line chart; None values break the line."""
-    width, height, left, bottom = 900, 180, 56, 22
+    """A small SVG line chart; None values break the line. The legend sits above the plot,
+    the axis labels outside it, numbers with thousands separators (never 3.2e+05)."""
+    width, height, left, bottom, top = 900, 196, 72, 22, 26
     values = [v for line in series.values() for v in line if v is not None]
     if not values or not labels:
         return Markup(f"<p class='muted'>{html.escape(title)}: nothing measured yet.</p>")
@@ -195,13 +196,15 @@ def _line_chart(title: str, unit: str, labels: list[str], series: dict[str, list
         return left + (width - left - 10) * (i / max(n - 1, 1))
 
     def y(v: float) -> float:
-        return 10 + (height - bottom - 10) * (1 - v / top_value)
+        return top + (height - bottom - top) * (1 - v / top_value)
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
-        f'<text x="4" y="14" class="axis">{top_value:,.3g} {html.escape(unit)}</text>',
-        f'<text x="4" y="{height - bottom}" class="axis">0</text>',
+        f'<text x="{left - 6}" y="{top + 4}" class="axis" text-anchor="end">{_number(top_value)}</text>',
+        f'<text x="{left - 6}" y="{top + 16}" class="axis" text-anchor="end">{html.escape(unit)}</text>',
+        f'<line x1="{left}" y1="{top}" x2="{width - 10}" y2="{top}" class="grid"/>',
+        f'<text x="{left - 6}" y="{height - bottom}" class="axis" text-anchor="end">0</text>',
         f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" class="grid"/>',
         f'<text x="{left}" y="{height - 6}" class="axis">{html.escape(labels[0])}</text>',
         f'<text x="{width - 10}" y="{height - 6}" class="axis" text-anchor="end">'
@@ -221,13 +224,20 @@ def _line_chart(title: str, unit: str, labels: list[str], series: dict[str, list
             elif points:
                 joined = " ".join(points)
                 parts.append(f'<polyline class="line" stroke="{colour}" points="{joined}"/>')
-    legend_x = left + 8
+    legend_x = left  # above the plot: no line runs under it
     for (name, _), colour in zip(series.items(), colours, strict=False):
-        parts.append(f'<rect x="{legend_x}" y="4" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{legend_x + 14}" y="13" class="axis">{html.escape(name)}</text>')
+        parts.append(f'<rect x="{legend_x}" y="5" width="10" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{legend_x + 14}" y="14" class="axis">{html.escape(name)}</text>')
         legend_x += 14 + 8 * len(name) + 16
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def _number(value: float) -> str:
+    """`316,000` or `2.5`: thousands separators, no scientific notation."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.2f}".rstrip("0").rstrip(".") if value else "0"
 
 
 def _points(days: list[Day]) -> tuple[list[list[Day]], str]:
