@@ -19,11 +19,15 @@ import sys
 import pendulum
 from airflow.sdk import DAG, task
 
+from pipestate import load_config
 from pipestate.integrations import airflow as pipestate_airflow
 
 CONFIG = os.environ.get("PIPESTATE_CONFIG", "/opt/pipelines/orders/pipestate.toml")
-PIPELINE = os.environ.get("PIPESTATE_PIPELINE", "orders")
-TIMEZONE = os.environ.get("PIPESTATE_TIMEZONE", "UTC")  # the pipeline's [pipeline] timezone
+# The name and the zone come from the pipeline's config, so the DAG's local midnight is the
+# pipeline's: a zone repeated here could drift from it (and schedule in UTC when forgotten).
+_pipeline = load_config(CONFIG).pipeline
+PIPELINE = _pipeline.name
+TIMEZONE = _pipeline.timezone
 WORKERS = int(os.environ.get("PIPESTATE_WORKERS", "3"))  # mapped copies of the run task
 BATCHES = int(os.environ.get("PIPESTATE_BATCHES", "100"))  # batches per copy and DAG run
 RETRIES = int(os.environ.get("PIPESTATE_RETRIES", "2"))  # for exit codes 3, 4 and 5 (1 and 2 never retry)

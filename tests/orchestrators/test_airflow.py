@@ -160,3 +160,25 @@ def test_command_tasks_fail_exactly_when_the_exit_code_says(
     assert failed.value.exit_code == 5
     assert failed.value.output is not None and len(failed.value.output["failed_batches"]) == 3
     assert not isinstance(failed.value, AirflowFailException)
+
+
+def test_the_docs_try_it_lines_work_on_a_fresh_machine(pipeline: Callable[..., Path], tmp_path: Path) -> None:
+    # docs/orchestrators.md's block, as written: only the config path is this test's, and the
+    # example's path is the checkout's (the lines run from a scratch folder, a fresh AIRFLOW_HOME).
+    doc = (Path(__file__).parents[2] / "docs" / "orchestrators.md").read_text(encoding="utf-8")
+    block = doc.split("Try it without a scheduler", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    config = pipeline(days=2, timezone="America/New_York")  # the DAG takes the zone from here
+    script = block.replace("/opt/pipelines/orders/pipestate.toml", str(config)).replace(
+        "docs/examples/", f"{EXAMPLE.parent}/"
+    )
+    scratch = tmp_path / "fresh"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPESTATE_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"  # faster; the lines work either way
+    done = subprocess.run(
+        ["bash", "-e", "-c", script], cwd=scratch, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (scratch / "airflow-home" / "dags" / "airflow_dag.py").exists()
+    assert statuses(config).get("COMPLETED", 0) > 0

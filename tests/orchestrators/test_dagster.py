@@ -139,3 +139,58 @@ def test_a_day_with_failed_batches_fails_its_partition(
     assert "2026-01-01: not complete (FAILED 24)" in message
     assert instance.get_materialized_partitions(dg.AssetKey("orders")) == set()  # type: ignore[attr-defined]
     assert statuses(config) == {"FAILED": 24, "PENDING": 24}
+
+
+def test_dagster_dev_from_the_docs_serves_the_definitions(tmp_path: Path) -> None:
+    # The line of docs/orchestrators.md, as written, with this test's config, the checkout's
+    # example and a free port: `pip install "pipestate[dagster]"` must be enough for it.
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from orchestrated import write_pipeline
+
+    doc = (Path(__file__).parents[2] / "docs" / "orchestrators.md").read_text(encoding="utf-8")
+    line = next(row for row in doc.splitlines() if "dagster dev -f" in row)
+    config = write_pipeline(tmp_path / "pipeline", days=1, timezone="America/New_York")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = line.replace("/opt/pipelines/orders/pipestate.toml", str(config)).replace(
+        "docs/examples/", f"{EXAMPLE.parent}/"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPESTATE_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["DAGSTER_HOME"] = str(tmp_path / "dagster-home")
+    (tmp_path / "dagster-home").mkdir()
+    server = subprocess.Popen(
+        ["bash", "-c", f"exec {command} -h 127.0.0.1 -p {port}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline, info = time.monotonic() + 240, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as reply:
+                    info = json.loads(reply.read())
+                    break
+            except OSError:
+                time.sleep(2)
+        assert info is not None, (
+            server.stderr.read().decode()[-3000:] if server.poll() is not None else "no reply"
+        )
+        assert "dagster_webserver_version" in info
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
