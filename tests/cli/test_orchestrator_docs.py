@@ -118,3 +118,13 @@ def test_the_cronjob_command_logs_json_lines_as_the_container_would(tmp_path: Pa
     assert failed.returncode == 2
     (error,) = [json.loads(row) for row in failed.stderr.splitlines()]
     assert error["level"] == "error" and "ts" in error and "events" in error["message"]
+
+
+def test_progress_only_on_a_terminal_unless_asked(tmp_path: Path) -> None:
+    config = project(tmp_path)
+    quiet = shell(f"pipestate --config {config} run --json", cwd=tmp_path)
+    assert quiet.returncode == 0 and "progress" not in quiet.stderr, quiet.stderr
+    (config.parent / "state.db").unlink()
+    asked = shell(f"pipestate --config {config} run --json --progress", cwd=tmp_path)
+    assert asked.returncode == 0 and "progress: " in asked.stderr, asked.stderr
+    assert len(asked.stdout.splitlines()) == 1  # stdout stays the one JSON line

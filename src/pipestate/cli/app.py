@@ -41,7 +41,8 @@ def _remember_config(ctx: click.Context, _param: click.Parameter, value: str | N
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     # Like --config: accepted before or after the subcommand; a default never undoes a value given.
-    if value is not None and value is not False and param.name:
+    # (A flag's False is "not given", except --no-progress, which says no.)
+    if param.name and value is not None and (value is not False or param.name == "progress"):
         SETTINGS[param.name] = value
         configure(SETTINGS.level, SETTINGS.json_logs)
     return value
