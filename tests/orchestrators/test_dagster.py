@@ -167,14 +167,16 @@ def test_dagster_dev_from_the_docs_serves_the_definitions(tmp_path: Path) -> Non
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env["DAGSTER_HOME"] = str(tmp_path / "dagster-home")
     (tmp_path / "dagster-home").mkdir()
-    server = subprocess.Popen(
-        ["bash", "-c", f"exec {command} -h 127.0.0.1 -p {port}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    log = tmp_path / "dagster-dev.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            ["bash", "-c", f"{command} -h 127.0.0.1 -p {port}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline, info = time.monotonic() + 240, None
         while time.monotonic() < deadline and server.poll() is None:
