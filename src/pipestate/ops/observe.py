@@ -450,7 +450,7 @@ def report_data(ctx: Context) -> ReportData:
         }
         for day in cal.days:  # every status in the table is shown, another tool's too
             for status, count in day.counts.items():
-                if status not in STATUS_ORDER and status != "EXHAUSTED":
+                if status not in STATUS_ORDER and status != EXHAUSTED:
                     counts[str(status)] = counts.get(str(status), 0) + count
         populate = latest_populate(conn, store.tables, store.raw_column, ctx.pipeline, _LIST_LIMIT)
         far = datetime.max.replace(tzinfo=cal.now.tzinfo) - timedelta(days=2)
