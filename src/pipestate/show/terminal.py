@@ -200,12 +200,8 @@ def render_windows(data: dict[str, Any], tz: ZoneInfo) -> str:
         lines.append(f"      {printable(window['batch_id'])}")
         if window["last_error"]:
             step = f" in {window['last_error_step']}" if window["last_error_step"] else ""
-            lines.append(
-                _cut(
-                    f"      last error{step}: {printable((str(window['last_error']).splitlines() or [''])[0])}",
-                    100,
-                )
-            )
+            error = printable((str(window["last_error"]).splitlines() or [""])[0])
+            lines.append(_cut(f"      last error{step}: {error}", 100))
         if window["superseded_by"]:
             reason = printable(window["supersede_reason"] or "")
             lines.append(_cut(f"      superseded by {printable(window['superseded_by'])}: {reason}", 100))
