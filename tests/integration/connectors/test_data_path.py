@@ -428,6 +428,8 @@ def test_a_locked_duckdb_target_says_so_once_and_gives_up_after_busy_timeout(
     finally:
         holder.kill()
         holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
     said = [r.getMessage() for r in caplog.records if "busy" in r.getMessage()]
     assert len(said) == 1 and str(target) in said[0] and "waiting up to 1 s" in said[0], said
     assert "busy_timeout = 1 s" in " ".join(getattr(raised.value, "__notes__", []))
