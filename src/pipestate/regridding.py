@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from .planning import Fill, fill_cells
+from .plans import Fill, fill_cells
 from .statuses import Status
 from .windows import Step, format_step, local_date_of, split_at_midnights
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, insert, text
 
 from pipestate.ops.populate import _plan
-from pipestate.planning import Plan, contract_gaps
+from pipestate.plans import Plan, contract_gaps
 from pipestate.store import spans
 
 ZONE = "America/New_York"

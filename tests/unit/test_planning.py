@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipestate.planning import Plan, Settings, UnsortedInput, plan
+from pipestate.planning import plan
+from pipestate.plans import Plan, Settings, UnsortedInput
 from pipestate.windows import day_bounds, local_date_of, parse_granularity
 
 NY = ZoneInfo("America/New_York")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipestate.config import Config
 from pipestate.ops.rows import RowBuilder
-from pipestate.planning import Fill, fill_cells
+from pipestate.plans import Fill, fill_cells
 from pipestate.windows import DAY, day_bounds, local_date_of, parse_granularity
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)

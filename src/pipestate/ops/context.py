@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from ..config import ConcurrencyConfig, Config
 from ..errors import UsageError
-from ..planning import Settings
+from ..plans import Settings
 from ..store.store import StateStore
 
 __all__ = ["Context", "aware"]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from ..errors import UsageError
-from ..planning import Gap, contract_gaps
+from ..plans import Gap, contract_gaps
 from ..statuses import EXHAUSTED, STATUS_ORDER, Status
 from ..store import spans
 from ..store.daily import HOURS_PER_DAY_SLOT, DayBucket, bucket_rows
@@ -29,7 +29,7 @@ from .status import leases, status
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
-    from ..planning import Settings
+    from ..plans import Settings
     from .context import Context
 
 __all__ = [

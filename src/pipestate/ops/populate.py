@@ -20,13 +20,8 @@ from .. import ids
 from ..config import Config
 from ..errors import StoreBusyError
 from ..ids import IdFunction
-from ..planning import (
-    InvalidRow,
-    Plan,
-    UnsortedInput,
-    plan,
-    plan_counted,
-)
+from ..planning import plan, plan_counted
+from ..plans import InvalidRow, Plan, UnsortedInput
 from ..statuses import Status
 from ..store import locks, migrate, populate_sql, spans
 from ..store.events import insert_created_events, insert_events

@@ -9,13 +9,8 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from ..ids import default_batch_id
-from ..planning import (
-    Fill,
-    Plan,
-    dominant,
-    fill_cells,
-    seconds_to_minutes,
-)
+from ..planning import seconds_to_minutes
+from ..plans import Fill, Plan, dominant, fill_cells
 from ..windows import format_step, iso
 
 if TYPE_CHECKING:

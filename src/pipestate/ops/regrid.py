@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from ..errors import StoreBusyError, UsageError
-from ..planning import Analysis, Plan, fill_cells
+from ..plans import Analysis, Plan, fill_cells
 from ..regridding import Old, RegridPlan, plan_regrid
 from ..statuses import Status
 from ..store import locks, migrate, populate_sql, queries

@@ -15,7 +15,7 @@ from typing import Any
 from ..config import Config
 from ..ids import WindowInfo, stamp_from_iso
 from ..ids import call as call_function
-from ..planning import Cell, Fill, fill_cells
+from ..plans import Cell, Fill, fill_cells
 from ..statuses import Status
 from ..store.schema import (
     DURATION_MINUTES,

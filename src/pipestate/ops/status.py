@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ..planning import GAP_KINDS, contract_gaps
+from ..plans import GAP_KINDS, contract_gaps
 from ..statuses import STATUS_ORDER
 from ..store import queries, spans
 from ..windows import iso, read_stored_instant
