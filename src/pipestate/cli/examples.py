@@ -34,4 +34,5 @@ table = "pipeline_state"
 # max_retries = 3
 # retry_backoff = "1m"
 # claim_order = "oldest_first"
+# claim_batch = 1              # the most windows one claim takes (docs/workers.md)
 """

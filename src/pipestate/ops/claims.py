@@ -14,6 +14,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from ..config import MAX_CLAIM_BATCH
 from ..errors import LeaseLost, UsageError
 from ..statuses import Status, Step
 from ..store import locks, pg_claims, queries
@@ -27,12 +28,12 @@ from ..store.claims import (
     guarded_update,
 )
 from ..store.events import insert_events
-from ..store.schema import COLUMNS
+from ..store.schema import COLUMNS, START_TIME
 from ..windows import iso
 from .batch import Batch
 from .context import Context
 
-__all__ = ["claim", "complete", "fail", "heartbeat", "record_step", "release"]
+__all__ = ["claim", "claim_many", "complete", "fail", "heartbeat", "record_step", "release"]
 
 
 # What a worker may write beside its claim (record_step, and the values of
@@ -74,15 +75,27 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
 
     `within` (UTC `[low, high)`) takes only a window that starts in it.
     """
-    if not worker:
-        raise UsageError("worker: a worker id is required")
-    if len(worker) > MAX_WORKER_ID:  # worker_id is String(255): refused before anything is written
-        raise UsageError(f"worker: at most {MAX_WORKER_ID} characters, got {len(worker)}")
+    taken = claim_many(ctx, worker, 1, within)
+    return taken[0] if taken else None
+
+
+def claim_many(
+    ctx: Context, worker: str, count: int | None = None, within: tuple[datetime, datetime] | None = None
+) -> list[Batch]:
+    """Take up to `count` claimable batches (default `[concurrency] claim_batch`), in
+    claim order; an empty list when none is claimable or max_in_flight is reached.
+
+    Each batch has its own row, lease, fencing token and heartbeat, and each counts
+    against max_in_flight. `within` (UTC `[low, high)`) takes only windows that start in it.
+    """
+    _check_worker(worker)
+    wanted = ctx.concurrency.claim_batch if count is None else count
+    if not 1 <= wanted <= MAX_CLAIM_BATCH:
+        raise UsageError(f"count: 1 to {MAX_CLAIM_BATCH}, got {wanted}")
     store, settings = ctx.store, ctx.concurrency
-    lease = settings.lease
-    # PostgreSQL locks the one row it claims; SQLite and DuckDB serialize writers
-    # anyway. Elsewhere (Snowflake has no SELECT FOR UPDATE), and for a
-    # max_in_flight count that must not race, claims queue on the pipeline's lock row.
+    # PostgreSQL locks the rows it claims; SQLite and DuckDB serialize writers
+    # anyway. Elsewhere, and for a max_in_flight count that must not race,
+    # claims queue on the pipeline's lock row.
     pipeline_lock = store.backend.claims_need_pipeline_lock(settings.max_in_flight)
     if pipeline_lock:
         locks.ensure_lock_row(store, ctx.pipeline)
@@ -94,8 +107,8 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
         and within is None
         and not store.status_aliases
     ):
-        fast = _claim_in_one_statement(ctx, worker, lease)
-        if fast is not None:
+        fast = _claim_in_one_statement(ctx, worker, settings.lease, wanted)
+        if fast:
             return fast
         # Nothing the fast path may take: the general path below also retires
         # expired leases that have run out of retries.
@@ -103,108 +116,142 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
         now = ctx.now(conn)
         if pipeline_lock:
             locks.lock_pipeline(store, conn, ctx.pipeline, holder=f"claim {worker}")
-        in_flight = count_in_flight(store, conn, ctx.pipeline, now) if settings.max_in_flight else 0
-        if settings.max_in_flight and in_flight >= settings.max_in_flight:
-            return None
+        room = _room(ctx, conn, now, wanted)
+        taken: list[Batch] = []
         events: list[dict[str, Any]] = []
-        try:
-            while True:
-                row = find_candidate(
-                    store,
-                    conn,
-                    ctx.pipeline,
-                    now,
-                    settings.max_retries,
-                    settings.claim_order == "newest_first",
-                    within,
-                )
-                if row is None:
-                    return None
-                status, retries = row["pipeline_status"], int(row["retry_count"] or 0)
-                if status == Status.IN_PROGRESS:
-                    # An expired lease is a failed attempt of its holder.
-                    retries += 1
-                    permanent = retries >= settings.max_retries
-                    events.append(
-                        _claim_event(
-                            ctx,
-                            row["batch_id"],
-                            "LEASE_EXPIRED",
-                            now,
-                            status,
-                            Status.FAILED if permanent else status,
-                            row["worker_id"],
-                            row["claim_token"],
-                            {"retry_count": retries, "lease_expired_at": iso(row["lease_expires_at"])},
-                        )
-                    )
-                    if permanent:
-                        guarded_update(
-                            store,
-                            conn,
-                            ctx.pipeline,
-                            row["batch_id"],
-                            status,
-                            row["claim_token"],
-                            {
-                                "pipeline_status": Status.FAILED,
-                                "retry_count": retries,
-                                "last_error": "lease expired (worker stopped heartbeating)",
-                                "last_error_step": row["current_step"],
-                                "last_error_at": now,
-                                "lease_expires_at": None,
-                                "updated_at": now,
-                                "updated_by": worker,
-                            },
-                        )
-                        continue
-                token = uuid.uuid4().hex
-                expires = now + lease
-                attempts = int(row["attempt_count"] or 0) + 1
-                values = {
-                    "pipeline_status": Status.IN_PROGRESS,
-                    "worker_id": worker,
-                    "claim_token": token,
-                    "claimed_at": now,
-                    "lease_expires_at": expires,
-                    "heartbeat_at": now,
-                    "retry_count": retries,
-                    "attempt_count": attempts,
-                    "first_started_at": row["first_started_at"] or now,
-                    "next_attempt_at": None,
-                    "updated_at": now,
-                    "updated_by": worker,
-                }
-                if not guarded_update(
-                    store, conn, ctx.pipeline, row["batch_id"], status, row["claim_token"], values
-                ):
-                    continue  # taken meanwhile (only possible without row locks); look again
-                events.append(
-                    _claim_event(
-                        ctx,
-                        row["batch_id"],
-                        "CLAIMED",
-                        now,
-                        status,
-                        Status.IN_PROGRESS,
-                        worker,
-                        token,
-                        {"attempt": attempts, "retry_count": retries, "lease_expires_at": iso(expires)},
-                    )
-                )
-                row.update(values)
-                return Batch.from_row(ctx.pipeline, row)
-        finally:
-            if events:
-                insert_events(store, conn, events)
+        while len(taken) < room:
+            newest_first = settings.claim_order == "newest_first"
+            row = find_candidate(store, conn, ctx.pipeline, now, settings.max_retries, newest_first, within)
+            if row is None:
+                break
+            expired = row["pipeline_status"] == Status.IN_PROGRESS
+            if expired and _retire_if_spent(ctx, conn, row, now, worker, events):
+                continue
+            batch = _stamp(ctx, conn, row, now, worker, events)
+            if batch is not None:
+                taken.append(batch)
+        # Only writes that changed their row are logged, in the same transaction.
+        if events:
+            insert_events(store, conn, events)
+        return taken
 
 
-def _claim_in_one_statement(ctx: Context, worker: str, lease: Any) -> Batch | None:
-    """PostgreSQL: claim and log in one autocommitted statement (see pg_claims)."""
+def _check_worker(worker: str) -> None:
+    if not worker:
+        raise UsageError("worker: a worker id is required")
+    if len(worker) > MAX_WORKER_ID:  # worker_id is String(255): refused before anything is written
+        raise UsageError(f"worker: at most {MAX_WORKER_ID} characters, got {len(worker)}")
+
+
+def _room(ctx: Context, conn: Any, now: datetime, wanted: int) -> int:
+    """How many windows this claim may take: `wanted`, less what max_in_flight leaves."""
+    limit = ctx.concurrency.max_in_flight
+    if not limit:
+        return wanted
+    return max(0, min(wanted, limit - count_in_flight(ctx.store, conn, ctx.pipeline, now)))
+
+
+def _retire_if_spent(
+    ctx: Context, conn: Any, row: dict[str, Any], now: datetime, worker: str, events: list[dict[str, Any]]
+) -> bool:
+    """An expired lease is a failed attempt of its holder: True when that was its
+    last retry and the row is now FAILED for good (or was changed meanwhile), so
+    the caller looks for another window."""
+    retries = int(row["retry_count"] or 0) + 1
+    if retries < ctx.concurrency.max_retries:
+        return False
+    changed = guarded_update(
+        ctx.store,
+        conn,
+        ctx.pipeline,
+        row["batch_id"],
+        Status.IN_PROGRESS,
+        row["claim_token"],
+        {
+            "pipeline_status": Status.FAILED,
+            "retry_count": retries,
+            "last_error": "lease expired (worker stopped heartbeating)",
+            "last_error_step": row["current_step"],
+            "last_error_at": now,
+            "lease_expires_at": None,
+            "updated_at": now,
+            "updated_by": worker,
+        },
+    )
+    if changed:
+        events.append(_lease_expired(ctx, row, now, Status.FAILED, retries))
+    return True
+
+
+def _lease_expired(
+    ctx: Context, row: dict[str, Any], now: datetime, new: str, retries: int
+) -> dict[str, Any]:
+    return _claim_event(
+        ctx,
+        row["batch_id"],
+        "LEASE_EXPIRED",
+        now,
+        Status.IN_PROGRESS,
+        new,
+        row["worker_id"],
+        row["claim_token"],
+        {"retry_count": retries, "lease_expired_at": iso(row["lease_expires_at"])},
+    )
+
+
+def _stamp(
+    ctx: Context, conn: Any, row: dict[str, Any], now: datetime, worker: str, events: list[dict[str, Any]]
+) -> Batch | None:
+    """Stamp the candidate IN_PROGRESS with a fresh token and lease; None when it
+    changed since it was read (possible only without row locks)."""
+    status, retries = row["pipeline_status"], int(row["retry_count"] or 0)
+    expired = status == Status.IN_PROGRESS
+    if expired:
+        retries += 1
+    token = uuid.uuid4().hex
+    expires = now + ctx.concurrency.lease
+    attempts = int(row["attempt_count"] or 0) + 1
+    values = {
+        "pipeline_status": Status.IN_PROGRESS,
+        "worker_id": worker,
+        "claim_token": token,
+        "claimed_at": now,
+        "lease_expires_at": expires,
+        "heartbeat_at": now,
+        "retry_count": retries,
+        "attempt_count": attempts,
+        "first_started_at": row["first_started_at"] or now,
+        "next_attempt_at": None,
+        "updated_at": now,
+        "updated_by": worker,
+    }
+    if not guarded_update(ctx.store, conn, ctx.pipeline, row["batch_id"], status, row["claim_token"], values):
+        return None
+    if expired:
+        events.append(_lease_expired(ctx, row, now, Status.IN_PROGRESS, retries))
+    events.append(
+        _claim_event(
+            ctx,
+            row["batch_id"],
+            "CLAIMED",
+            now,
+            status,
+            Status.IN_PROGRESS,
+            worker,
+            token,
+            {"attempt": attempts, "retry_count": retries, "lease_expires_at": iso(expires)},
+        )
+    )
+    row.update(values)
+    return Batch.from_row(ctx.pipeline, row)
+
+
+def _claim_in_one_statement(ctx: Context, worker: str, lease: Any, count: int) -> list[Batch]:
+    """PostgreSQL: claim up to `count` windows and log them in one autocommitted statement (see pg_claims)."""
     settings = ctx.concurrency
     token = uuid.uuid4().hex
     with ctx.store.autocommit() as conn:
-        row = pg_claims.claim(
+        rows = pg_claims.claim(
             ctx.store,
             conn,
             ctx.pipeline,
@@ -214,12 +261,14 @@ def _claim_in_one_statement(ctx: Context, worker: str, lease: Any) -> Batch | No
             settings.max_retries,
             settings.claim_order == "newest_first",
             ctx.fixed_now(),
+            count,
         )
-    if row is None:
-        return None
-    for extra in ("old_status", "old_worker", "old_token", "old_lease"):
-        row.pop(extra)
-    return Batch.from_row(ctx.pipeline, row)
+    newest_first = settings.claim_order == "newest_first"
+    rows.sort(key=lambda row: (row[START_TIME], row["batch_id"]), reverse=newest_first)
+    for row in rows:
+        for extra in ("old_status", "old_worker", "old_token", "old_lease"):
+            row.pop(extra)
+    return [Batch.from_row(ctx.pipeline, row) for row in rows]
 
 
 def _write_claimed(ctx: Context, conn: Any, row: dict[str, Any], values: dict[str, Any]) -> None:
