@@ -135,6 +135,47 @@ def test_claim_lease_and_fencing(manager: PipelineStateManager) -> None:
     assert kinds == ["CREATED", "CLAIMED", "FAILED", "CLAIMED", "LEASE_EXPIRED", "CLAIMED"]
 
 
+@pytest.mark.parametrize("operation", ["heartbeat", "record_step", "complete", "fail", "release"])
+def test_fencing_refuses_a_write_after_a_takeover(
+    manager: PipelineStateManager, operation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reads its claim; B takes the expired lease over; A writes: LeaseLost, no event
+    (fakesnow ignores FOR UPDATE, as Snowflake's standard tables have none)."""
+    from sqlalchemy import update
+
+    from pipestate import claims
+
+    manager.populate_pipeline_batches()
+    batch = manager.claim("A")
+    assert batch is not None
+    state = manager.store.tables.state
+    read_claim = claims.current_claim
+    forced = []
+
+    def read_then_taken_over(store: object, conn: object, *args: object) -> object:
+        row = read_claim(store, conn, *args)  # type: ignore[arg-type]
+        conn.execute(  # type: ignore[attr-defined]
+            update(state).where(state.c.batch_id == batch.batch_id).values(worker_id="B", claim_token="tB")
+        )
+        forced.append(row)
+        return row
+
+    monkeypatch.setattr(claims, "current_claim", read_then_taken_over)
+    calls = {
+        "heartbeat": lambda: manager.heartbeat(batch.batch_id, "A", batch.claim_token),
+        "record_step": lambda: manager.record_step(
+            batch.batch_id, "A", {"source_extract_status": "DONE"}, batch.claim_token, "source"
+        ),
+        "complete": lambda: manager.complete(batch.batch_id, "A", batch.claim_token),
+        "fail": lambda: manager.fail(batch.batch_id, "A", "boom", batch.claim_token),
+        "release": lambda: manager.release(batch.batch_id, "A", batch.claim_token),
+    }
+    with pytest.raises(LeaseLost, match="claimed by B"):
+        calls[operation]()
+    assert forced and forced[0] is not None
+    assert [event["event_type"] for event in manager.history(batch.batch_id)] == ["CREATED", "CLAIMED"]
+
+
 @pytest.mark.skipif(
     not all(
         os.environ.get(k)

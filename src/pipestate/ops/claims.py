@@ -272,10 +272,17 @@ def _claim_in_one_statement(ctx: Context, worker: str, lease: Any, count: int) -
 
 
 def _write_claimed(ctx: Context, conn: Any, row: dict[str, Any], values: dict[str, Any]) -> None:
-    """Write `values` to the row read by `_fenced`, still guarded by its claim token."""
-    guarded_update(
+    """Write `values` to the row read by `_fenced`, still guarded by its claim token.
+
+    Where the read took no row lock (Snowflake, any database without FOR UPDATE),
+    another worker may have taken the expired lease over between the read and this
+    write: the guard then matches no row, and that is LeaseLost, not a success.
+    """
+    changed = guarded_update(
         ctx.store, conn, ctx.pipeline, row["batch_id"], Status.IN_PROGRESS, row["claim_token"], values
     )
+    if not changed:
+        raise LeaseLost(_why_not(ctx, conn, row["batch_id"], row["worker_id"]))
 
 
 def _fenced(ctx: Context, conn: Any, batch_id: str, worker: str, token: str | None) -> dict[str, Any]:
