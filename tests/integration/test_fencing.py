@@ -19,9 +19,9 @@ import workers_support as ws
 from sqlalchemy import update
 from workers_support import Clock
 
-from pipestate import claims
 from pipestate.errors import LeaseLost
 from pipestate.manager import PipelineStateManager
+from pipestate.ops import claims
 
 OPERATIONS: dict[str, Callable[[PipelineStateManager, Any], Any]] = {
     "heartbeat": lambda m, b: m.heartbeat(b.batch_id, "A", b.claim_token),
@@ -83,3 +83,26 @@ def test_a_write_after_a_takeover_is_lease_lost(
     stored = ws.row(manager, batch.batch_id)
     assert stored["pipeline_status"] == "IN_PROGRESS"
     assert stored["source_extract_status"] is None and stored["target_load_status"] is None
+
+
+def test_requeue_of_a_row_claimed_meanwhile_writes_nothing(
+    manager: PipelineStateManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipestate.ops import operator as operations
+    from pipestate.store.populate_sql import RowChanged
+
+    batch = manager.claim("A")
+    assert batch is not None
+    manager.fail(batch.batch_id, "A", "boom", batch.claim_token)
+    state = manager.store.tables.state
+    read = operations.queries.requeue_candidates
+
+    def read_then_claimed(store: Any, conn: Any, *args: Any) -> Any:
+        rows = read(store, conn, *args)
+        conn.execute(update(state).where(state.c.batch_id == batch.batch_id).values(claim_token="tB"))
+        return rows
+
+    monkeypatch.setattr(operations.queries, "requeue_candidates", read_then_claimed)
+    with pytest.raises(RowChanged):
+        manager.requeue([batch.batch_id])
+    assert ws.kinds(manager, batch.batch_id) == ["CREATED", "CLAIMED", "FAILED"]

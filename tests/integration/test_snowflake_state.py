@@ -143,7 +143,7 @@ def test_fencing_refuses_a_write_after_a_takeover(
     (fakesnow ignores FOR UPDATE, as Snowflake's standard tables have none)."""
     from sqlalchemy import update
 
-    from pipestate import claims
+    from pipestate.ops import claims
 
     manager.populate_pipeline_batches()
     batch = manager.claim("A")
