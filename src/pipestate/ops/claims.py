@@ -17,7 +17,7 @@ from typing import Any
 from ..config import MAX_CLAIM_BATCH
 from ..errors import LeaseLost, UsageError
 from ..statuses import Status, Step
-from ..store import locks, pg_claims, queries
+from ..store import locks, pg_claims, queries, stamp_claims
 from ..store.claims import (
     backoff_delay,
     can_fence_in_update,
@@ -93,6 +93,8 @@ def claim_many(
     if not 1 <= wanted <= MAX_CLAIM_BATCH:
         raise UsageError(f"count: 1 to {MAX_CLAIM_BATCH}, got {wanted}")
     store, settings = ctx.store, ctx.concurrency
+    if store.backend.stamp_claims:
+        return _claim_by_stamp(ctx, worker, wanted, within)
     # PostgreSQL locks the rows it claims; SQLite and DuckDB serialize writers
     # anyway. Elsewhere, and for a max_in_flight count that must not race,
     # claims queue on the pipeline's lock row.
@@ -134,6 +136,84 @@ def claim_many(
         if events:
             insert_events(store, conn, events)
         return taken
+
+
+def _claim_by_stamp(
+    ctx: Context, worker: str, wanted: int, within: tuple[datetime, datetime] | None
+) -> list[Batch]:
+    """Snowflake: read (no lock), take over expired leases one by one (rare), stamp
+    the rest in ONE autocommitted UPDATE, read back by token; see store/stamp_claims."""
+    store, settings = ctx.store, ctx.concurrency
+    newest_first = settings.claim_order == "newest_first"
+    token = uuid.uuid4().hex
+    events: list[dict[str, Any]] = []
+    with store.autocommit() as conn:
+        now = stamp_claims.now_sql(conn, ctx.fixed_now())
+        found = stamp_claims.candidates(
+            store, conn, ctx.pipeline, now, wanted, settings.max_retries, newest_first, within
+        )
+        if not found:
+            return []  # an idle poll: one read, no lock
+        before = {row["batch_id"]: row["pipeline_status"] for row in found}
+        expired: dict[str, dict[str, Any]] = {}
+        for row in found:
+            if row["pipeline_status"] != Status.IN_PROGRESS:
+                continue
+            outcome = stamp_claims.take_over(
+                store, conn, ctx.pipeline, row, worker, token, now, settings.lease, settings.max_retries
+            )
+            if outcome == "claimed":
+                expired[row["batch_id"]] = row
+            elif outcome == "retired":  # rare: one clock read for its event
+                retries = int(row["retry_count"] or 0) + 1
+                events.append(_lease_expired(ctx, row, ctx.now(conn), Status.FAILED, retries))
+        rest = wanted - len(expired)
+        if rest > 0 and len(found) > len(expired):
+            stamp_claims.stamp(
+                store,
+                conn,
+                ctx.pipeline,
+                worker,
+                token,
+                now,
+                settings.lease,
+                rest,
+                settings.max_retries,
+                newest_first,
+                within,
+                settings.max_in_flight,
+            )
+        rows = stamp_claims.held(store, conn, ctx.pipeline, worker, token)
+        rows.sort(key=lambda row: (row[START_TIME], row["batch_id"]), reverse=newest_first)
+        for row in rows:
+            claimed_at = row["claimed_at"]
+            old = expired.get(row["batch_id"])
+            was = before.get(row["batch_id"]) or (Status.FAILED if row["last_error_at"] else Status.PENDING)
+            if old is not None:
+                events.append(
+                    _lease_expired(ctx, old, claimed_at, Status.IN_PROGRESS, int(row["retry_count"]))
+                )
+            events.append(
+                _claim_event(
+                    ctx,
+                    row["batch_id"],
+                    "CLAIMED",
+                    claimed_at,
+                    was,
+                    Status.IN_PROGRESS,
+                    worker,
+                    row["claim_token"],
+                    {
+                        "attempt": int(row["attempt_count"]),
+                        "retry_count": int(row["retry_count"]),
+                        "lease_expires_at": iso(row["lease_expires_at"]),
+                    },
+                )
+            )
+        # Written after the stamp: only for rows this claim holds (or retired).
+        if events:
+            stamp_claims.log(store, conn, events)
+    return [Batch.from_row(ctx.pipeline, row) for row in rows]
 
 
 def _check_worker(worker: str) -> None:
@@ -285,6 +365,23 @@ def _write_claimed(ctx: Context, conn: Any, row: dict[str, Any], values: dict[st
         raise LeaseLost(_why_not(ctx, conn, row["batch_id"], row["worker_id"]))
 
 
+# (old, new) status of an event written while the claim is held.
+_HELD = (Status.IN_PROGRESS, Status.IN_PROGRESS)
+
+
+def _step(step: str | None) -> dict[str, Any]:
+    return {} if step is None else {"current_step": step}
+
+
+def _fenced_alone(
+    ctx: Context, conn: Any, batch_id: str, worker: str, token: str | None, values: dict[str, Any]
+) -> None:
+    """Tables locked whole (Snowflake): ONE autocommitted UPDATE where the caller holds
+    the claim; LeaseLost when it changed nothing. Its event comes after, if any."""
+    if not stamp_claims.fenced_write(ctx.store, conn, ctx.pipeline, batch_id, worker, token, values):
+        raise LeaseLost(_why_not(ctx, conn, batch_id, worker))
+
+
 def _fenced(ctx: Context, conn: Any, batch_id: str, worker: str, token: str | None) -> dict[str, Any]:
     row = current_claim(ctx.store, conn, ctx.pipeline, batch_id, worker, token)
     if row is None:
@@ -308,6 +405,16 @@ def heartbeat(ctx: Context, batch_id: str, worker: str, token: str | None = None
     """Extend the lease; returns the new expiry."""
     store = ctx.store
     lease = ctx.concurrency.lease
+    if store.backend.stamp_claims:
+        with store.autocommit() as conn:
+            at = stamp_claims.now_sql(conn, ctx.fixed_now())
+            beat = {
+                "lease_expires_at": stamp_claims.plus(conn, at, lease),
+                "heartbeat_at": at,
+                "updated_at": at,
+            }
+            _fenced_alone(ctx, conn, batch_id, worker, token, beat)
+            return stamp_claims.lease_of(store, conn, ctx.pipeline, batch_id, worker, token)
     with store.transaction(write=True) as conn:
         if can_fence_in_update(conn):
             now = queries.now_expression(ctx.fixed_now())
@@ -343,6 +450,18 @@ def record_step(
     """Write step columns (counts, locations, timestamps) while holding the claim."""
     _check_values(values)
     store = ctx.store
+    if store.backend.stamp_claims:
+        with store.autocommit() as conn:
+            now_sql = stamp_claims.now_sql(conn, ctx.fixed_now())
+            _fenced_alone(ctx, conn, batch_id, worker, token, {**values, "updated_at": now_sql} | _step(step))
+            if step is not None:
+                details = {"step": step, **values}
+                stamp_claims.log(
+                    store,
+                    conn,
+                    [_claim_event(ctx, batch_id, "STEP", now_sql, *_HELD, worker, token, details)],  # type: ignore[arg-type]
+                )
+        return
     with store.transaction(write=True) as conn:
         row = _fenced(ctx, conn, batch_id, worker, token)
         now = ctx.now(conn)
@@ -380,6 +499,25 @@ def complete(
     """Mark the batch COMPLETED (fenced)."""
     _check_values(values)
     store = ctx.store
+    if store.backend.stamp_claims:
+        # One UPDATE with the step values written with the completion, then the
+        # event read from the row it wrote.
+        with store.autocommit() as conn:
+            now_sql = stamp_claims.now_sql(conn, ctx.fixed_now())
+            c = store.tables.state.c
+            done = {
+                **(values or {}),
+                "pipeline_status": Status.COMPLETED.value,
+                "current_step": Step.DONE.value,
+                "completed_at": now_sql,
+                "processing_seconds": stamp_claims.seconds_since(conn, c.claimed_at, now_sql),
+                "lease_expires_at": None,
+                "updated_at": now_sql,
+                "updated_by": worker,
+            }
+            _fenced_alone(ctx, conn, batch_id, worker, token, done)
+            stamp_claims.log_completed(store, conn, ctx.pipeline, batch_id, worker, token)
+        return
     if store.backend.one_statement_claims and not values:
         with store.autocommit() as conn:
             clock = ctx.fixed_now()
