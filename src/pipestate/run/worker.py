@@ -20,14 +20,15 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import random
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -200,6 +201,8 @@ class Worker:
         self._interruptible = False
         self._cut: threading.Timer | None = None
         self._in_doubt = False  # the current batch's lease: no heartbeat reached the database in time
+        # Windows taken by one claim ([concurrency] claim_batch) and not started yet.
+        self._queued: list[Batch] = []
 
     # -- the state database, transient errors retried -----------------------------
 
@@ -213,7 +216,8 @@ class Worker:
                 if err.retryable is not True or attempt == self.store_retries or self.stopping:
                     raise
                 log.warning("%s failed (%s), trying again in %.1fs: %s", what, type(err).__name__, delay, err)
-            self._pause(delay)
+            # Jittered, so a fleet that met one lock queue does not come back as one.
+            self._pause(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
 
@@ -224,10 +228,41 @@ class Worker:
             time.sleep(min(left, 0.1))
 
     def _claim(self) -> Batch | None:
-        if self.within is None:
-            return self._store_call("claim", lambda: self.manager.claim(self.worker_id))
+        """The next window: one queued by an earlier claim of several, else a new claim
+        of `[concurrency] claim_batch` windows."""
+        while self._queued:
+            queued = self._queued.pop(0)
+            if self._still_held(queued):
+                return queued
         within = self.within
-        return self._store_call("claim", lambda: self.manager.claim(self.worker_id, within))
+        taken = self._store_call("claim", lambda: self.manager.claim_batches(self.worker_id, within=within))
+        if not taken:
+            return None
+        self._queued = taken[1:]
+        return taken[0]
+
+    def _still_held(self, queued: Batch) -> bool:
+        """A queued window that waited past a third of its lease is heartbeated before
+        it starts; False if its claim was taken over meanwhile (it is skipped)."""
+        waited = (datetime.now(UTC) - queued.claimed_at).total_seconds()
+        if waited < self.lease / 3:
+            return True
+        try:
+            self._store_call(
+                "heartbeat",
+                lambda: self.manager.heartbeat(queued.batch_id, self.worker_id, queued.claim_token),
+            )
+        except LeaseLost:
+            log.warning("queued batch %s was taken over before it started; skipped", queued.batch_id)
+            return False
+        return True
+
+    def _release_queued(self) -> None:
+        """Give back the windows claimed but not started (a stop, a limit)."""
+        queued, self._queued = self._queued, []
+        for batch in queued:
+            with suppress(LeaseLost):
+                self._release(batch)
 
     def _complete(self, claimed: Batch, values: dict[str, Any] | None = None) -> None:
         self._store_call(
@@ -371,6 +406,7 @@ class Worker:
                 summary.record(outcome, claimed.batch_id)
         finally:
             restore()
+            self._release_queued()
         summary.released = self.released - released_before
         return summary
 

@@ -68,6 +68,10 @@ class Backend:
     """The database's now as a SQL expression (UTC), so a statement needs no clock read first."""
     plus_interval: Callable[[Any, timedelta], ColumnElement[Any]] | None = None
     """A SQL instant plus a timedelta."""
+    transient_errors: tuple[str, ...] = ()
+    """Lower-case fragments of driver messages that mean "busy, try again": read as
+    StoreUnavailable (retryable), whatever the driver's exception class. The one
+    table of them; the worker's bounded, jittered retries read `retryable`."""
     process_write_lock: bool = False
     """Threads of one process must share a lock to write (DuckDB)."""
     begin_immediate: bool = False
@@ -191,6 +195,21 @@ def _snowflake_plus(instant: Any, delta: timedelta) -> ColumnElement[Any]:
 
 GENERIC = Backend(name="generic")
 
+# Snowflake's answers that a later try can get past: more than 20 statements
+# already waiting for the same table lock (000625), a lock wait past LOCK_TIMEOUT,
+# a warehouse that is suspended or still resuming. Taken from Snowflake's
+# documented messages; only 000625's wording is exercised (by the harness).
+SNOWFLAKE_TRANSIENT = (
+    "000625",
+    "number of waiters for this lock exceeds",
+    "lock timeout",
+    "lock wait timeout",
+    "waiting for the lock",
+    "is suspended",
+    "is resuming",
+    "being resumed",
+)
+
 BACKENDS: dict[str, Backend] = {
     "sqlite": Backend(
         name="sqlite",
@@ -255,6 +274,7 @@ BACKENDS: dict[str, Backend] = {
         name="snowflake",
         extra="snowflake",
         now_sql="SELECT SYSDATE()",
+        transient_errors=SNOWFLAKE_TRANSIENT,
         stamp_claims=True,
         now_function=_snowflake_now,
         plus_interval=_snowflake_plus,
@@ -282,4 +302,9 @@ def backend_named(name: str) -> Backend:
 def backend_of(bind: Engine | Connection | Dialect) -> Backend:
     """The profile of an engine's, a connection's or a dialect's database."""
     dialect = bind if isinstance(bind, Dialect) else bind.dialect
+    # A dialect may carry the profile it behaves by (the Snowflake harness in tests/
+    # is PostgreSQL that locks like Snowflake).
+    own = getattr(dialect, "pipestate_backend", None)
+    if isinstance(own, Backend):
+        return own
     return backend_named(dialect.name)

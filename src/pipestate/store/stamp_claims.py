@@ -297,9 +297,16 @@ def fenced_write(
     values: dict[str, Any],
 ) -> bool:
     """ONE autocommitted UPDATE where the caller holds the current claim; True if it
-    changed the row (False: the claim is not current, nothing written)."""
+    changed the row (False: the claim is not current, nothing written).
+
+    The claim's worker and token are written again with the values: where a statement
+    that waited for the lock changes the rows it picked before the wait (one answer
+    to the re-read question), a write that lands on a row another claim stamped
+    meanwhile leaves the row consistently the caller's, so the other claim's next
+    fenced write is refused and the window is finished once."""
     stmt = update(store.tables.state).where(*holds_claim(store, pipeline, batch_id, worker, token))
-    return int(conn.execute(stmt.values(**values)).rowcount or 0) == 1
+    mine: dict[str, Any] = {"worker_id": worker} | ({} if token is None else {"claim_token": token})
+    return int(conn.execute(stmt.values(**values, **mine)).rowcount or 0) == 1
 
 
 def lease_of(

@@ -233,6 +233,9 @@ class StateStore:
         if _names_missing_table(original, self.tables.state.name):
             return self.missing_table_error()
         first_line = str(original).strip().splitlines()[0] if str(original).strip() else repr(err)
+        if any(fragment in first_line.lower() for fragment in self.backend.transient_errors):
+            # Busy, not broken (Snowflake's lock queue, a resuming warehouse): retryable.
+            return StoreUnavailable(f"state database busy ({self.dialect}), try again: {first_line}")
         if isinstance(err, DBAPIError) and err.connection_invalidated:
             # The driver says the connection dropped (a restart, a network cut): transient.
             return StoreUnavailable(
