@@ -20,6 +20,7 @@ databases interleave (`--repeat`). Tables are dropped afterwards.
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import os
 import sys
@@ -63,6 +64,7 @@ def work(db: str, table: str, args: dict[str, Any], ready: Any, go: Any, results
     manager = PipelineStateManager(
         config(table, args["windows"], args["claim_batch"]), engine=harness.engine(PG_URL)
     )
+    logging.getLogger("pipestate").setLevel(logging.ERROR)  # a retried 000625 is expected here
     worker = Worker(manager, f"{db}-{os.getpid()}", store_retries=args["store_retries"], store_backoff=0.2)
     ready.release()
     go.wait()

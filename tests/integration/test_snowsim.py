@@ -25,7 +25,7 @@ from pipestate.manager import PipelineStateManager  # noqa: E402
 from pipestate.run.worker import Worker  # noqa: E402
 
 pytestmark = pytest.mark.postgres
-WINDOWS = 60
+WINDOWS = 30
 
 
 def _config(table: str, **concurrency: Any) -> Config:
@@ -74,7 +74,7 @@ def test_a_fleet_completes_every_window_exactly_once(table: str, reread: bool) -
         finally:
             manager.close()
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(6)]
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(5)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -90,14 +90,20 @@ def test_a_fleet_completes_every_window_exactly_once(table: str, reread: bool) -
                 f"SELECT batch_id, count(*) FROM \"{table}_events\" WHERE event_type = 'COMPLETED' GROUP BY 1"
             )
         ).all()
+    engine.dispose()
     assert statuses == {"COMPLETED": WINDOWS}
     assert len(completed) == WINDOWS and {n for _, n in completed} == {1}
 
 
 def test_a_full_lock_queue_is_transient(table: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(snowsim, "WAITER_LIMIT", 0)  # every DML finds the queue full
-    manager = PipelineStateManager(_config(table), engine=snowsim.Harness(0.0).engine(support.PG_URL))
-    with pytest.raises(StoreUnavailable, match="000625") as caught:
-        manager.claim_batches("w1", 2)
+    monkeypatch.setattr(snowsim, "WAITER_LIMIT", 0)  # a held lock's queue is full at once
+    engine = snowsim.Harness(0.0).engine(support.PG_URL)
+    manager = PipelineStateManager(_config(table), engine=engine)
+    with engine.connect() as holder:  # another session holds the state table's lock
+        holder.execute(text("SELECT pg_advisory_xact_lock(:n, :k)"), snowsim.lock_key(table))
+        with pytest.raises(StoreUnavailable, match="000625") as caught:
+            manager.claim_batches("w1", 2)
+        holder.rollback()
     assert caught.value.retryable is True
+    assert len(manager.claim_batches("w1", 2)) == 2  # the lock free again: claimed
     manager.close()

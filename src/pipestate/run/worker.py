@@ -171,9 +171,10 @@ class Worker:
 
     An error of the state database itself (from claim, complete, fail or
     release) is not a failed batch: a transient one (a lock timeout, a busy
-    database, a dropped connection) is tried again up to `store_retries` times,
-    `store_backoff` seconds apart and doubling; any other one stops the loop
-    and propagates.
+    database, a dropped connection, Snowflake's full lock queue) is tried again,
+    `store_backoff` seconds apart and doubling (jittered), at least `store_retries`
+    times and for up to `store_patience` seconds; any other one stops the loop and
+    propagates.
     """
 
     def __init__(
@@ -184,6 +185,7 @@ class Worker:
         *,
         store_retries: int = 5,
         store_backoff: float = 0.5,
+        store_patience: float = 120.0,
         within: tuple[datetime, datetime] | None = None,
     ) -> None:
         self.manager = manager
@@ -195,6 +197,7 @@ class Worker:
         self.heartbeat_interval = min(heartbeat_interval or ceiling, ceiling)
         self.store_retries = store_retries
         self.store_backoff = store_backoff
+        self.store_patience = store_patience
         self.stopping = False
         self.released = 0  # batches given back unfinished by a second stop signal
         self._signals = 0
@@ -207,19 +210,28 @@ class Worker:
     # -- the state database, transient errors retried -----------------------------
 
     def _store_call(self, what: str, call: Callable[[], T]) -> T:
-        """`call()`, tried again after a transient error (bounded, with backoff)."""
+        """`call()`, tried again after a transient error (bounded, with jittered backoff):
+        at least `store_retries` attempts, and on for up to `store_patience` seconds
+        (a full lock queue on Snowflake clears in seconds, not in five tries)."""
         delay = self.store_backoff
-        for attempt in range(1, self.store_retries + 1):
+        began = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return call()
             except PipestateError as err:
-                if err.retryable is not True or attempt == self.store_retries or self.stopping:
+                patient = time.monotonic() - began < self.store_patience
+                if (
+                    err.retryable is not True
+                    or self.stopping
+                    or (attempt >= self.store_retries and not patient)
+                ):
                     raise
                 log.warning("%s failed (%s), trying again in %.1fs: %s", what, type(err).__name__, delay, err)
             # Jittered, so a fleet that met one lock queue does not come back as one.
             self._pause(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 30.0)
-        raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
 
     def _pause(self, seconds: float) -> None:
         """Sleep, waking early when a stop signal arrives."""
