@@ -214,3 +214,21 @@ def test_real_snowflake_round_trip() -> None:
             with manager.store.engine.begin() as conn:
                 for name in (table, f"{table}_events", f"{table}_meta"):
                     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+
+
+def test_a_fleet_mixing_the_older_locked_protocol_is_refused(manager: PipelineStateManager) -> None:
+    """An earlier pipestate claimed under the pipeline lock row within the lease: the
+    lock-free claims refuse to run beside it, in one line."""
+    from pipestate.errors import SchemaError
+
+    manager.populate_pipeline_batches()
+    meta = manager.store.tables.meta
+    with manager.store.engine.begin() as conn:  # (populate made the row)
+        held = {"value": "claim old-worker", "updated_at": NOW}
+        conn.execute(meta.update().where(meta.c.name == "lock:orders").values(**held))
+    with pytest.raises(SchemaError, match="older pipestate claimed .* with the pipeline lock"):
+        manager.claim("new-worker")
+    manager.clock[0] = NOW.replace(hour=13)  # type: ignore[attr-defined]  # past the lease: gone
+    assert manager.claim("new-worker") is not None
+    with manager.store.engine.connect() as conn:
+        assert conn.execute(select(meta.c.value).where(meta.c.name == "claim_protocol")).scalar() == "2"

@@ -11,11 +11,12 @@ call these.
 from __future__ import annotations
 
 import uuid
+import weakref
 from datetime import datetime
 from typing import Any
 
 from ..config import MAX_CLAIM_BATCH
-from ..errors import LeaseLost, UsageError
+from ..errors import LeaseLost, SchemaError, UsageError
 from ..statuses import Status, Step
 from ..store import locks, pg_claims, queries, stamp_claims
 from ..store.claims import (
@@ -147,6 +148,7 @@ def _claim_by_stamp(
     newest_first = settings.claim_order == "newest_first"
     token = uuid.uuid4().hex
     events: list[dict[str, Any]] = []
+    _refuse_a_mixed_fleet(ctx)
     with store.autocommit() as conn:
         now = stamp_claims.now_sql(conn, ctx.fixed_now())
         found = stamp_claims.candidates(
@@ -214,6 +216,28 @@ def _claim_by_stamp(
         if events:
             stamp_claims.log(store, conn, events)
     return [Batch.from_row(ctx.pipeline, row) for row in rows]
+
+
+# The stores whose fleet was checked for claimers of the older protocol.
+_PROTOCOL_CHECKED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _refuse_a_mixed_fleet(ctx: Context) -> None:
+    """Once per store: an earlier pipestate that claims under the pipeline lock row
+    (within the last lease) would not be kept apart from these lock-free claims."""
+    store = ctx.store
+    if store in _PROTOCOL_CHECKED:
+        return
+    with store.autocommit() as conn:
+        now = ctx.now(conn)
+        seen = stamp_claims.older_claimers(store, conn, ctx.pipeline, now, ctx.concurrency.lease)
+    if seen is not None:
+        raise SchemaError(
+            f"pipeline {ctx.pipeline}: an older pipestate claimed from {store.tables.state.name} "
+            f"with the pipeline lock at {iso(seen)}; stop or upgrade every worker of the "
+            f"pipeline first (claim protocol {stamp_claims.CLAIM_PROTOCOL} does not mix with 1)"
+        )
+    _PROTOCOL_CHECKED.add(store)
 
 
 def _check_worker(worker: str) -> None:

@@ -129,6 +129,34 @@ def _expired(store: StateStore, conn: Connection, now: Any) -> ColumnElement[boo
     )
 
 
+# The claim protocol this module speaks, recorded in <table>_meta as `claim_protocol`.
+# 1 (earlier pipestate): claims queue on the pipeline's `lock:<pipeline>` row.
+CLAIM_PROTOCOL = 2
+
+
+def older_claimers(
+    store: StateStore, conn: Connection, pipeline: str, now: Any, within: timedelta
+) -> datetime | None:
+    """When an earlier pipestate last claimed under the pipeline lock row (protocol 1),
+    if that was less than `within` ago; else None. Records protocol 2 when absent."""
+    meta = store.tables.meta
+    c = meta.c
+    recent = conn.execute(
+        select(c.updated_at).where(
+            c.name == f"lock:{pipeline}",
+            c.value.like("claim %"),  # what a protocol-1 claim writes as the lock's holder
+            c.updated_at.is_not(None),
+            c.updated_at > now - within,
+        )
+    ).scalar()
+    if recent is not None:
+        return recent  # type: ignore[no-any-return]
+    known = conn.execute(select(c.value).where(c.name == "claim_protocol")).scalar()
+    if known is None:
+        conn.execute(insert(meta).values(name="claim_protocol", value=str(CLAIM_PROTOCOL), updated_at=now))
+    return None
+
+
 def candidates(
     store: StateStore,
     conn: Connection,
