@@ -277,6 +277,10 @@ class CategoriesConfig(_Section):
         return _check_function(value, "categories")
 
 
+# One claim takes at most this many windows: each is held (and heartbeated) until done.
+MAX_CLAIM_BATCH = 1000
+
+
 class ConcurrencyConfig(_Section):
     lease: _duration(MAX_LEASE, positive=True) = Duration("10m")  # type: ignore[valid-type]
     max_in_flight: int = Field(default=0, ge=0)
@@ -284,6 +288,8 @@ class ConcurrencyConfig(_Section):
     retry_backoff: _duration(MAX_RETRY_BACKOFF) = Duration("1m")  # type: ignore[valid-type]
     claim_order: Literal["oldest_first", "newest_first"] = "oldest_first"
     lock_timeout: _duration(MAX_LOCK_TIMEOUT) = Duration("60s")  # type: ignore[valid-type]
+    # The most windows one claim takes, each with its own row, lease, token and heartbeat.
+    claim_batch: int = Field(default=1, ge=1, le=MAX_CLAIM_BATCH)
 
 
 class MirrorConfig(_Section):

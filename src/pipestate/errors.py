@@ -181,6 +181,15 @@ TRANSIENT_MESSAGES: tuple[str, ...] = (
     "no route to host",
     "ssl syscall error: eof detected",
     "consuming input failed",
+    # Snowflake: a full lock queue (000625), a lock timeout, a suspended or resuming warehouse.
+    "000625",
+    "number of waiters for this lock exceeds",
+    "lock timeout",
+    "lock wait timeout",
+    "waiting for the lock",
+    "is suspended",
+    "is resuming",
+    "being resumed",
 )
 
 

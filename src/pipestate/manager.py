@@ -131,6 +131,13 @@ class PipelineStateManager:
         `[low, high)`), only a window that starts in that range."""
         return claims.claim(self.context, worker, within)
 
+    def claim_batches(
+        self, worker: str, count: int | None = None, within: tuple[datetime, datetime] | None = None
+    ) -> list[Batch]:
+        """Take up to `count` claimable batches (default `[concurrency] claim_batch`) in
+        claim order, each with its own lease and fencing token; [] when none is claimable."""
+        return claims.claim_many(self.context, worker, count, within)
+
     def heartbeat(self, batch_id: str, worker: str, token: str | None = None) -> datetime:
         """Extend the caller's lease; LeaseLost if the claim is not current."""
         return claims.heartbeat(self.context, batch_id, worker, token)

@@ -127,3 +127,15 @@ def test_claim_and_fencing_on_postgres(table_name: str, tmp_path: Path) -> None:
         assert run("complete", batch["batch_id"], "--worker", "w2").returncode == 4
         token = batch["claim_token"]
         assert run("complete", batch["batch_id"], "--worker", "w1", "--token", token).returncode == 0
+
+
+def test_claim_count_prints_batches_beside_batch(cli: Any) -> None:
+    shown = as_json(cli("claim", "--worker", "w1", "--count", "2", "--json"))
+    assert [b["start"][11:13] for b in shown["batches"]] == ["00", "01"]
+    assert shown["batch"] == shown["batches"][0]
+    assert len({b["claim_token"] for b in shown["batches"]}) == 2
+    assert "batches" not in as_json(cli("claim", "--worker", "w2", "--json"))
+    rest = as_json(cli("claim", "--worker", "w3", "--count", "9", "--json"))
+    assert len(rest["batches"]) == 3
+    assert as_json(cli("claim", "--worker", "w4", "--count", "2", "--json")) == {"batch": None, "batches": []}
+    assert cli("claim", "--worker", "w4", "--count", "0").returncode == 2

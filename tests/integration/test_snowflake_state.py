@@ -135,6 +135,51 @@ def test_claim_lease_and_fencing(manager: PipelineStateManager) -> None:
     assert kinds == ["CREATED", "CLAIMED", "FAILED", "CLAIMED", "LEASE_EXPIRED", "CLAIMED"]
 
 
+@pytest.mark.parametrize("operation", ["heartbeat", "record_step", "complete", "fail", "release"])
+def test_fencing_refuses_a_write_after_a_takeover(
+    manager: PipelineStateManager, operation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reads its claim; B takes the expired lease over; A writes: LeaseLost, no event
+    (fakesnow ignores FOR UPDATE, as Snowflake's standard tables have none)."""
+    from sqlalchemy import update
+
+    from pipestate.ops import claims
+
+    manager.populate_pipeline_batches()
+    batch = manager.claim("A")
+    assert batch is not None
+    state = manager.store.tables.state
+    read_claim = claims.current_claim
+    forced = []
+
+    def read_then_taken_over(store: object, conn: object, *args: object) -> object:
+        row = read_claim(store, conn, *args)  # type: ignore[arg-type]
+        conn.execute(  # type: ignore[attr-defined]
+            update(state).where(state.c.batch_id == batch.batch_id).values(worker_id="B", claim_token="tB")
+        )
+        forced.append(row)
+        return row
+
+    monkeypatch.setattr(claims, "current_claim", read_then_taken_over)
+    calls = {
+        "heartbeat": lambda: manager.heartbeat(batch.batch_id, "A", batch.claim_token),
+        "record_step": lambda: manager.record_step(
+            batch.batch_id, "A", {"source_extract_status": "DONE"}, batch.claim_token, "source"
+        ),
+        "complete": lambda: manager.complete(batch.batch_id, "A", batch.claim_token),
+        "fail": lambda: manager.fail(batch.batch_id, "A", "boom", batch.claim_token),
+        "release": lambda: manager.release(batch.batch_id, "A", batch.claim_token),
+    }
+    if operation in ("heartbeat", "record_step", "complete"):
+        # One guarded UPDATE each here (no read first, no gap): B's takeover comes first.
+        with manager.store.engine.begin() as conn:
+            conn.execute(update(state).where(state.c.batch_id == batch.batch_id).values(worker_id="B"))
+    with pytest.raises(LeaseLost, match="claimed by B"):
+        calls[operation]()
+    assert operation in ("heartbeat", "record_step", "complete") or (forced and forced[0] is not None)
+    assert [event["event_type"] for event in manager.history(batch.batch_id)] == ["CREATED", "CLAIMED"]
+
+
 @pytest.mark.skipif(
     not all(
         os.environ.get(k)
@@ -169,3 +214,21 @@ def test_real_snowflake_round_trip() -> None:
             with manager.store.engine.begin() as conn:
                 for name in (table, f"{table}_events", f"{table}_meta"):
                     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+
+
+def test_a_fleet_mixing_the_older_locked_protocol_is_refused(manager: PipelineStateManager) -> None:
+    """An earlier pipestate claimed under the pipeline lock row within the lease: the
+    lock-free claims refuse to run beside it, in one line."""
+    from pipestate.errors import SchemaError
+
+    manager.populate_pipeline_batches()
+    meta = manager.store.tables.meta
+    with manager.store.engine.begin() as conn:  # (populate made the row)
+        held = {"value": "claim old-worker", "updated_at": NOW}
+        conn.execute(meta.update().where(meta.c.name == "lock:orders").values(**held))
+    with pytest.raises(SchemaError, match="older pipestate claimed .* with the pipeline lock"):
+        manager.claim("new-worker")
+    manager.clock[0] = NOW.replace(hour=13)  # type: ignore[attr-defined]  # past the lease: gone
+    assert manager.claim("new-worker") is not None
+    with manager.store.engine.connect() as conn:
+        assert conn.execute(select(meta.c.value).where(meta.c.name == "claim_protocol")).scalar() == "2"

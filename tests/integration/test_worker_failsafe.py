@@ -53,19 +53,20 @@ def make(db_url: str, table_name: str) -> Iterator[MakeManager]:
 
 
 class CountingClaims:
-    """Wraps `manager.claim`: counts the calls, and raises `errors` (in order) first."""
+    """Wraps `manager.claim_batches` (the Worker's claim): counts the calls, and raises
+    `errors` (in order) first."""
 
     def __init__(self, manager: PipelineStateManager, errors: list[BaseException] | None = None) -> None:
         self.calls = 0
         self.errors = list(errors or [])
-        self.real = manager.claim
-        manager.claim = self  # type: ignore[method-assign]
+        self.real = manager.claim_batches
+        manager.claim_batches = self  # type: ignore[method-assign]
 
-    def __call__(self, worker: str) -> Any:
+    def __call__(self, worker: str, count: int | None = None, within: Any = None) -> Any:
         self.calls += 1
         if self.errors:
             raise self.errors.pop(0)
-        return self.real(worker)
+        return self.real(worker, count, within)
 
 
 # -- an error of the claim stops the loop --------------------------------------------------
@@ -102,14 +103,14 @@ def test_transient_claim_errors_back_off_and_try_again(make: MakeManager) -> Non
     summary = Worker(manager, "w1", store_backoff=0.05).run(lambda batch: None)
     assert summary.completed == 6 and summary.failed == 0
     assert claims.calls == 6 + 1 + 2  # six batches, the empty claim, two refused
-    assert time.monotonic() - began >= 0.05 + 0.1  # backed off, doubling
+    assert time.monotonic() - began >= (0.05 + 0.1) * 0.5  # backed off, doubling (jitter: x0.5 to x1.5)
 
 
 def test_transient_claim_errors_give_up_after_the_bound(make: MakeManager) -> None:
     manager = make()
     claims = CountingClaims(manager, [StoreBusyError("locked")] * 10)
     with pytest.raises(StoreBusyError):
-        Worker(manager, "w1", store_retries=3, store_backoff=0.01).run(lambda batch: None)
+        Worker(manager, "w1", store_retries=3, store_backoff=0.01, store_patience=0).run(lambda batch: None)
     assert claims.calls == 3
     assert ws.count_status(manager, "PENDING") == 6
 

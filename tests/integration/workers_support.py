@@ -64,6 +64,7 @@ def config_dict(
     start: str = "2026-01-01",
     end: str = "2026-01-01T06:00",
     granularity: str = "1h",
+    claim_batch: int = 1,
 ) -> dict[str, Any]:
     """support.config_dict with 6 hourly windows (unless told otherwise) and these [concurrency] keys."""
     concurrency = {
@@ -72,6 +73,7 @@ def config_dict(
         "max_retries": max_retries,
         "retry_backoff": retry_backoff,
         "claim_order": claim_order,
+        "claim_batch": claim_batch,
     }
     return support.config_dict(url, table, concurrency, start=start, end=end, granularity=granularity)
 

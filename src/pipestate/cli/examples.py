@@ -34,6 +34,7 @@ table = "pipeline_state"
 # max_retries = 3
 # retry_backoff = "1m"
 # claim_order = "oldest_first"
+# claim_batch = 1              # the most windows one claim takes (docs/workers.md)
 
 # [mirror]                      # pipestate mirror: a copy of the state table in Snowflake
 # url = "snowflake://user:password@account/database/schema?warehouse=WH"   # or PIPESTATE_MIRROR__URL

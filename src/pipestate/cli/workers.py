@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,21 +16,36 @@ if TYPE_CHECKING:  # imported when a command runs, so that `pipestate --help` st
 @cli.command()
 @config_option
 @worker_option
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Take up to N batches in one claim, each with its own lease and token; "
+    'the JSON then adds "batches" (the first is also "batch").',
+)
 @json_option
-def claim(worker: str, as_json: bool) -> None:
+def claim(worker: str, count: int | None, as_json: bool) -> None:
     """Atomically take the next claimable batch (oldest window first by default).
 
     Prints {"batch": {...}} or {"batch": null} when nothing is claimable or
     max_in_flight is reached. Claimable: PENDING; FAILED with retries left and
     its backoff elapsed; IN_PROGRESS whose lease expired (a failed attempt).
+    With --count N, up to N batches, each counted by max_in_flight.
     """
     from ..show.text import claim_text
 
-    batch = load_manager(live=True).claim(worker)
+    batches = load_manager(live=True).claim_batches(worker, count or 1)
+    first = batches[0] if batches else None
     if as_json:
-        print_json({"batch": batch.to_dict() if batch else None})
+        shown: dict[str, Any] = {"batch": first.to_dict() if first else None}
+        if count is not None:
+            shown["batches"] = [batch.to_dict() for batch in batches]
+        print_json(shown)
+    elif count is None or not batches:
+        click.echo(claim_text(first))
     else:
-        click.echo(claim_text(batch))
+        click.echo("\n".join(claim_text(batch) for batch in batches))
 
 
 @cli.command()

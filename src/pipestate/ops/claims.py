@@ -11,12 +11,14 @@ call these.
 from __future__ import annotations
 
 import uuid
+import weakref
 from datetime import datetime
 from typing import Any
 
-from ..errors import LeaseLost, UsageError
+from ..config import MAX_CLAIM_BATCH
+from ..errors import LeaseLost, SchemaError, UsageError
 from ..statuses import Status, Step
-from ..store import locks, pg_claims, queries
+from ..store import locks, pg_claims, queries, stamp_claims
 from ..store.claims import (
     backoff_delay,
     can_fence_in_update,
@@ -27,12 +29,12 @@ from ..store.claims import (
     guarded_update,
 )
 from ..store.events import insert_events
-from ..store.schema import COLUMNS
+from ..store.schema import COLUMNS, START_TIME
 from ..windows import iso
 from .batch import Batch
 from .context import Context, aware
 
-__all__ = ["claim", "complete", "fail", "heartbeat", "record_step", "release"]
+__all__ = ["claim", "claim_many", "complete", "fail", "heartbeat", "record_step", "release"]
 
 
 # What a worker may write beside its claim (record_step, and the values of
@@ -74,23 +76,30 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
 
     `within` (UTC `[low, high)`) takes only a window that starts in it.
     """
-    if not isinstance(worker, str):
-        raise UsageError(f"worker: must be text, got {type(worker).__name__} {worker!r:.60}")
-    if not worker:
-        raise UsageError("worker: a worker id is required")
-    if within is not None:
-        if not isinstance(within, tuple | list) or len(within) != 2:
-            raise UsageError("within: must be a (low, high) pair of aware datetimes")
-        low, high = aware(within[0], "within"), aware(within[1], "within")
-        assert low is not None and high is not None
-        within = (low, high)
-    if len(worker) > MAX_WORKER_ID:  # worker_id is String(255): refused before anything is written
-        raise UsageError(f"worker: at most {MAX_WORKER_ID} characters, got {len(worker)}")
+    taken = claim_many(ctx, worker, 1, within)
+    return taken[0] if taken else None
+
+
+def claim_many(
+    ctx: Context, worker: str, count: int | None = None, within: tuple[datetime, datetime] | None = None
+) -> list[Batch]:
+    """Take up to `count` claimable batches (default `[concurrency] claim_batch`), in
+    claim order; an empty list when none is claimable or max_in_flight is reached.
+
+    Each batch has its own row, lease, fencing token and heartbeat, and each counts
+    against max_in_flight. `within` (UTC `[low, high)`) takes only windows that start in it.
+    """
+    _check_worker(worker)
+    within = _check_within(within)
+    wanted = ctx.concurrency.claim_batch if count is None else count
+    if not 1 <= wanted <= MAX_CLAIM_BATCH:
+        raise UsageError(f"count: 1 to {MAX_CLAIM_BATCH}, got {wanted}")
     store, settings = ctx.store, ctx.concurrency
-    lease = settings.lease
-    # PostgreSQL locks the one row it claims; SQLite and DuckDB serialize writers
-    # anyway. Elsewhere (Snowflake has no SELECT FOR UPDATE), and for a
-    # max_in_flight count that must not race, claims queue on the pipeline's lock row.
+    if store.backend.stamp_claims:
+        return _claim_by_stamp(ctx, worker, wanted, within)
+    # PostgreSQL locks the rows it claims; SQLite and DuckDB serialize writers
+    # anyway. Elsewhere, and for a max_in_flight count that must not race,
+    # claims queue on the pipeline's lock row.
     pipeline_lock = store.backend.claims_need_pipeline_lock(settings.max_in_flight)
     if pipeline_lock:
         locks.ensure_lock_row(store, ctx.pipeline)
@@ -102,8 +111,8 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
         and within is None
         and not store.status_aliases
     ):
-        fast = _claim_in_one_statement(ctx, worker, lease)
-        if fast is not None:
+        fast = _claim_in_one_statement(ctx, worker, settings.lease, wanted)
+        if fast:
             return fast
         # Nothing the fast path may take: the general path below also retires
         # expired leases that have run out of retries.
@@ -111,108 +120,256 @@ def claim(ctx: Context, worker: str, within: tuple[datetime, datetime] | None = 
         now = ctx.now(conn)
         if pipeline_lock:
             locks.lock_pipeline(store, conn, ctx.pipeline, holder=f"claim {worker}")
-        in_flight = count_in_flight(store, conn, ctx.pipeline, now) if settings.max_in_flight else 0
-        if settings.max_in_flight and in_flight >= settings.max_in_flight:
-            return None
+        room = _room(ctx, conn, now, wanted)
+        taken: list[Batch] = []
         events: list[dict[str, Any]] = []
-        try:
-            while True:
-                row = find_candidate(
-                    store,
-                    conn,
-                    ctx.pipeline,
-                    now,
-                    settings.max_retries,
-                    settings.claim_order == "newest_first",
-                    within,
-                )
-                if row is None:
-                    return None
-                status, retries = row["pipeline_status"], int(row["retry_count"] or 0)
-                if status == Status.IN_PROGRESS:
-                    # An expired lease is a failed attempt of its holder.
-                    retries += 1
-                    permanent = retries >= settings.max_retries
-                    events.append(
-                        _claim_event(
-                            ctx,
-                            row["batch_id"],
-                            "LEASE_EXPIRED",
-                            now,
-                            status,
-                            Status.FAILED if permanent else status,
-                            row["worker_id"],
-                            row["claim_token"],
-                            {"retry_count": retries, "lease_expired_at": iso(row["lease_expires_at"])},
-                        )
-                    )
-                    if permanent:
-                        guarded_update(
-                            store,
-                            conn,
-                            ctx.pipeline,
-                            row["batch_id"],
-                            status,
-                            row["claim_token"],
-                            {
-                                "pipeline_status": Status.FAILED,
-                                "retry_count": retries,
-                                "last_error": "lease expired (worker stopped heartbeating)",
-                                "last_error_step": row["current_step"],
-                                "last_error_at": now,
-                                "lease_expires_at": None,
-                                "updated_at": now,
-                                "updated_by": worker,
-                            },
-                        )
-                        continue
-                token = uuid.uuid4().hex
-                expires = now + lease
-                attempts = int(row["attempt_count"] or 0) + 1
-                values = {
-                    "pipeline_status": Status.IN_PROGRESS,
-                    "worker_id": worker,
-                    "claim_token": token,
-                    "claimed_at": now,
-                    "lease_expires_at": expires,
-                    "heartbeat_at": now,
-                    "retry_count": retries,
-                    "attempt_count": attempts,
-                    "first_started_at": row["first_started_at"] or now,
-                    "next_attempt_at": None,
-                    "updated_at": now,
-                    "updated_by": worker,
-                }
-                if not guarded_update(
-                    store, conn, ctx.pipeline, row["batch_id"], status, row["claim_token"], values
-                ):
-                    continue  # taken meanwhile (only possible without row locks); look again
+        while len(taken) < room:
+            newest_first = settings.claim_order == "newest_first"
+            row = find_candidate(store, conn, ctx.pipeline, now, settings.max_retries, newest_first, within)
+            if row is None:
+                break
+            expired = row["pipeline_status"] == Status.IN_PROGRESS
+            if expired and _retire_if_spent(ctx, conn, row, now, worker, events):
+                continue
+            batch = _stamp(ctx, conn, row, now, worker, events)
+            if batch is not None:
+                taken.append(batch)
+        # Only writes that changed their row are logged, in the same transaction.
+        if events:
+            insert_events(store, conn, events)
+        return taken
+
+
+def _claim_by_stamp(
+    ctx: Context, worker: str, wanted: int, within: tuple[datetime, datetime] | None
+) -> list[Batch]:
+    """Snowflake: read (no lock), take over expired leases one by one (rare), stamp
+    the rest in ONE autocommitted UPDATE, read back by token; see store/stamp_claims."""
+    store, settings = ctx.store, ctx.concurrency
+    newest_first = settings.claim_order == "newest_first"
+    token = uuid.uuid4().hex
+    events: list[dict[str, Any]] = []
+    _refuse_a_mixed_fleet(ctx)
+    with store.autocommit() as conn:
+        now = stamp_claims.now_sql(conn, ctx.fixed_now())
+        found = stamp_claims.candidates(
+            store, conn, ctx.pipeline, now, wanted, settings.max_retries, newest_first, within
+        )
+        if not found:
+            return []  # an idle poll: one read, no lock
+        before = {row["batch_id"]: row["pipeline_status"] for row in found}
+        expired: dict[str, dict[str, Any]] = {}
+        for row in found:
+            if row["pipeline_status"] != Status.IN_PROGRESS:
+                continue
+            outcome = stamp_claims.take_over(
+                store, conn, ctx.pipeline, row, worker, token, now, settings.lease, settings.max_retries
+            )
+            if outcome == "claimed":
+                expired[row["batch_id"]] = row
+            elif outcome == "retired":  # rare: one clock read for its event
+                retries = int(row["retry_count"] or 0) + 1
+                events.append(_lease_expired(ctx, row, ctx.now(conn), Status.FAILED, retries))
+        rest = wanted - len(expired)
+        if rest > 0 and len(found) > len(expired):
+            stamp_claims.stamp(
+                store,
+                conn,
+                ctx.pipeline,
+                worker,
+                token,
+                now,
+                settings.lease,
+                rest,
+                settings.max_retries,
+                newest_first,
+                within,
+                settings.max_in_flight,
+            )
+        rows = stamp_claims.held(store, conn, ctx.pipeline, worker, token)
+        rows.sort(key=lambda row: (row[START_TIME], row["batch_id"]), reverse=newest_first)
+        for row in rows:
+            claimed_at = row["claimed_at"]
+            old = expired.get(row["batch_id"])
+            was = before.get(row["batch_id"]) or (Status.FAILED if row["last_error_at"] else Status.PENDING)
+            if old is not None:
                 events.append(
-                    _claim_event(
-                        ctx,
-                        row["batch_id"],
-                        "CLAIMED",
-                        now,
-                        status,
-                        Status.IN_PROGRESS,
-                        worker,
-                        token,
-                        {"attempt": attempts, "retry_count": retries, "lease_expires_at": iso(expires)},
-                    )
+                    _lease_expired(ctx, old, claimed_at, Status.IN_PROGRESS, int(row["retry_count"]))
                 )
-                row.update(values)
-                return Batch.from_row(ctx.pipeline, row)
-        finally:
-            if events:
-                insert_events(store, conn, events)
+            events.append(
+                _claim_event(
+                    ctx,
+                    row["batch_id"],
+                    "CLAIMED",
+                    claimed_at,
+                    was,
+                    Status.IN_PROGRESS,
+                    worker,
+                    row["claim_token"],
+                    {
+                        "attempt": int(row["attempt_count"]),
+                        "retry_count": int(row["retry_count"]),
+                        "lease_expires_at": iso(row["lease_expires_at"]),
+                    },
+                )
+            )
+        # Written after the stamp: only for rows this claim holds (or retired).
+        if events:
+            stamp_claims.log(store, conn, events)
+    return [Batch.from_row(ctx.pipeline, row) for row in rows]
 
 
-def _claim_in_one_statement(ctx: Context, worker: str, lease: Any) -> Batch | None:
-    """PostgreSQL: claim and log in one autocommitted statement (see pg_claims)."""
+# The stores whose fleet was checked for claimers of the older protocol.
+_PROTOCOL_CHECKED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _refuse_a_mixed_fleet(ctx: Context) -> None:
+    """Once per store: an earlier pipestate that claims under the pipeline lock row
+    (within the last lease) would not be kept apart from these lock-free claims."""
+    store = ctx.store
+    if store in _PROTOCOL_CHECKED:
+        return
+    with store.autocommit() as conn:
+        now = ctx.now(conn)
+        seen = stamp_claims.older_claimers(store, conn, ctx.pipeline, now, ctx.concurrency.lease)
+    if seen is not None:
+        raise SchemaError(
+            f"pipeline {ctx.pipeline}: an older pipestate claimed from {store.tables.state.name} "
+            f"with the pipeline lock at {iso(seen)}; stop or upgrade every worker of the "
+            f"pipeline first (claim protocol {stamp_claims.CLAIM_PROTOCOL} does not mix with 1)"
+        )
+    _PROTOCOL_CHECKED.add(store)
+
+
+def _check_worker(worker: str) -> None:
+    if not isinstance(worker, str):
+        raise UsageError(f"worker: must be text, got {type(worker).__name__} {worker!r:.60}")
+    if not worker:
+        raise UsageError("worker: a worker id is required")
+    if len(worker) > MAX_WORKER_ID:  # worker_id is String(255): refused before anything is written
+        raise UsageError(f"worker: at most {MAX_WORKER_ID} characters, got {len(worker)}")
+
+
+def _check_within(within: Any) -> tuple[datetime, datetime] | None:
+    """`within` as a pair of aware instants; UsageError naming it otherwise."""
+    if within is None:
+        return None
+    if not isinstance(within, tuple | list) or len(within) != 2:
+        raise UsageError("within: must be a (low, high) pair of aware datetimes")
+    low, high = aware(within[0], "within"), aware(within[1], "within")
+    assert low is not None and high is not None
+    return (low, high)
+
+
+def _room(ctx: Context, conn: Any, now: datetime, wanted: int) -> int:
+    """How many windows this claim may take: `wanted`, less what max_in_flight leaves."""
+    limit = ctx.concurrency.max_in_flight
+    if not limit:
+        return wanted
+    return max(0, min(wanted, limit - count_in_flight(ctx.store, conn, ctx.pipeline, now)))
+
+
+def _retire_if_spent(
+    ctx: Context, conn: Any, row: dict[str, Any], now: datetime, worker: str, events: list[dict[str, Any]]
+) -> bool:
+    """An expired lease is a failed attempt of its holder: True when that was its
+    last retry and the row is now FAILED for good (or was changed meanwhile), so
+    the caller looks for another window."""
+    retries = int(row["retry_count"] or 0) + 1
+    if retries < ctx.concurrency.max_retries:
+        return False
+    changed = guarded_update(
+        ctx.store,
+        conn,
+        ctx.pipeline,
+        row["batch_id"],
+        Status.IN_PROGRESS,
+        row["claim_token"],
+        {
+            "pipeline_status": Status.FAILED,
+            "retry_count": retries,
+            "last_error": "lease expired (worker stopped heartbeating)",
+            "last_error_step": row["current_step"],
+            "last_error_at": now,
+            "lease_expires_at": None,
+            "updated_at": now,
+            "updated_by": worker,
+        },
+    )
+    if changed:
+        events.append(_lease_expired(ctx, row, now, Status.FAILED, retries))
+    return True
+
+
+def _lease_expired(
+    ctx: Context, row: dict[str, Any], now: datetime, new: str, retries: int
+) -> dict[str, Any]:
+    return _claim_event(
+        ctx,
+        row["batch_id"],
+        "LEASE_EXPIRED",
+        now,
+        Status.IN_PROGRESS,
+        new,
+        row["worker_id"],
+        row["claim_token"],
+        {"retry_count": retries, "lease_expired_at": iso(row["lease_expires_at"])},
+    )
+
+
+def _stamp(
+    ctx: Context, conn: Any, row: dict[str, Any], now: datetime, worker: str, events: list[dict[str, Any]]
+) -> Batch | None:
+    """Stamp the candidate IN_PROGRESS with a fresh token and lease; None when it
+    changed since it was read (possible only without row locks)."""
+    status, retries = row["pipeline_status"], int(row["retry_count"] or 0)
+    expired = status == Status.IN_PROGRESS
+    if expired:
+        retries += 1
+    token = uuid.uuid4().hex
+    expires = now + ctx.concurrency.lease
+    attempts = int(row["attempt_count"] or 0) + 1
+    values = {
+        "pipeline_status": Status.IN_PROGRESS,
+        "worker_id": worker,
+        "claim_token": token,
+        "claimed_at": now,
+        "lease_expires_at": expires,
+        "heartbeat_at": now,
+        "retry_count": retries,
+        "attempt_count": attempts,
+        "first_started_at": row["first_started_at"] or now,
+        "next_attempt_at": None,
+        "updated_at": now,
+        "updated_by": worker,
+    }
+    if not guarded_update(ctx.store, conn, ctx.pipeline, row["batch_id"], status, row["claim_token"], values):
+        return None
+    if expired:
+        events.append(_lease_expired(ctx, row, now, Status.IN_PROGRESS, retries))
+    events.append(
+        _claim_event(
+            ctx,
+            row["batch_id"],
+            "CLAIMED",
+            now,
+            status,
+            Status.IN_PROGRESS,
+            worker,
+            token,
+            {"attempt": attempts, "retry_count": retries, "lease_expires_at": iso(expires)},
+        )
+    )
+    row.update(values)
+    return Batch.from_row(ctx.pipeline, row)
+
+
+def _claim_in_one_statement(ctx: Context, worker: str, lease: Any, count: int) -> list[Batch]:
+    """PostgreSQL: claim up to `count` windows and log them in one autocommitted statement (see pg_claims)."""
     settings = ctx.concurrency
     token = uuid.uuid4().hex
     with ctx.store.autocommit() as conn:
-        row = pg_claims.claim(
+        rows = pg_claims.claim(
             ctx.store,
             conn,
             ctx.pipeline,
@@ -222,19 +379,45 @@ def _claim_in_one_statement(ctx: Context, worker: str, lease: Any) -> Batch | No
             settings.max_retries,
             settings.claim_order == "newest_first",
             ctx.fixed_now(),
+            count,
         )
-    if row is None:
-        return None
-    for extra in ("old_status", "old_worker", "old_token", "old_lease"):
-        row.pop(extra)
-    return Batch.from_row(ctx.pipeline, row)
+    newest_first = settings.claim_order == "newest_first"
+    rows.sort(key=lambda row: (row[START_TIME], row["batch_id"]), reverse=newest_first)
+    for row in rows:
+        for extra in ("old_status", "old_worker", "old_token", "old_lease"):
+            row.pop(extra)
+    return [Batch.from_row(ctx.pipeline, row) for row in rows]
 
 
 def _write_claimed(ctx: Context, conn: Any, row: dict[str, Any], values: dict[str, Any]) -> None:
-    """Write `values` to the row read by `_fenced`, still guarded by its claim token."""
-    guarded_update(
+    """Write `values` to the row read by `_fenced`, still guarded by its claim token.
+
+    Where the read took no row lock (Snowflake, any database without FOR UPDATE),
+    another worker may have taken the expired lease over between the read and this
+    write: the guard then matches no row, and that is LeaseLost, not a success.
+    """
+    changed = guarded_update(
         ctx.store, conn, ctx.pipeline, row["batch_id"], Status.IN_PROGRESS, row["claim_token"], values
     )
+    if not changed:
+        raise LeaseLost(_why_not(ctx, conn, row["batch_id"], row["worker_id"]))
+
+
+# (old, new) status of an event written while the claim is held.
+_HELD = (Status.IN_PROGRESS, Status.IN_PROGRESS)
+
+
+def _step(step: str | None) -> dict[str, Any]:
+    return {} if step is None else {"current_step": step}
+
+
+def _fenced_alone(
+    ctx: Context, conn: Any, batch_id: str, worker: str, token: str | None, values: dict[str, Any]
+) -> None:
+    """Tables locked whole (Snowflake): ONE autocommitted UPDATE where the caller holds
+    the claim; LeaseLost when it changed nothing. Its event comes after, if any."""
+    if not stamp_claims.fenced_write(ctx.store, conn, ctx.pipeline, batch_id, worker, token, values):
+        raise LeaseLost(_why_not(ctx, conn, batch_id, worker))
 
 
 def _fenced(ctx: Context, conn: Any, batch_id: str, worker: str, token: str | None) -> dict[str, Any]:
@@ -260,6 +443,16 @@ def heartbeat(ctx: Context, batch_id: str, worker: str, token: str | None = None
     """Extend the lease; returns the new expiry."""
     store = ctx.store
     lease = ctx.concurrency.lease
+    if store.backend.stamp_claims:
+        with store.autocommit() as conn:
+            at = stamp_claims.now_sql(conn, ctx.fixed_now())
+            beat = {
+                "lease_expires_at": stamp_claims.plus(conn, at, lease),
+                "heartbeat_at": at,
+                "updated_at": at,
+            }
+            _fenced_alone(ctx, conn, batch_id, worker, token, beat)
+            return stamp_claims.lease_of(store, conn, ctx.pipeline, batch_id, worker, token)
     with store.transaction(write=True) as conn:
         if can_fence_in_update(conn):
             now = queries.now_expression(ctx.fixed_now())
@@ -295,6 +488,18 @@ def record_step(
     """Write step columns (counts, locations, timestamps) while holding the claim."""
     _check_values(values)
     store = ctx.store
+    if store.backend.stamp_claims:
+        with store.autocommit() as conn:
+            now_sql = stamp_claims.now_sql(conn, ctx.fixed_now())
+            _fenced_alone(ctx, conn, batch_id, worker, token, {**values, "updated_at": now_sql} | _step(step))
+            if step is not None:
+                details = {"step": step, **values}
+                stamp_claims.log(
+                    store,
+                    conn,
+                    [_claim_event(ctx, batch_id, "STEP", now_sql, *_HELD, worker, token, details)],  # type: ignore[arg-type]
+                )
+        return
     with store.transaction(write=True) as conn:
         row = _fenced(ctx, conn, batch_id, worker, token)
         now = ctx.now(conn)
@@ -332,6 +537,25 @@ def complete(
     """Mark the batch COMPLETED (fenced)."""
     _check_values(values)
     store = ctx.store
+    if store.backend.stamp_claims:
+        # One UPDATE with the step values written with the completion, then the
+        # event read from the row it wrote.
+        with store.autocommit() as conn:
+            now_sql = stamp_claims.now_sql(conn, ctx.fixed_now())
+            c = store.tables.state.c
+            done = {
+                **(values or {}),
+                "pipeline_status": Status.COMPLETED.value,
+                "current_step": Step.DONE.value,
+                "completed_at": now_sql,
+                "processing_seconds": stamp_claims.seconds_since(conn, c.claimed_at, now_sql),
+                "lease_expires_at": None,
+                "updated_at": now_sql,
+                "updated_by": worker,
+            }
+            _fenced_alone(ctx, conn, batch_id, worker, token, done)
+            stamp_claims.log_completed(store, conn, ctx.pipeline, batch_id, worker, token)
+        return
     if store.backend.one_statement_claims and not values:
         with store.autocommit() as conn:
             clock = ctx.fixed_now()

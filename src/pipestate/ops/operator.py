@@ -12,6 +12,7 @@ from ..statuses import Status, Step
 from ..store import queries
 from ..store.claims import guarded_update
 from ..store.events import insert_events
+from ..store.populate_sql import RowChanged
 from ..windows import iso
 from .context import Context, aware
 
@@ -72,7 +73,7 @@ def requeue(
                 raise UsageError(
                     f"batch {batch_id} is IN_PROGRESS under a live lease; use --force to requeue"
                 )
-            guarded_update(
+            changed = guarded_update(
                 store,
                 conn,
                 ctx.pipeline,
@@ -93,6 +94,8 @@ def requeue(
                     **dict.fromkeys(REQUEUE_STEPS[from_step], Status.PENDING.value),
                 },
             )
+            if not changed:
+                raise _changed_meanwhile(batch_id, "requeue")
             events.append(
                 ctx.event(
                     batch_id,
@@ -148,7 +151,7 @@ def quarantine(
                 raise UsageError(
                     f"batch {batch_id} is IN_PROGRESS under a live lease; use --force to quarantine it"
                 )
-            guarded_update(
+            changed = guarded_update(
                 store,
                 conn,
                 ctx.pipeline,
@@ -166,6 +169,8 @@ def quarantine(
                     "updated_by": who,
                 },
             )
+            if not changed:
+                raise _changed_meanwhile(batch_id, "quarantine")
             events.append(
                 ctx.event(
                     batch_id,
@@ -181,6 +186,12 @@ def quarantine(
             done.append({"batch_id": batch_id, "previous_status": row.pipeline_status})
         insert_events(store, conn, events)
     return done
+
+
+def _changed_meanwhile(batch_id: str, verb: str) -> RowChanged:
+    # A worker claimed or finished the row between our read and our guarded write
+    # (possible where the read takes no row lock): nothing is written, the caller retries.
+    return RowChanged(f"batch {batch_id} changed while {verb} ran; nothing changed, try again")
 
 
 def history(ctx: Context, batch_id: str) -> list[dict[str, Any]]:

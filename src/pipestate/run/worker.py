@@ -25,9 +25,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -182,9 +182,10 @@ class Worker:
 
     An error of the state database itself (from claim, complete, fail or
     release) is not a failed batch: a transient one (a lock timeout, a busy
-    database, a dropped connection) is tried again up to `store_retries` times,
-    `store_backoff` seconds apart and doubling; any other one stops the loop
-    and propagates.
+    database, a dropped connection, Snowflake's full lock queue) is tried again,
+    `store_backoff` seconds apart and doubling (jittered), at least `store_retries`
+    times and for up to `store_patience` seconds; any other one stops the loop and
+    propagates.
     """
 
     def __init__(
@@ -195,6 +196,7 @@ class Worker:
         *,
         store_retries: int = 5,
         store_backoff: float = 0.5,
+        store_patience: float = 120.0,
         within: tuple[datetime, datetime] | None = None,
     ) -> None:
         self.manager = manager
@@ -206,19 +208,29 @@ class Worker:
         self.heartbeat_interval = min(heartbeat_interval or ceiling, ceiling)
         self.store_retries = store_retries
         self.store_backoff = store_backoff
+        self.store_patience = store_patience
         self.stopping = False
         self.released = 0  # batches given back unfinished by a second stop signal
         self._signals = 0
         self._interruptible = False
         self._cut: threading.Timer | None = None
         self._in_doubt = False  # the current batch's lease: no heartbeat reached the database in time
+        # Windows taken by one claim ([concurrency] claim_batch) and not started yet.
+        self._queued: list[Batch] = []
 
     # -- the state database, transient errors retried -----------------------------
 
     def _store_call(self, what: str, call: Callable[[], T]) -> T:
-        """`call()`, tried again after a transient error (bounded, jittered backoff)."""
+        """`call()`, tried again after a transient error (bounded, jittered backoff): at least
+        `store_retries` attempts, and on for up to `store_patience` seconds."""
         return store_retry(
-            what, call, self.store_retries, self.store_backoff, self._pause, give_up=lambda: self.stopping
+            what,
+            call,
+            self.store_retries,
+            self.store_backoff,
+            self._pause,
+            give_up=lambda: self.stopping,
+            patience=self.store_patience,
         )
 
     def _pause(self, seconds: float) -> None:
@@ -228,10 +240,41 @@ class Worker:
             time.sleep(min(left, 0.1))
 
     def _claim(self) -> Batch | None:
-        if self.within is None:
-            return self._store_call("claim", lambda: self.manager.claim(self.worker_id))
+        """The next window: one queued by an earlier claim of several, else a new claim
+        of `[concurrency] claim_batch` windows."""
+        while self._queued:
+            queued = self._queued.pop(0)
+            if self._still_held(queued):
+                return queued
         within = self.within
-        return self._store_call("claim", lambda: self.manager.claim(self.worker_id, within))
+        taken = self._store_call("claim", lambda: self.manager.claim_batches(self.worker_id, within=within))
+        if not taken:
+            return None
+        self._queued = taken[1:]
+        return taken[0]
+
+    def _still_held(self, queued: Batch) -> bool:
+        """A queued window that waited past a third of its lease is heartbeated before
+        it starts; False if its claim was taken over meanwhile (it is skipped)."""
+        waited = (datetime.now(UTC) - queued.claimed_at).total_seconds()
+        if waited < self.lease / 3:
+            return True
+        try:
+            self._store_call(
+                "heartbeat",
+                lambda: self.manager.heartbeat(queued.batch_id, self.worker_id, queued.claim_token),
+            )
+        except LeaseLost:
+            log.warning("queued batch %s was taken over before it started; skipped", queued.batch_id)
+            return False
+        return True
+
+    def _release_queued(self) -> None:
+        """Give back the windows claimed but not started (a stop, a limit)."""
+        queued, self._queued = self._queued, []
+        for batch in queued:
+            with suppress(LeaseLost):
+                self._release(batch)
 
     def _complete(self, claimed: Batch, values: dict[str, Any] | None = None) -> None:
         self._store_call(
@@ -394,6 +437,7 @@ class Worker:
                 summary.record(outcome, claimed.batch_id)
         finally:
             restore()
+            self._release_queued()
         summary.released = self.released - released_before
         return summary
 

@@ -42,7 +42,7 @@ _CANDIDATE = """
        AND source_query_window_start_time >= '0001-01-01Z' AND source_query_window_end_time < '10000-01-01Z'
        AND {condition}{unique}
      ORDER BY source_query_window_start_time {direction}, batch_id {direction}
-     LIMIT 1 FOR UPDATE SKIP LOCKED"""
+     LIMIT :n FOR UPDATE SKIP LOCKED"""
 
 # For a table without a unique batch_id: a duplicated id is never claimed.
 _UNIQUE = " AND (SELECT count(*) FROM {table} AS d WHERE d.batch_id = {table}.batch_id) = 1"
@@ -50,10 +50,10 @@ _UNIQUE = " AND (SELECT count(*) FROM {table} AS d WHERE d.batch_id = {table}.ba
 # (coalesce(x, now) <= now is "x IS NULL OR x <= now", in fewer bytes: the claim
 # must stay under psycopg's 4,096 with the longest names PostgreSQL allows)
 _RETRYABLE = """pipeline_status IN ('FAILED', 'IN_PROGRESS')
-       AND ((pipeline_status = 'FAILED' AND coalesce(retry_count, 0) < :max_retries
+       AND ((pipeline_status = 'FAILED' AND coalesce(retry_count, 0) < :tries
              AND coalesce(last_error_kind, '') <> 'terminal'
              AND coalesce(next_attempt_at, {now}) <= {now})
-         OR (pipeline_status = 'IN_PROGRESS' AND coalesce(retry_count, 0) + 1 < :max_retries
+         OR (pipeline_status = 'IN_PROGRESS' AND coalesce(retry_count, 0) + 1 < :tries
              AND coalesce(lease_expires_at, {now}) <= {now}))"""
 
 # Columns a claim returns: the window, the counters, and what a resumed run reads.
@@ -91,11 +91,11 @@ WITH pending AS ({pending}),
 retryable AS ({retryable}),
 chosen AS (
     SELECT * FROM (SELECT * FROM pending UNION ALL SELECT * FROM retryable) AS candidates
-     ORDER BY start_time {direction}, id {direction} LIMIT 1
+     ORDER BY start_time {direction}, id {direction} LIMIT :n
 ),
 claimed AS (
     UPDATE {table} AS c SET
-        pipeline_status = 'IN_PROGRESS', worker_id = :worker, claim_token = :token,
+        pipeline_status = 'IN_PROGRESS', worker_id = :worker, claim_token = md5(:token||c.batch_id),
         claimed_at = {now}, lease_expires_at = {now} + :lease, heartbeat_at = {now},
         retry_count = coalesce(c.retry_count, 0)
             + CASE WHEN chosen.old_status = 'IN_PROGRESS' THEN 1 ELSE 0 END,
@@ -115,7 +115,7 @@ logged AS (
            '{{"lease_expired_at": ' || {old_lease_iso} || ', "retry_count": ' || retry_count || '}}'
       FROM claimed WHERE old_status = 'IN_PROGRESS'
     UNION ALL
-    SELECT batch_id, :pipeline, 'CLAIMED', :worker, :token, claimed_at, old_status, 'IN_PROGRESS',
+    SELECT batch_id, :pipeline, 'CLAIMED', :worker, claim_token, claimed_at, old_status, 'IN_PROGRESS',
            '{{"attempt": ' || attempt_count || ', "lease_expires_at": ' || {lease_iso}
            || ', "retry_count": ' || retry_count || '}}'
       FROM claimed
@@ -251,11 +251,14 @@ def claim(
     max_retries: int,
     newest_first: bool,
     now: datetime | None,
-) -> dict[str, Any] | None:
-    """Claim the next row and log CLAIMED (and LEASE_EXPIRED) in one statement.
+    count: int = 1,
+) -> list[dict[str, Any]]:
+    """Claim the next `count` rows (each its own token, md5 of `token` and its
+    batch_id) and log
+    CLAIMED (and LEASE_EXPIRED) in one statement.
 
-    Returns the CLAIM_COLUMNS plus `old_status`, `old_worker`, `old_token` and
-    `old_lease`, or None when this path finds nothing to take.
+    Returns, per row, the CLAIM_COLUMNS plus `old_status`, `old_worker`, `old_token`
+    and `old_lease`; an empty list when this path finds nothing to take.
     """
     quoted, quoted_events = _names(store, conn)
     stmt = _claim_statement(
@@ -269,15 +272,15 @@ def claim(
     )
     params: dict[str, Any] = {
         "pipeline": pipeline,
-        "max_retries": max_retries,
+        "tries": max_retries,
         "worker": worker,
         "token": token,
         "lease": lease,
+        "n": count,
     }
     if now is not None:
         params["now"] = now
-    row = conn.execute(stmt, params).first()
-    return None if row is None else row._asdict()
+    return [row._asdict() for row in conn.execute(stmt, params)]
 
 
 def complete(
