@@ -319,6 +319,14 @@ class MirrorConfig(_Section):
         return value if value == "" else _identifier(value, MAX_SCHEMA_NAME)
 
 
+class RunConfig(_Section):
+    """How `run` groups the windows of one claim into loads: a run is loaded into the target in
+    one transaction; windows are added to it until it holds `max_run_records` staged records
+    (a window bigger than that is a run of its own)."""
+
+    max_run_records: int = Field(default=1_000_000, ge=1)
+
+
 def _check_function(value: str, section: str) -> str:
     from .ids import BUILTINS, IMPORT_PATH
 
@@ -337,6 +345,7 @@ class Config(_Section):
     categories: CategoriesConfig = CategoriesConfig()
     concurrency: ConcurrencyConfig = ConcurrencyConfig()
     mirror: MirrorConfig = MirrorConfig()
+    run: RunConfig = RunConfig()
     source: dict[str, Any] = Field(default_factory=dict)
     stage: dict[str, Any] = Field(default_factory=dict)
     target: dict[str, Any] = Field(default_factory=dict)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -178,6 +178,22 @@ class PipelineStateManager:
     ) -> None:
         """Write step columns while holding the claim (fenced)."""
         claims.record_step(self.context, batch_id, worker, values, token, step)
+
+    def record_steps(
+        self, worker: str, items: Sequence[tuple[str, str | None, dict[str, Any]]], step: str | None = None
+    ) -> set[str]:
+        """`record_step` for several batches `(batch_id, token, values)` in one transaction;
+        returns the ids whose claim was not current (those are left unchanged)."""
+        return claims.record_steps(self.context, worker, items, step)
+
+    def complete_many(
+        self,
+        worker: str,
+        items: Sequence[tuple[str, str | None, dict[str, Any] | None, dict[str, Any] | None]],
+    ) -> set[str]:
+        """Complete several batches `(batch_id, token, values, event details)` in one
+        transaction; returns the ids whose claim was not current (those are left unchanged)."""
+        return claims.complete_many(self.context, worker, items)
 
     # -- operators (operations.py) ------------------------------------------------
 

@@ -21,6 +21,10 @@ import sqlalchemy as sa
 from pipestate.connectors.files import FilesOptions, FilesSource
 from pipestate.connectors.protocols import BatchContext
 
+# `[concurrency] claim_batch` of the configs `config` writes: the run tests set it to run
+# every exactly-once test for single windows and for runs of windows.
+CLAIM_BATCH = 1
+
 
 class SlowOptions(FilesOptions):
     type: Literal["files", "run_support:SlowFilesSource"] = "files"  # type: ignore[assignment]
@@ -68,7 +72,7 @@ def config(
     return {
         "pipeline": {"name": "events", "timezone": "UTC", "granularity": "1h", "start": start, "end": end},
         "state": {"url": f"sqlite:///{tmp / 'state.db'}"},
-        "concurrency": {"lease": "3s", "max_retries": 10, "retry_backoff": "0s"},
+        "concurrency": {"lease": "3s", "max_retries": 10, "retry_backoff": "0s", "claim_batch": CLAIM_BATCH},
         "source": {"type": "files", "path": str(tmp / "source"), "time_field": "timestamp", **source},
         "stage": {"type": "local", "url": str(tmp / "stage")},
         "target": {"type": "sql", "url": target_url, "table": table, "time_field": "timestamp"},

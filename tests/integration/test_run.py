@@ -40,6 +40,14 @@ TARGETS = [
 ]
 
 
+@pytest.fixture(autouse=True, params=[1, 5], ids=["single", "runs"])
+def claim_batch(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Every test here twice: one window per claim, and runs of up to 5 windows."""
+    run_support.CLAIM_BATCH = request.param
+    yield request.param
+    run_support.CLAIM_BATCH = 1
+
+
 @pytest.fixture
 def pg_table() -> Iterator[str]:
     """A fresh PostgreSQL target table name, dropped afterwards."""
@@ -130,21 +138,26 @@ def test_retry_after_staging_does_not_extract_again(tmp_path: Path) -> None:
     log = tmp_path / "extracts.log"
     config, events = _setup(tmp_path, type="run_support:SlowFilesSource", extract_log=str(log))
 
-    class FailOnceAfterStage(PipelineRunner):
-        failed: set[str] = set()
-
-        def _load(self, batch, ctx, staged):  # type: ignore[no-untyped-def]
-            if batch.batch_id not in self.failed:
-                self.failed.add(batch.batch_id)
-                raise RuntimeError("target unavailable")
-            return super()._load(batch, ctx, staged)
-
+    from pipestate.run.runner import _runs_of
     from pipestate.run.worker import Worker
 
     with PipelineStateManager(config) as manager:
         manager.populate_pipeline_batches()
-        runner = FailOnceAfterStage(manager)
-        summary = Worker(manager, "w").run(runner.process)  # retries at once: backoff is 0s
+        runner = PipelineRunner(manager)
+        load_run = runner.target.load_run  # type: ignore[attr-defined]
+        failed: set[str] = set()
+
+        def fail_each_once(items, stage):  # type: ignore[no-untyped-def]
+            # Each batch's first load of its own fails (a run's load that fails is tried
+            # again window by window: there each fails once).
+            if any(batch.batch_id not in failed for batch, _ in items):
+                if len(items) == 1:
+                    failed.add(items[0][0].batch_id)
+                raise RuntimeError("target unavailable")
+            return load_run(items, stage)
+
+        runner.target.load_run = fail_each_once  # type: ignore[attr-defined]
+        summary = Worker(manager, "w").run(runner.process, **_runs_of(runner))  # backoff is 0s
         assert (summary.failed, summary.completed) == (24, 24)
         assert manager.counts() == {"COMPLETED": 24}
     extracts = Counter(line.split()[0] for line in log.read_text().splitlines())

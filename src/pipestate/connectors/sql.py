@@ -189,6 +189,12 @@ class SqlTarget:
             return self._columns(conn)
 
     def load(self, batch: BatchContext, staged: StagedData, stage: Stage) -> LoadResult:
+        return self.load_run([(batch, staged)], stage)[0]
+
+    def load_run(self, items: list[tuple[BatchContext, StagedData]], stage: Stage) -> list[LoadResult]:
+        """Replace the rows of several batches with their staged ones in ONE transaction (each
+        row tagged with its own batch id): one commit for a run of windows, and a failure
+        leaves every batch's previous rows in place. One LoadResult per item, in order."""
         # Another process holding a DuckDB file (or a SQLite write lock past its
         # timeout) is a wait, not a failure: retry for a while before giving up.
         wait = self.options.busy_timeout
@@ -197,7 +203,7 @@ class SqlTarget:
         said = False
         while True:
             try:
-                return self._load_once(batch, staged, stage)
+                return self._load_once(items, stage)
             except TransientConnectorError as err:
                 self.engine.dispose()  # a connection that failed is not kept
                 self._held_since = None
@@ -211,7 +217,7 @@ class SqlTarget:
                         self.location,
                         err,
                         wait,
-                        extra={"batch_id": batch.batch_id, "step": "target"},
+                        extra={"batch_id": items[0][0].batch_id, "step": "target"},
                     )
                     said = True
                 time.sleep(pause)
@@ -229,53 +235,74 @@ class SqlTarget:
             self.engine.dispose()
             self._held_since = None
 
-    def _load_once(self, batch: BatchContext, staged: StagedData, stage: Stage) -> LoadResult:
+    def _load_once(self, items: list[tuple[BatchContext, StagedData]], stage: Stage) -> list[LoadResult]:
         self.ensure_table()
         load_id = uuid.uuid4().hex
         loaded_at = datetime.now(UTC)
         quote = self.profile.quote
-        where = f"WHERE {quote(BATCH_COLUMN)} = :batch"
-        key = {"batch": batch.batch_id}
+        ids = [batch.batch_id for batch, _ in items]
+        if len(set(ids)) != len(ids):
+            raise ConnectorError(f"target: one load names a batch twice: {sorted(ids)}")
+        doing = f"load batch {ids[0]}" if len(ids) == 1 else f"load {len(ids)} batches ({ids[0]}, ...)"
         try:
-            if staged.record_count == 0:
-                # An empty window (a quiet hour) replaces nothing unless an earlier load of
-                # the batch left rows: a count, not a write transaction and its commit.
+            if all(staged.record_count == 0 for _, staged in items):
+                # Empty windows (quiet hours) replace nothing unless an earlier load of them
+                # left rows: a count, not a write transaction and its commit.
                 with self.engine.connect() as conn:
-                    if self._rows_of(conn, batch.batch_id) == 0:
-                        return LoadResult(0, 0, self.location, load_id)
+                    if not any(self._rows_by_batch(conn, ids).values()):
+                        return [LoadResult(0, 0, self.location, load_id) for _ in items]
             with self.engine.begin() as conn:
                 if self.profile.lock_sql:
-                    conn.execute(sa.text(self.profile.lock_sql), {"key": batch.batch_id})
+                    for batch_id in sorted(ids):  # one order, so two runs never deadlock
+                        conn.execute(sa.text(self.profile.lock_sql), {"key": batch_id})
                 if self.profile.utc_sql:
                     conn.exec_driver_sql(self.profile.utc_sql)
-                # The rows replaced: what the DELETE reports (every target driver does).
-                previous = conn.execute(sa.text(f"DELETE FROM {self.table} {where}"), key).rowcount
-                inserted = 0
+                # The rows replaced: counted per batch, then one DELETE for the run.
+                previous = self._rows_by_batch(conn, ids)
+                if any(previous.values()):
+                    marks = ", ".join(f":b{n}" for n in range(len(ids)))
+                    conn.execute(
+                        sa.text(f"DELETE FROM {self.table} WHERE {quote(BATCH_COLUMN)} IN ({marks})"),
+                        {f"b{n}": batch_id for n, batch_id in enumerate(ids)},
+                    )
+                inserted = dict.fromkeys(ids, 0)
                 with _Copy(conn, self.table, quote) as copy:
+                    # The table's columns, read once for the run and again after a change: a
+                    # read while a COPY is open would wait on the COPY for ever.
+                    known: list[dict[str, str]] = []
+
+                    def columns() -> dict[str, str]:
+                        if not known:
+                            copy.end()
+                            known.append(self._columns(conn))
+                        return known[0]
 
                     def ddl(statement: str) -> None:
                         copy.end()  # no other statement while a COPY is open
                         conn.exec_driver_sql(statement)
+                        known.clear()
 
-                    for table in self.landing.tables(stage.read(staged), lambda: self._columns(conn), ddl):
-                        if self.profile.bulk == "copy":
-                            copy.write(framed(table, batch.batch_id, loaded_at))
-                        else:
-                            self._bulk(conn, table, batch.batch_id, loaded_at)
-                        inserted += table.num_rows
-                now = self._rows_of(conn, batch.batch_id)
-                if now != inserted:
+                    for batch, staged in items:
+                        if staged.record_count == 0:
+                            continue  # nothing staged: nothing to read
+                        chunks = stage.read(staged)
+                        for table in self.landing.tables(chunks, columns, ddl):
+                            if self.profile.bulk == "copy":
+                                copy.write(framed(table, batch.batch_id, loaded_at))
+                            else:
+                                self._bulk(conn, table, batch.batch_id, loaded_at)
+                            inserted[batch.batch_id] += table.num_rows
+                now = self._rows_by_batch(conn, ids)
+                wrong = [batch_id for batch_id in ids if now[batch_id] != inserted[batch_id]]
+                if wrong:
+                    first = wrong[0]
                     raise ConnectorError(
-                        f"target {self.location}: {now} rows for batch {batch.batch_id} "
-                        f"after inserting {inserted}; rolled back"
+                        f"target {self.location}: {now[first]} rows for batch {first} "
+                        f"after inserting {inserted[first]}; rolled back"
                     )
         except sa.exc.DBAPIError as err:
-            raise _wrap(err, f"load batch {batch.batch_id}") from err
-        except Exception as err:
-            if _data_error(err):  # a driver's own call (PostgreSQL's COPY) refused a value
-                raise _wrap_driver(err, f"load batch {batch.batch_id}") from err
-            raise
-        return LoadResult(now, previous, self.location, load_id)
+                return self._load_once(items, stage)
+            except TransientConnectorError as err:
 
     def _bulk(self, conn: sa.Connection, table: pa.Table, batch_id: str, loaded_at: datetime) -> None:
         quote = self.profile.quote
@@ -314,7 +341,7 @@ class SqlTarget:
         if not self._columns_now():
             return 0
         with self.engine.connect() as conn:
-            return self._rows_of(conn, batch.batch_id)
+            return self._rows_by_batch(conn, [batch.batch_id])[batch.batch_id]
 
     def batch_counts(
         self, start: datetime | None = None, end: datetime | None = None
@@ -348,10 +375,18 @@ class SqlTarget:
 
     def _rows_of(self, conn: sa.Connection, batch_id: str) -> int:
         """The target's rows of one batch."""
+        return self._rows_by_batch(conn, [batch_id])[batch_id]
+
+    def _rows_by_batch(self, conn: sa.Connection, batch_ids: list[str]) -> dict[str, int]:
+        """The target's rows of each of these batches (0 for a batch with none), in one query."""
+        column = self.profile.quote(BATCH_COLUMN)
+        marks = ", ".join(f":b{n}" for n in range(len(batch_ids)))
         query = sa.text(
-            f"SELECT count(*) FROM {self.table} WHERE {self.profile.quote(BATCH_COLUMN)} = :batch"
+            f"SELECT {column}, count(*) FROM {self.table} WHERE {column} IN ({marks}) GROUP BY {column}"
         )
-        return int(conn.execute(query, {"batch": batch_id}).scalar_one())
+        rows = conn.execute(query, {f"b{n}": batch_id for n, batch_id in enumerate(batch_ids)})
+        found = {str(batch_id): int(count) for batch_id, count in rows}
+        return {batch_id: found.get(batch_id, 0) for batch_id in batch_ids}
 
 
 class _Copy:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 import weakref
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +35,17 @@ from ..windows import iso
 from .batch import Batch
 from .context import Context, aware
 
-__all__ = ["claim", "claim_many", "complete", "fail", "heartbeat", "record_step", "release"]
+__all__ = [
+    "claim",
+    "claim_many",
+    "complete",
+    "complete_many",
+    "fail",
+    "heartbeat",
+    "record_step",
+    "record_steps",
+    "release",
+]
 
 
 # What a worker may write beside its claim (record_step, and the values of
@@ -705,3 +716,100 @@ def release(ctx: Context, batch_id: str, worker: str, token: str | None = None) 
                 )
             ],
         )
+
+
+# -- runs of windows: one transaction for the step records or completions of several ---------
+
+
+def record_steps(
+    ctx: Context,
+    worker: str,
+    items: Sequence[tuple[str, str | None, dict[str, Any]]],
+    step: str | None = None,
+) -> set[str]:
+    """`record_step` for several claimed batches (`(batch_id, token, values)`) in one
+    transaction. A batch whose claim is no longer the caller's is left as it is and its id
+    returned (the others are written): one lost lease does not stop a run."""
+    for _, _, values in items:
+        _check_values(values)
+    store, lost = ctx.store, set()
+    with store.transaction(write=True) as conn:
+        now = ctx.now(conn)
+        events = []
+        for batch_id, token, values in items:
+            row = current_claim(store, conn, ctx.pipeline, batch_id, worker, token)
+            if row is None:
+                lost.add(batch_id)
+                continue
+            update = {**values, "updated_at": now} | ({"current_step": step} if step else {})
+            _write_claimed(ctx, conn, row, update)
+            if step is not None:
+                events.append(
+                    _claim_event(
+                        ctx,
+                        batch_id,
+                        "STEP",
+                        now,
+                        Status.IN_PROGRESS,
+                        Status.IN_PROGRESS,
+                        worker,
+                        row["claim_token"],
+                        {"step": step, **values},
+                    )
+                )
+        if events:
+            insert_events(store, conn, events)
+    return lost
+
+
+def complete_many(
+    ctx: Context,
+    worker: str,
+    items: Sequence[tuple[str, str | None, dict[str, Any] | None, dict[str, Any] | None]],
+) -> set[str]:
+    """`complete` for several claimed batches (`(batch_id, token, values, event details)`) in
+    one transaction; returns the ids whose claim was no longer the caller's (left as they are)."""
+    for _, _, values, _ in items:
+        _check_values(values)
+    store, lost = ctx.store, set()
+    with store.transaction(write=True) as conn:
+        now = ctx.now(conn)
+        events = []
+        for batch_id, token, values, details in items:
+            row = current_claim(store, conn, ctx.pipeline, batch_id, worker, token)
+            if row is None:
+                lost.add(batch_id)
+                continue
+            claimed = row["claimed_at"]
+            seconds = (now - claimed).total_seconds() if claimed else None
+            _write_claimed(
+                ctx,
+                conn,
+                row,
+                {
+                    **(values or {}),
+                    "pipeline_status": Status.COMPLETED,
+                    "current_step": Step.DONE.value,
+                    "completed_at": now,
+                    "processing_seconds": seconds,
+                    "lease_expires_at": None,
+                    "updated_at": now,
+                    "updated_by": worker,
+                },
+            )
+            events.append(
+                _claim_event(
+                    ctx,
+                    batch_id,
+                    Status.COMPLETED,
+                    now,
+                    Status.IN_PROGRESS,
+                    Status.COMPLETED,
+                    worker,
+                    row["claim_token"],
+                    {"processing_seconds": seconds, **(details or {})},
+                )
+            )
+        if events:
+            insert_events(store, conn, events)
+    return lost

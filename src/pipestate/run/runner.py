@@ -29,6 +29,7 @@ import pyarrow as pa
 from ..connectors.arrow import record_batches
 from ..connectors.protocols import (
     BatchContext,
+    LoadResult,
     Source,
     Stage,
     StagedData,
@@ -39,6 +40,7 @@ from ..errors import (
     ConfigError,
     CountMismatch,
     InjectedFailure,
+    LeaseLost,
     PipestateError,
     StageChanged,
     StoreUnavailable,
@@ -47,7 +49,7 @@ from ..manager import PipelineStateManager
 from ..ops.batch import Batch
 from ..statuses import Status, Step
 from .retrying import store_retry
-from .worker import RunSummary, Worker
+from .worker import RunSummary, WindowOutcome, Worker
 
 __all__ = ["PipelineRunner", "RunResult", "run_pipeline", "CountMismatch", "InjectedFailure"]
 
@@ -198,6 +200,9 @@ class PipelineRunner:
             step=Step.SOURCE,
         )
         self._chaos(Step.SOURCE)
+        return self._extract_and_stage_only(batch, ctx)
+
+    def _extract_and_stage_only(self, batch: Batch, ctx: BatchContext) -> tuple[StagedData, dict[str, Any]]:
         counted = _Counted(self.source.extract(ctx))
         staged = self.stage.write(ctx, counted)
         finished = _now()
@@ -221,7 +226,10 @@ class PipelineRunner:
         return staged, done
 
     def _load(self, batch: Batch, ctx: BatchContext, staged: StagedData) -> dict[str, Any]:
-        result = self.target.load(ctx, staged, self.stage)
+        return self._loaded(batch, staged, self.target.load(ctx, staged, self.stage))
+
+    def _loaded(self, batch: Batch, staged: StagedData, result: LoadResult) -> dict[str, Any]:
+        """The target step's columns after a load, once its count agrees with the stage's."""
         if result.record_count != staged.record_count:
             raise CountMismatch(
                 f"{batch.batch_id}: staged {staged.record_count} records, target holds {result.record_count}"
@@ -235,6 +243,144 @@ class PipelineRunner:
             "target_location": result.location,
             "target_load_id": result.load_id,
         }
+
+    # -- runs of windows: one extract pass, a stage object per window, one load per run ----
+
+    def process_run(self, batches: list[Batch]) -> dict[str, WindowOutcome]:
+        """Move a run of claimed batches: each extracted and staged on its own (the source's
+        parsed files shared by all), the step records of the run in one state-table
+        transaction each, then the staged windows loaded in loads of up to
+        `[run] max_run_records` records, each ONE target transaction. A window that fails
+        fails alone: an error while extracting or staging it, a count that does not agree;
+        when a load of several fails, each of its windows is loaded again on its own, so only
+        the one at fault fails and the others' completion events say they were reloaded."""
+        if len(batches) == 1 and not hasattr(self.target, "load_run"):
+            return {batches[0].batch_id: self._single(batches[0])}
+        try:
+            return self._run_steps(batches)
+        finally:
+            pa.default_memory_pool().release_unused()
+
+    def _single(self, batch: Batch) -> WindowOutcome:
+        try:
+            return WindowOutcome(values=self._steps(batch))
+        except Exception as err:  # noqa: BLE001 - the Worker fails the batch with it
+            return WindowOutcome(error=err)
+
+    def _record_run(self, batches: list[Batch], values: dict[str, dict[str, Any]], step: Step) -> set[str]:
+        items = [(b.batch_id, b.claim_token, values[b.batch_id]) for b in batches if b.batch_id in values]
+        return self.manager.record_steps(batches[0].worker_id, items, step) if items else set()
+
+    def _run_steps(self, batches: list[Batch]) -> dict[str, WindowOutcome]:
+        out: dict[str, WindowOutcome] = {}
+        contexts = {b.batch_id: self.context(b) for b in batches}
+        staged: dict[str, StagedData] = {}
+        for b in batches:
+            try:  # the stage an earlier attempt wrote, if it is still what it recorded
+                found = self._recorded_stage(b, contexts[b.batch_id]) if b.step_done(Step.STAGE) else None
+            except Exception as err:  # noqa: BLE001 - StageChanged under --from-step target: that window fails
+                out[b.batch_id] = WindowOutcome(error=err)
+                continue
+            if found is not None:
+                staged[b.batch_id] = found
+        todo = [b for b in batches if b.batch_id not in staged and b.batch_id not in out]
+        started = _now()
+        running: dict[str, dict[str, Any]] = {}
+        for b in todo:
+            location, query = self.source.describe(contexts[b.batch_id])
+            running[b.batch_id] = {
+                "source_extract_status": "RUNNING",
+                "source_extract_started_at": started,
+                "source_extract_completed_at": None,
+                "source_location": location,
+                "source_query": query,
+                "stage_write_status": "RUNNING",
+                "stage_write_started_at": started,
+                "stage_write_completed_at": None,
+            }
+        self._lose(self._record_run(todo, running, Step.SOURCE), out)
+        stage_done: dict[str, dict[str, Any]] = {}
+        for b in todo:
+            if b.batch_id in out:
+                continue
+            try:
+                self._chaos(Step.SOURCE)
+                staged[b.batch_id], stage_done[b.batch_id] = self._extract_and_stage_only(
+                    b, contexts[b.batch_id]
+                )
+            except Exception as err:  # noqa: BLE001 - this window fails, the run goes on
+                out[b.batch_id] = WindowOutcome(error=err)
+        loading = [b for b in batches if b.batch_id not in out]
+        target_running = {
+            "target_load_status": "RUNNING",
+            "target_load_started_at": _now(),
+            "target_load_completed_at": None,
+        }
+        values = {b.batch_id: {**stage_done.get(b.batch_id, {}), **target_running} for b in loading}
+        self._lose(self._record_run(loading, values, Step.TARGET), out)
+        for b in loading:
+            if b.batch_id not in out and b.batch_id in stage_done:
+                try:
+                    self._chaos(Step.STAGE)
+                except InjectedFailure as err:
+                    out[b.batch_id] = WindowOutcome(error=err)
+        loading = [b for b in loading if b.batch_id not in out]
+        for group in self._loads(loading, staged):
+            self._load_group(group, contexts, staged, out)
+        return out
+
+    def _lose(self, lost: set[str], out: dict[str, WindowOutcome]) -> None:
+        for batch_id in lost:
+            out[batch_id] = WindowOutcome(
+                error=LeaseLost(f"batch {batch_id}: the claim was no longer current; nothing changed")
+            )
+
+    def _loads(self, batches: list[Batch], staged: dict[str, StagedData]) -> Iterator[list[Batch]]:
+        """The run cut into loads: windows added in claim order until a load holds
+        `[run] max_run_records` staged records (a bigger window is a load of its own)."""
+        budget = self.manager.config.run.max_run_records
+        group: list[Batch] = []
+        records = 0
+        for b in batches:
+            count = staged[b.batch_id].record_count
+            if group and records + count > budget:
+                yield group
+                group, records = [], 0
+            group.append(b)
+            records += count
+        if group:
+            yield group
+
+    def _load_group(
+        self,
+        group: list[Batch],
+        contexts: dict[str, BatchContext],
+        staged: dict[str, StagedData],
+        out: dict[str, WindowOutcome],
+    ) -> None:
+        load_run = getattr(self.target, "load_run", None)
+        items = [(contexts[b.batch_id], staged[b.batch_id]) for b in group]
+        try:
+            if load_run is not None:
+                results = load_run(items, self.stage)
+            else:
+                results = [self.target.load(ctx, data, self.stage) for ctx, data in items]
+        except Exception as err:  # noqa: BLE001 - found out window by window below
+            if len(group) == 1:
+                out[group[0].batch_id] = WindowOutcome(error=err)
+                return
+            log.warning("a load of %d batches failed (%s); loading each on its own", len(group), err)
+            note = {"reloaded_alone": True, "run_load_error": f"{type(err).__name__}: {err}"[:500]}
+            for b in group:
+                self._load_group([b], contexts, staged, out)
+                if out[b.batch_id].error is None:
+                    out[b.batch_id].details = note
+            return
+        for b, result in zip(group, results, strict=True):
+            try:
+                out[b.batch_id] = WindowOutcome(values=self._loaded(b, staged[b.batch_id], result))
+            except Exception as err:  # noqa: BLE001 - a count that does not agree fails that window
+                out[b.batch_id] = WindowOutcome(error=err)
 
 
 def stage_change(row: dict[str, Any], staged: StagedData) -> str | None:
@@ -283,7 +429,10 @@ def _worker_process(
             runner = PipelineRunner(manager, inject_failures=inject_failures, seed=seed)
             try:
                 summary = Worker(manager, worker_id, within=within).run(
-                    runner.process, limit=1 if once else None, keep_going=_budget_taker(budget)
+                    runner.process,
+                    limit=1 if once else None,
+                    keep_going=_budget_taker(budget),
+                    **_runs_of(runner),
                 )
             finally:
                 runner.close()
@@ -295,6 +444,12 @@ def _worker_process(
         print(f"pipestate: worker {worker_id} stopped: {type(err).__name__}: {first}", file=sys.stderr)
         sys.exit(3)
     results.put(summary)
+
+
+def _runs_of(runner: PipelineRunner) -> dict[str, Any]:
+    """The Worker's arguments for runs of windows when `[concurrency] claim_batch` > 1."""
+    count = runner.manager.config.concurrency.claim_batch
+    return {"run_handler": runner.process_run, "claim_batch": count} if count > 1 else {}
 
 
 def _budget_taker(budget: Any) -> Callable[[], bool] | None:
@@ -361,7 +516,7 @@ def run_pipeline(
                 return remaining[0] >= 0
 
             result.summary = Worker(manager, f"{prefix}/w1", within=within).run(
-                runner.process, limit=1 if once else None, keep_going=keep_going
+                runner.process, limit=1 if once else None, keep_going=keep_going, **_runs_of(runner)
             )
         else:
             result.summary = _run_processes(

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ..manager import PipelineStateManager
     from ..ops.batch import Batch
 
-__all__ = ["Worker", "WorkerStopped", "LeaseInDoubt", "RunSummary"]
+__all__ = ["Worker", "WorkerStopped", "LeaseInDoubt", "RunSummary", "WindowOutcome"]
 
 log = logging.getLogger("pipestate.run.worker")
 
@@ -97,6 +97,17 @@ class RunSummary:
         self.lost_ids |= other.lost_ids
 
 
+@dataclass
+class WindowOutcome:
+    """What a run handler says of one batch of its run: the columns to write with the
+    completion, or the error that fails it (LeaseLost: the batch was lost), and any details
+    for the completion's audit event (a window reloaded alone says so)."""
+
+    values: dict[str, Any] | None = None
+    error: BaseException | None = None
+    details: dict[str, Any] | None = None
+
+
 class _Heartbeat(threading.Thread):
     """Extends the lease every `interval` seconds until stopped or the claim is lost.
 
@@ -108,13 +119,16 @@ class _Heartbeat(threading.Thread):
     def __init__(
         self,
         manager: PipelineStateManager,
-        batch: Batch,
+        batch: Batch | list[Batch],
         interval: float,
         lease: float,
         on_doubt: Callable[[], None],
     ) -> None:
-        super().__init__(name=f"heartbeat-{batch.batch_id}", daemon=True)
-        self.manager, self.batch, self.interval, self.lease = manager, batch, interval, lease
+        # A run of windows: every batch of it beats in each round (each has its own lease).
+        self.batches = list(batch) if isinstance(batch, list) else [batch]
+        self.batch = self.batches[0]
+        super().__init__(name=f"heartbeat-{self.batch.batch_id}", daemon=True)
+        self.manager, self.interval, self.lease = manager, interval, lease
         self.stopped = threading.Event()
         self.lost: LeaseLost | None = None
         self.in_doubt = False
@@ -147,22 +161,24 @@ class _Heartbeat(threading.Thread):
             if self.in_doubt:
                 return  # the batch is being given up: never renew a lease about to be abandoned
             started = time.monotonic()
-            try:
-                self.manager.heartbeat(self.batch.batch_id, self.batch.worker_id, self.batch.claim_token)
-            except LeaseLost as err:
-                self.lost = err
-                log.error("lost the claim on %s: %s", self.batch.batch_id, err, extra=_about(self.batch))
+            reached = True
+            for batch in list(self.batches):
+                try:
+                    self.manager.heartbeat(batch.batch_id, batch.worker_id, batch.claim_token)
+                except LeaseLost as err:
+                    # Fenced: whatever the run writes for it later is refused too.
+                    self.lost = err
+                    self.batches.remove(batch)
+                    log.error("lost the claim on %s: %s", batch.batch_id, err, extra=_about(batch))
+                except PipestateError as err:  # a database blip: try again next beat
+                    reached = False
+                    log.warning(
+                        "heartbeat for %s failed, will retry: %s", batch.batch_id, err, extra=_about(batch)
+                    )
+            if not self.batches:
                 return
-            except PipestateError as err:  # a database blip: try again next beat
-                log.warning(
-                    "heartbeat for %s failed, will retry: %s",
-                    self.batch.batch_id,
-                    err,
-                    extra=_about(self.batch),
-                )
-            else:
-                if not self.stopped.is_set() and not self.in_doubt:
-                    self._arm(started)
+            if reached and not self.stopped.is_set() and not self.in_doubt:
+                self._arm(started)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -299,7 +315,7 @@ class Worker:
         self.released += 1
 
     @contextmanager
-    def _beating(self, claimed: Batch) -> Iterator[None]:
+    def _beating(self, claimed: Batch | list[Batch]) -> Iterator[None]:
         """Heartbeats in a thread, and a second stop signal allowed to interrupt,
         while the caller's code runs; neither during a claim, complete, fail or
         release, which would leave the batch held until its lease ran out.
@@ -409,6 +425,9 @@ class Worker:
         wait: bool = False,
         poll_interval: float = 5.0,
         keep_going: Callable[[], bool] | None = None,
+        *,
+        run_handler: Callable[[list[Batch]], dict[str, WindowOutcome]] | None = None,
+        claim_batch: int = 1,
     ) -> RunSummary:
         """Process batches until none is claimable (or `limit`, or a stop signal).
 
@@ -417,12 +436,33 @@ class Worker:
         several processes). A handler's exception fails that batch and the
         loop goes on; an error of the state database itself (see the class)
         stops the loop and propagates.
+
+        With `run_handler`, up to `claim_batch` batches are claimed at a time and
+        handed over together; it says per batch what became of it (WindowOutcome),
+        and the completed ones are completed in one state-table transaction.
         """
         summary = RunSummary()
         released_before = self.released
         restore = self._install_signal_handlers()
         try:
             while not self.stopping and (limit is None or summary.processed < limit):
+                if run_handler is not None:
+                    room = claim_batch if limit is None else min(claim_batch, limit - summary.processed)
+                    run = self._claim_run(room, keep_going)
+                    if run is None:
+                        break
+                    if not run:
+                        if not wait:
+                            break
+                        self._pause(poll_interval)
+                        continue
+                    settled = self._process_run(run, run_handler)
+                    for outcome, batch_id in settled:
+                        if outcome != "released":
+                            summary.record(outcome, batch_id)
+                    if any(outcome == "released" for outcome, _ in settled):
+                        break
+                    continue
                 if keep_going is not None and not keep_going():
                     break
                 claimed = self._claim()
@@ -440,6 +480,75 @@ class Worker:
             self._release_queued()
         summary.released = self.released - released_before
         return summary
+
+    # -- runs of windows ------------------------------------------------------------
+
+    def _claim_run(self, count: int, keep_going: Callable[[], bool] | None) -> list[Batch] | None:
+        """Up to `count` claimed batches, in claim order ([] when none is claimable; None when
+        `keep_going` said stop before the first)."""
+        run: list[Batch] = []
+        while len(run) < count and not self.stopping:
+            if keep_going is not None and not keep_going():
+                return run or None
+            claimed = self._claim()
+            if claimed is None:
+                break
+            run.append(claimed)
+        return run
+
+    def _process_run(
+        self, run: list[Batch], handler: Callable[[list[Batch]], dict[str, WindowOutcome]]
+    ) -> list[tuple[str, str]]:
+        """Run the handler on a run of claimed batches and settle each: (outcome, batch_id)."""
+        try:
+            with self._beating(run):
+                results = handler(run)
+        except WorkerStopped:
+            return [
+                (_settled(partial(self._release, claimed), "released"), claimed.batch_id) for claimed in run
+            ]
+        except BaseException as err:
+            if self._in_doubt:
+                for claimed in run:
+                    log.error("%s", self._doubted(claimed))
+                return [("lost", claimed.batch_id) for claimed in run]
+            failed = [(_settled(partial(self._fail, c, err), "failed"), c.batch_id) for c in run]
+            if not isinstance(err, Exception):
+                raise
+            log.warning("run of %d batches failed: %s: %s", len(run), type(err).__name__, err)
+            return failed
+        settled: list[tuple[str, str]] = []
+        done: list[Batch] = []
+        for claimed in run:
+            result = results.get(claimed.batch_id) or WindowOutcome(
+                error=RuntimeError("the run handler said nothing of this batch")
+            )
+            if isinstance(result.error, LeaseLost):
+                log.error("%s", result.error)
+                settled.append(("lost", claimed.batch_id))
+            elif result.error is not None:
+                outcome = _settled(partial(self._fail, claimed, result.error), "failed")
+                if outcome == "failed":
+                    log.warning(
+                        "batch %s failed: %s: %s", claimed.batch_id, type(result.error).__name__, result.error
+                    )
+                settled.append((outcome, claimed.batch_id))
+            else:
+                done.append(claimed)
+        if done:
+            by_id = {claimed.batch_id: claimed for claimed in done}
+            items = [
+                (c.batch_id, c.claim_token, results[c.batch_id].values, results[c.batch_id].details)
+                for c in done
+            ]
+            lost = self._store_call("complete", lambda: self.manager.complete_many(self.worker_id, items))
+            for batch_id in by_id:
+                if batch_id in lost:
+                    log.error(
+                        "batch %s: the claim was no longer current at completion; nothing changed", batch_id
+                    )
+                settled.append(("lost" if batch_id in lost else "completed", batch_id))
+        return settled
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
