@@ -166,7 +166,15 @@ def _state_timer() -> dict[str, float]:
     from pipestate.manager import PipelineStateManager
 
     spent = {"seconds": 0.0, "calls": 0}
-    for name in ("claim", "record_step", "complete", "heartbeat", "record_steps", "complete_many"):
+    for name in (
+        "claim",
+        "claim_batches",
+        "record_step",
+        "complete",
+        "heartbeat",
+        "record_steps",
+        "complete_many",
+    ):
         original = getattr(PipelineStateManager, name)
 
         def timed(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:

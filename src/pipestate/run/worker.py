@@ -484,17 +484,18 @@ class Worker:
     # -- runs of windows ------------------------------------------------------------
 
     def _claim_run(self, count: int, keep_going: Callable[[], bool] | None) -> list[Batch] | None:
-        """Up to `count` claimed batches, in claim order ([] when none is claimable; None when
-        `keep_going` said stop before the first)."""
-        run: list[Batch] = []
-        while len(run) < count and not self.stopping:
-            if keep_going is not None and not keep_going():
-                return run or None
-            claimed = self._claim()
-            if claimed is None:
-                break
-            run.append(claimed)
-        return run
+        """Up to `count` batches in one claim, in claim order ([] when none is claimable;
+        None when `keep_going` said stop before the first). `keep_going` is asked once per
+        window the claim may take."""
+        if keep_going is not None:
+            allowed = 0
+            while allowed < count and keep_going():
+                allowed += 1
+            if not allowed:
+                return None
+            count = allowed
+        within = self.within
+        return self._store_call("claim", lambda: self.manager.claim_batches(self.worker_id, count, within))
 
     def _process_run(
         self, run: list[Batch], handler: Callable[[list[Batch]], dict[str, WindowOutcome]]
