@@ -109,3 +109,20 @@ def target_rows(
 def _utc(value: Any) -> datetime:
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class NoteOptions(FilesOptions):
+    type: Literal["files", "run_support:NoteFilesSource"] = "files"  # type: ignore[assignment]
+    odd_hour: int = 3
+
+
+class NoteFilesSource(FilesSource):
+    """The files source plus one record per window with a `note` field: text, except in the
+    window starting at `odd_hour`, where it is a number (a type conflict in the target)."""
+
+    Options = NoteOptions
+
+    def extract(self, batch: BatchContext) -> Iterator[Any]:
+        yield from super().extract(batch)
+        odd = batch.start.hour == self.options.odd_hour  # type: ignore[attr-defined]
+        yield {"id": -batch.start.hour - 1, "timestamp": batch.start, "note": 7 if odd else "x"}
