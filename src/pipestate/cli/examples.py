@@ -39,4 +39,7 @@ table = "pipeline_state"
 # [mirror]                      # pipestate mirror: a copy of the state table in Snowflake
 # url = "snowflake://user:password@account/database/schema?warehouse=WH"   # or PIPESTATE_MIRROR__URL
 # table = ""                    # default: the state table's name
+
+# [run]                         # pipestate run with claim_batch > 1 (docs/running.md)
+# max_run_records = 1000000     # a load of a run stops taking windows at this many records
 """
