@@ -163,34 +163,56 @@ class SnowflakeTarget:
         return {str(name): str(kind) for name, kind in cursor.fetchall()}
 
     def load(self, batch: BatchContext, staged: StagedData, stage: Stage) -> LoadResult:
+        return self.load_run([(batch, staged)], stage)[0]
+
+    def load_run(self, items: list[tuple[BatchContext, StagedData]], stage: Stage) -> list[LoadResult]:
+        """Replace the rows of several batches in ONE transaction: their load files uploaded
+        together, one DELETE and one COPY INTO (or the inserts) for all of them, each batch's
+        rows counted against its stage before the COMMIT. One LoadResult per item, in order."""
         load_id = uuid.uuid4().hex
         errors = self._connector.errors
         loaded_at = datetime.now(UTC)
+        first = items[0][0]
+        ids = [batch.batch_id for batch, _ in items]
+        doing = (
+            f"batch {first.batch_id}" if len(items) == 1 else f"{len(items)} batches ({first.batch_id}, ...)"
+        )
         with self.connect() as connection, tempfile.TemporaryDirectory(prefix="pipestate-load-") as folder:
             cursor = connection.cursor()
             uploaded: _Uploaded | None = None
             try:
                 self.ensure_table(cursor)
                 # Columns are added before the transaction: DDL commits in Snowflake.
-                files, count = self._load_files(cursor, batch, staged, stage, Path(folder), loaded_at)
-                if self.options.load_method == "copy":
-                    uploaded = self._upload(cursor, batch, stage, files, load_id)
+                files: list[Path] = []
+                counts: dict[str, int] = {}
+                for index, (batch, staged) in enumerate(items):
+                    place = Path(folder) / f"{index:05d}"
+                    place.mkdir()
+                    more, counts[batch.batch_id] = self._load_files(
+                        cursor, batch, staged, stage, place, loaded_at
+                    )
+                    files += [path.rename(Path(folder) / f"{index:05d}-{path.name}") for path in more]
+                if self.options.load_method == "copy" and files:
+                    uploaded = self._upload(cursor, first, stage, files, load_id)
                 cursor.execute("BEGIN")
                 try:
-                    deleted = self._count(cursor, batch)
+                    deleted = self._counts(cursor, ids)
+                    marks = ", ".join(["%s"] * len(ids))
                     cursor.execute(
-                        f"DELETE FROM {self.table} WHERE pipestate_batch_id = %s", (batch.batch_id,)
+                        f"DELETE FROM {self.table} WHERE pipestate_batch_id IN ({marks})", tuple(ids)
                     )
                     if uploaded is not None:
                         self._copy(cursor, uploaded)
-                    else:
+                    elif files:
                         self._insert(cursor, files)
-                    now = self._count(cursor, batch)
-                    if now != staged.record_count or now != count:
-                        raise ConnectorError(
-                            f"snowflake: {now} rows for batch {batch.batch_id} after the load, "
-                            f"{staged.record_count} staged; rolled back"
-                        )
+                    now = self._counts(cursor, ids)
+                    for batch, staged in items:
+                        got = now[batch.batch_id]
+                        if got != staged.record_count or got != counts[batch.batch_id]:
+                            raise ConnectorError(
+                                f"snowflake: {got} rows for batch {batch.batch_id} after the load, "
+                                f"{staged.record_count} staged; rolled back"
+                            )
                     cursor.execute("COMMIT")
                 except BaseException:
                     cursor.execute("ROLLBACK")
@@ -198,11 +220,22 @@ class SnowflakeTarget:
             except errors.Error as err:
                 retry = isinstance(err, errors.OperationalError)
                 kind = TransientConnectorError if retry else ConnectorError
-                raise kind(f"snowflake: load of batch {batch.batch_id} failed: {err}") from err
+                raise kind(f"snowflake: load of {doing} failed: {err}") from err
             finally:
                 if uploaded is not None:
                     uploaded.remove(cursor, self._connector.errors.Error)
-        return LoadResult(now, deleted, self.location, load_id)
+        return [LoadResult(now[i], deleted[i], self.location, load_id) for i in ids]
+
+    def _counts(self, cursor: Any, batch_ids: list[str]) -> dict[str, int]:
+        """The table's rows of each of these batches (0 for none), in one query."""
+        marks = ", ".join(["%s"] * len(batch_ids))
+        cursor.execute(
+            f"SELECT pipestate_batch_id, COUNT(*) FROM {self.table} "
+            f"WHERE pipestate_batch_id IN ({marks}) GROUP BY pipestate_batch_id",
+            tuple(batch_ids),
+        )
+        found = {str(batch_id): int(count) for batch_id, count in cursor.fetchall()}
+        return {batch_id: found.get(batch_id, 0) for batch_id in batch_ids}
 
     def _load_files(
         self,

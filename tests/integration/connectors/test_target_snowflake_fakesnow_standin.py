@@ -92,6 +92,29 @@ def test_load_replaces_and_counts(fakesnow_db, tmp_path, batch: BatchContext, me
         assert query(f"LIST {INTERNAL}") == []
 
 
+@pytest.mark.parametrize("method", ["copy", "insert"])
+def test_a_run_of_batches_is_one_load(fakesnow_db, tmp_path, batch: BatchContext, method: str) -> None:
+    stage = build_stage({"url": str(tmp_path)})
+    options = {**BASE, **fakesnow_db, "load_method": method, "table": "events", "internal_stage": INTERNAL}
+    target = build_target(options)
+    other = BatchContext.for_window("orders", START + timedelta(hours=1), START + timedelta(hours=2))
+    empty = BatchContext.for_window("orders", START + timedelta(hours=2), START + timedelta(hours=3))
+    run = [
+        (batch, stage.write(batch, records(5))),
+        (other, stage.write(other, records(2, first=100))),
+        (empty, stage.write(empty, [])),
+    ]
+    first = target.load_run(run, stage)
+    assert [(r.record_count, r.rows_deleted) for r in first] == [(5, 0), (2, 0), (0, 0)]
+    assert len({r.load_id for r in first}) == 1  # one load
+    again = target.load_run(run[:2], stage)  # a rerun replaces each batch's rows
+    assert [(r.record_count, r.rows_deleted) for r in again] == [(5, 5), (2, 2)]
+    rows = query("SELECT pipestate_batch_id, COUNT(*) FROM analytics.raw.events GROUP BY 1 ORDER BY 1")
+    assert rows == sorted([(batch.batch_id, 5), (other.batch_id, 2)])
+    if method == "copy":
+        assert query(f"LIST {INTERNAL}") == []
+
+
 def test_copy_adds_a_new_field_and_refuses_a_type_conflict(fakesnow_db, tmp_path, batch) -> None:
     stage = build_stage({"url": str(tmp_path)})
     target = build_target({**BASE, **fakesnow_db, "table": "evolving", "internal_stage": INTERNAL})
