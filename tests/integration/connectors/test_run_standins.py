@@ -40,7 +40,10 @@ def _seed(es: EsStandin) -> dict[int, datetime]:
     return inside
 
 
-def test_elasticsearch_to_s3_to_snowflake_exactly_once(tmp_path: Path, moto_s3: str) -> None:
+@pytest.mark.parametrize("claim_batch", [1, 4], ids=["single", "runs"])
+def test_elasticsearch_to_s3_to_snowflake_exactly_once(
+    tmp_path: Path, moto_s3: str, claim_batch: int
+) -> None:
     boto3 = pytest.importorskip("boto3")
     bucket = f"stage-{uuid.uuid4().hex[:12]}"
     boto3.client(
@@ -69,7 +72,7 @@ def test_elasticsearch_to_s3_to_snowflake_exactly_once(tmp_path: Path, moto_s3: 
                     "end": (START + timedelta(hours=HOURS)).isoformat(),
                 },
                 "state": {"url": f"sqlite:///{tmp_path / 'state.db'}"},
-                "concurrency": {"retry_backoff": "0s"},
+                "concurrency": {"retry_backoff": "0s", "claim_batch": claim_batch},
                 "source": {"type": "elasticsearch", "hosts": [es.url], "index": "orders-*", "page_size": 5},
                 "stage": {
                     "type": "s3",
