@@ -253,9 +253,8 @@ def _run_command(config: Path) -> tuple[float, float, int, int]:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"pipestate run exited {code}: {(err or out).strip().splitlines()[-1:]}")
-    report = json.loads(out.strip().splitlines()[-1])
-    summary = report.get("summary", report)
-    return wall, usage.ru_maxrss / 1024, int(summary.get("completed", 0)), int(summary.get("failed", 0))
+    report, _ = json.JSONDecoder().raw_decode(out[out.index("{") :])  # one object, on one line or several
+    return wall, usage.ru_maxrss / 1024, int(report["completed"]), int(report["failed"])
 
 
 def run_dlt(work: Path, source: Path) -> dict[str, Any]:
