@@ -180,7 +180,7 @@ class PipelineStateManager:
         claims.record_step(self.context, batch_id, worker, values, token, step)
 
     def record_steps(
-        self, worker: str, items: Sequence[tuple[str, str | None, dict[str, Any]]], step: str | None = None
+        self, worker: str, items: Sequence[tuple[str, str, dict[str, Any]]], step: str | None = None
     ) -> set[str]:
         """`record_step` for several batches `(batch_id, token, values)` in one transaction;
         returns the ids whose claim was not current (those are left unchanged)."""
@@ -189,11 +189,13 @@ class PipelineStateManager:
     def complete_many(
         self,
         worker: str,
-        items: Sequence[tuple[str, str | None, dict[str, Any] | None, dict[str, Any] | None]],
+        items: Sequence[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]],
+        claimed_at: dict[str, datetime | None] | None = None,
     ) -> set[str]:
         """Complete several batches `(batch_id, token, values, event details)` in one
-        transaction; returns the ids whose claim was not current (those are left unchanged)."""
-        return claims.complete_many(self.context, worker, items)
+        transaction; returns the ids whose claim was not current (those are left unchanged).
+        `claimed_at` (each batch's claim time) gives `processing_seconds`."""
+        return claims.complete_many(self.context, worker, items, claimed_at)
 
     # -- operators (operations.py) ------------------------------------------------
 

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import run_support
 import sqlalchemy as sa
 
@@ -68,3 +69,25 @@ def test_a_single_big_window_is_a_load_of_its_own(tmp_path: Path) -> None:
     with PipelineStateManager(config) as manager:
         assert run_pipeline(manager).summary.completed == 24
         assert len(set(_column(manager, "target_load_id"))) == 24
+
+
+@pytest.mark.parametrize("state", ["sqlite", pytest.param("duckdb", marks=pytest.mark.duckdb)])
+def test_a_lost_claim_in_a_run_is_left_alone_and_named(tmp_path: Path, state: str) -> None:
+    config, _ = _config(tmp_path)
+    if state == "duckdb":
+        config = Config.from_dict(
+            {**config.model_dump(), "state": {"url": f"duckdb:///{tmp_path / 's.duckdb'}"}}
+        )
+    with PipelineStateManager(config) as manager:
+        manager.populate_pipeline_batches()
+        run = manager.claim_batches("w", 3)
+        gone = run[1]
+        manager.release(gone.batch_id, "w", gone.claim_token)  # no longer w's claim
+        items = [(b.batch_id, b.claim_token, {"target_record_count": 1}) for b in run]
+        assert manager.record_steps("w", items, "target") == {gone.batch_id}
+        done = [(b.batch_id, b.claim_token, None, {"note": 1}) for b in run]
+        assert manager.complete_many("w", done, {b.batch_id: b.claimed_at for b in run}) == {gone.batch_id}
+        statuses = manager.statuses([b.batch_id for b in run])
+        history = manager.history(run[0].batch_id)
+    assert statuses == {run[0].batch_id: "COMPLETED", gone.batch_id: "PENDING", run[2].batch_id: "COMPLETED"}
+    assert [e["event_type"] for e in history][-2:] == ["STEP", "COMPLETED"]

@@ -26,6 +26,7 @@ from ..store.claims import (
     count_in_flight,
     current_claim,
     fenced_update,
+    fenced_update_many,
     find_candidate,
     guarded_update,
 )
@@ -724,92 +725,90 @@ def release(ctx: Context, batch_id: str, worker: str, token: str | None = None) 
 def record_steps(
     ctx: Context,
     worker: str,
-    items: Sequence[tuple[str, str | None, dict[str, Any]]],
+    items: Sequence[tuple[str, str, dict[str, Any]]],
     step: str | None = None,
 ) -> set[str]:
     """`record_step` for several claimed batches (`(batch_id, token, values)`) in one
-    transaction. A batch whose claim is no longer the caller's is left as it is and its id
-    returned (the others are written): one lost lease does not stop a run."""
+    transaction, one UPDATE for all of them. A batch whose claim is no longer the caller's is
+    left as it is and its id returned (the others are written): one lost lease does not stop
+    a run."""
     for _, _, values in items:
         _check_values(values)
-    store, lost = ctx.store, set()
+    store = ctx.store
     with store.transaction(write=True) as conn:
         now = ctx.now(conn)
-        events = []
-        for batch_id, token, values in items:
-            row = current_claim(store, conn, ctx.pipeline, batch_id, worker, token)
-            if row is None:
-                lost.add(batch_id)
-                continue
-            update = {**values, "updated_at": now} | ({"current_step": step} if step else {})
-            _write_claimed(ctx, conn, row, update)
-            if step is not None:
-                events.append(
-                    _claim_event(
-                        ctx,
-                        batch_id,
-                        "STEP",
-                        now,
-                        Status.IN_PROGRESS,
-                        Status.IN_PROGRESS,
-                        worker,
-                        row["claim_token"],
-                        {"step": step, **values},
-                    )
+        rows = [
+            (batch_id, token, {**values, "updated_at": now} | ({"current_step": step} if step else {}))
+            for batch_id, token, values in items
+        ]
+        lost = fenced_update_many(store, conn, ctx.pipeline, worker, rows)
+        if step is not None:
+            events = [
+                _claim_event(
+                    ctx,
+                    batch_id,
+                    "STEP",
+                    now,
+                    Status.IN_PROGRESS,
+                    Status.IN_PROGRESS,
+                    worker,
+                    token,
+                    {"step": step, **values},
                 )
-        if events:
-            insert_events(store, conn, events)
+                for batch_id, token, values in items
+                if batch_id not in lost
+            ]
+            if events:
+                insert_events(store, conn, events)
     return lost
 
 
 def complete_many(
     ctx: Context,
     worker: str,
-    items: Sequence[tuple[str, str | None, dict[str, Any] | None, dict[str, Any] | None]],
+    items: Sequence[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]],
+    claimed_at: dict[str, datetime | None] | None = None,
 ) -> set[str]:
     """`complete` for several claimed batches (`(batch_id, token, values, event details)`) in
-    one transaction; returns the ids whose claim was no longer the caller's (left as they are)."""
+    one transaction, one UPDATE for all of them; returns the ids whose claim was no longer the
+    caller's (left as they are). `claimed_at` (each batch's claim time, as the caller got it)
+    gives `processing_seconds`."""
     for _, _, values, _ in items:
         _check_values(values)
-    store, lost = ctx.store, set()
+    store = ctx.store
     with store.transaction(write=True) as conn:
         now = ctx.now(conn)
-        events = []
-        for batch_id, token, values, details in items:
-            row = current_claim(store, conn, ctx.pipeline, batch_id, worker, token)
-            if row is None:
-                lost.add(batch_id)
-                continue
-            claimed = row["claimed_at"]
-            seconds = (now - claimed).total_seconds() if claimed else None
-            _write_claimed(
+        rows = []
+        seconds: dict[str, float | None] = {}
+        for batch_id, token, values, _ in items:
+            claimed = (claimed_at or {}).get(batch_id)
+            seconds[batch_id] = (now - claimed).total_seconds() if claimed else None
+            done = {
+                "pipeline_status": Status.COMPLETED,
+                "current_step": Step.DONE.value,
+                "completed_at": now,
+                "processing_seconds": seconds[batch_id],
+                "lease_expires_at": None,
+                "updated_at": now,
+                "updated_by": worker,
+            }
+            rows.append((batch_id, token, {**(values or {}), **done}))
+        lost = fenced_update_many(store, conn, ctx.pipeline, worker, rows)
+        events = [
+            _claim_event(
                 ctx,
-                conn,
-                row,
-                {
-                    **(values or {}),
-                    "pipeline_status": Status.COMPLETED,
-                    "current_step": Step.DONE.value,
-                    "completed_at": now,
-                    "processing_seconds": seconds,
-                    "lease_expires_at": None,
-                    "updated_at": now,
-                    "updated_by": worker,
-                },
+                batch_id,
+                Status.COMPLETED,
+                now,
+                Status.IN_PROGRESS,
+                Status.COMPLETED,
+                worker,
+                token,
+                {"processing_seconds": seconds[batch_id], **(details or {})},
             )
-            events.append(
-                _claim_event(
-                    ctx,
-                    batch_id,
-                    Status.COMPLETED,
-                    now,
-                    Status.IN_PROGRESS,
-                    Status.COMPLETED,
-                    worker,
-                    row["claim_token"],
-                    {"processing_seconds": seconds, **(details or {})},
-                )
-            )
+            for batch_id, token, _, details in items
+            if batch_id not in lost
+        ]
         if events:
             insert_events(store, conn, events)
     return lost

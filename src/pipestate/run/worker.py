@@ -542,7 +542,10 @@ class Worker:
                 (c.batch_id, c.claim_token, results[c.batch_id].values, results[c.batch_id].details)
                 for c in done
             ]
-            lost = self._store_call("complete", lambda: self.manager.complete_many(self.worker_id, items))
+            claimed_at: dict[str, datetime | None] = {c.batch_id: c.claimed_at for c in done}
+            lost = self._store_call(
+                "complete", lambda: self.manager.complete_many(self.worker_id, items, claimed_at)
+            )
             for batch_id in by_id:
                 if batch_id in lost:
                     log.error(

@@ -10,10 +10,11 @@ row so the count and the claim cannot race.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..statuses import Status
@@ -218,3 +219,61 @@ def backoff_delay(retry_backoff: timedelta, retry_count: int) -> timedelta:
     at most MAX_BACKOFF_DELAY (and no overflow for a large retry count)."""
     doublings = min(max(retry_count - 1, 0), 20)  # 2**20 seconds is past the cap already
     return min(retry_backoff * (2**doublings), MAX_BACKOFF_DELAY)
+
+
+def fenced_update_many(
+    store: StateStore,
+    conn: Connection,
+    pipeline: str,
+    worker: str,
+    rows: Sequence[tuple[str, str, dict[str, Any]]],
+) -> set[str]:
+    """Write each `(batch_id, token, values)` where `worker` still holds that claim, as one
+    UPDATE run for many rows (executemany) per set of columns; returns the batch ids NOT
+    written. For a run of windows: one statement where each window took two (the locking
+    SELECT and the guarded UPDATE). Inside the caller's write transaction, the WHERE is the
+    whole fence: SQLite and DuckDB serialize writers, PostgreSQL re-checks it on the newest
+    row version."""
+    c = store.tables.state.c
+    groups: dict[tuple[str, ...], list[tuple[str, str, dict[str, Any]]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row[2])), []).append(row)
+    lost: set[str] = set()
+    for keys, members in groups.items():
+        stmt = (
+            update(store.tables.state)
+            .where(
+                c.batch_id == bindparam("w_batch"),
+                c.pipeline_name == pipeline,
+                c.pipeline_status == Status.IN_PROGRESS,
+                c.worker_id == worker,
+                c.claim_token == bindparam("w_token"),
+            )
+            .values({key: bindparam(f"v_{key}", type_=c[key].type) for key in keys})
+        )
+        params = [
+            {"w_batch": batch_id, "w_token": token, **{f"v_{key}": values[key] for key in keys}}
+            for batch_id, token, values in members
+        ]
+        if len(params) > 1 and conn.dialect.supports_sane_multi_rowcount:
+            if conn.execute(stmt, params).rowcount == len(params):
+                continue
+            # Some claim was gone: the rows that hold our token in the state we wrote are ours.
+            status = members[0][2].get("pipeline_status", Status.IN_PROGRESS)
+            written = set(
+                conn.execute(
+                    select(c.batch_id).where(
+                        c.batch_id.in_([m[0] for m in members]),
+                        c.pipeline_name == pipeline,
+                        c.pipeline_status == status,
+                        c.worker_id == worker,
+                        c.claim_token.in_([m[1] for m in members]),
+                    )
+                ).scalars()
+            )
+            lost |= {m[0] for m in members if m[0] not in written}
+        else:
+            for param in params:
+                if conn.execute(stmt, param).rowcount != 1:
+                    lost.add(param["w_batch"])
+    return lost
