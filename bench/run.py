@@ -451,7 +451,7 @@ def main() -> int:
         try:
             import dlt  # noqa: F401
         except ImportError:
-            print("NOTE: dlt is not installed, so its Arrow path is not measured: pip install 'dlt[duckdb]'")
+            print("NOTE: dlt is not installed, so its Arrow path is not measured: pip install -e '.[bench]'")
             modes.remove("dlt")
     work = args.dir or Path(tempfile.mkdtemp(prefix="pipestate-bench-run-"))
     source = work / "source"
