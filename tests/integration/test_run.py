@@ -138,7 +138,6 @@ def test_retry_after_staging_does_not_extract_again(tmp_path: Path) -> None:
     log = tmp_path / "extracts.log"
     config, events = _setup(tmp_path, type="run_support:SlowFilesSource", extract_log=str(log))
 
-    from pipestate.run.runner import _runs_of
     from pipestate.run.worker import Worker
 
     with PipelineStateManager(config) as manager:
@@ -157,7 +156,9 @@ def test_retry_after_staging_does_not_extract_again(tmp_path: Path) -> None:
             return load_run(items, stage)
 
         runner.target.load_run = fail_each_once  # type: ignore[attr-defined]
-        summary = Worker(manager, "w").run(runner.process, **_runs_of(runner))  # backoff is 0s
+        runs = run_support.CLAIM_BATCH
+        more = {"run_handler": runner.process_run, "claim_batch": runs} if runs > 1 else {}
+        summary = Worker(manager, "w").run(runner.process, **more)  # type: ignore[arg-type]  # backoff is 0s
         assert (summary.failed, summary.completed) == (24, 24)
         assert manager.counts() == {"COMPLETED": 24}
     extracts = Counter(line.split()[0] for line in log.read_text().splitlines())
