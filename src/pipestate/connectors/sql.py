@@ -301,8 +301,12 @@ class SqlTarget:
                         f"after inserting {inserted[first]}; rolled back"
                     )
         except sa.exc.DBAPIError as err:
-                return self._load_once(items, stage)
-            except TransientConnectorError as err:
+            raise _wrap(err, doing) from err
+        except Exception as err:
+            if _data_error(err):  # a driver's own call (PostgreSQL's COPY) refused a value
+                raise _wrap_driver(err, doing) from err
+            raise
+        return [LoadResult(now[batch_id], previous[batch_id], self.location, load_id) for batch_id in ids]
 
     def _bulk(self, conn: sa.Connection, table: pa.Table, batch_id: str, loaded_at: datetime) -> None:
         quote = self.profile.quote
