@@ -20,6 +20,7 @@ from support import (
     utc,
 )
 
+import pipestate.ops.populate as populating
 from pipestate.config import Config
 from pipestate.manager import PipelineStateManager
 from pipestate.store.store import StateStore
@@ -271,12 +272,12 @@ def test_one_transaction_failure_mid_apply_leaves_the_table_unchanged(manager, m
     before_rows, before = all_rows(manager), _counts(manager)
     calls = []
 
-    def failing(conn, *args):
+    def failing(store, conn, *args):
         # Runs last: the SUPERSEDED updates and events and every new row are written.
         calls.append(1)
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(manager.store, "insert_created_events", failing)
+    monkeypatch.setattr(populating, "insert_created_events", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         manager.populate_pipeline_batches()
     assert len(calls) == 1
@@ -355,7 +356,7 @@ def test_large_sqlite_populate_builds_its_indexes_after_the_rows(manager_factory
         def broken(*args, **kwargs):
             raise RuntimeError("disk full")
 
-        monkeypatch.setattr(manager.store, "insert_created_events", broken)
+        monkeypatch.setattr(populating, "insert_created_events", broken)
         with pytest.raises(RuntimeError):
             manager.populate_pipeline_batches()
         assert _counts(manager) == (0, 0)
