@@ -315,5 +315,9 @@ def test_two_worker_processes_share_one_duckdb_target_exactly_once(tmp_path: Pat
     with state.connect() as conn:
         workers = {row[0] for row in conn.execute(sa.text("SELECT DISTINCT worker_id FROM pipeline_state"))}
     state.dispose()
-    assert {worker.rsplit("/", 1)[-1] for worker in workers} == {"w1", "w2"}, workers
+    names = {worker.rsplit("/", 1)[-1] for worker in workers}
+    if run_support.CLAIM_BATCH == 1:
+        assert names == {"w1", "w2"}, workers
+    else:  # a run takes 5 windows: on a busy machine one worker may take every run first
+        assert names and names <= {"w1", "w2"}, workers
     _assert_exactly_once(config, events)

@@ -21,6 +21,7 @@ from pipestate.config import Config
 from pipestate.errors import StoreUnavailable, transient_reason
 from pipestate.manager import PipelineStateManager
 from pipestate.run import runner as run_module
+from pipestate.run import worker as worker_module
 from pipestate.run.retrying import store_retry
 
 
@@ -98,6 +99,7 @@ def test_a_worker_process_that_cannot_reach_the_database_prints_one_line(
     tmp_path: Path, capsys, monkeypatch
 ) -> None:
     monkeypatch.setattr(run_module.os, "setpgrp", lambda: None)  # not the test runner's group
+    monkeypatch.setattr(worker_module, "STORE_PATIENCE", 0.0)  # the 5 attempts, not 2 minutes
     data = run_support.config(tmp_path, "2026-01-01", "2026-01-01T03:00:00+00:00", target_url="sqlite://")
     data["state"] = {"url": f"postgresql+psycopg://root@127.0.0.1:{free_port()}/test"}
     config = Config.from_dict(data)

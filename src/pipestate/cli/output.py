@@ -84,10 +84,23 @@ class _Context(logging.Filter):
         return True
 
 
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler on whatever `sys.stderr` is when a record is written: a command run
+    in-process (by a test, a notebook) must not keep writing to a stream it outlived."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def configure(level: int, json_logs: bool, pipeline: str | None = None, stream: TextIO | None = None) -> None:
     """Send the `pipestate` loggers' records at `level` and above to stderr, as text or JSON
     Lines. Also called in each worker process `run` starts (with the parent's settings)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     handler.setFormatter(JsonLines() if json_logs else _Text())
     if pipeline is not None:
         handler.addFilter(_Context(pipeline))

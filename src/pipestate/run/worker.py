@@ -51,6 +51,9 @@ log = logging.getLogger("pipestate.run.worker")
 
 # After a second stop signal, how long a database call under way may still take.
 STOP_GRACE = 5.0
+# How long a worker rides out transient state-database errors by default (a full lock
+# queue on Snowflake, a restart): seconds, beside the `store_retries` attempts.
+STORE_PATIENCE = 120.0
 # How long stopping waits for a heartbeat thread (one stuck on the network is left behind).
 _HEARTBEAT_JOIN = 2.0
 
@@ -212,7 +215,7 @@ class Worker:
         *,
         store_retries: int = 5,
         store_backoff: float = 0.5,
-        store_patience: float = 120.0,
+        store_patience: float | None = None,
         within: tuple[datetime, datetime] | None = None,
     ) -> None:
         self.manager = manager
@@ -224,7 +227,7 @@ class Worker:
         self.heartbeat_interval = min(heartbeat_interval or ceiling, ceiling)
         self.store_retries = store_retries
         self.store_backoff = store_backoff
-        self.store_patience = store_patience
+        self.store_patience = STORE_PATIENCE if store_patience is None else store_patience
         self.stopping = False
         self.released = 0  # batches given back unfinished by a second stop signal
         self._signals = 0
